@@ -1,0 +1,229 @@
+"""Atomic writes, content hashes and manifests: the contracts between stages.
+
+Every artifact directory holds a ``manifest.json`` naming the hashes of its inputs, its
+configuration and its output files. A stage compares the manifest of what it is about to
+read with what it expects and refuses stale or mismatched inputs instead of mixing runs.
+Nothing is pickled: tensors go to safetensors, tables to Parquet/CSV, the rest to JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError, StaleArtifactError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, paths and tuples as plain JSON values (for configs in manifests)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return obj.item()
+    return obj
+
+
+def sha256_json(obj: Any) -> str:
+    """Hash of a JSON-able value, independent of key order."""
+    text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return sha256_bytes(text.encode())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` as a whole if the block succeeds.
+
+    On failure the temporary directory is removed and an existing ``path`` is left untouched,
+    so an interrupted or failed stage never destroys the previous outputs.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def hash_outputs(directory: str | os.PathLike, names: list[str] | None = None) -> dict[str, str]:
+    """sha256 of the files in ``directory`` (recursively, manifest excluded), keyed by relative path."""
+    directory = Path(directory)
+    if names is None:
+        names = sorted(
+            p.relative_to(directory).as_posix()
+            for p in directory.rglob("*")
+            if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith(".")
+        )
+    return {n: sha256_file(directory / n) for n in names}
+
+
+def build_manifest(
+    kind: str,
+    directory: str | os.PathLike,
+    *,
+    inputs: Mapping[str, str] | None = None,
+    config: Any = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Manifest of an artifact directory whose files are all written already."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "kind": kind,
+        "inputs": dict(sorted((inputs or {}).items())),
+        "config": to_jsonable(config) if config is not None else None,
+        "config_hash": sha256_json(config) if config is not None else None,
+        "outputs": hash_outputs(directory),
+        "extra": to_jsonable(dict(extra or {})),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write_manifest(directory: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
+    atomic_write_json(Path(directory) / MANIFEST_NAME, manifest)
+
+
+def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        raise StaleArtifactError(f"{path}: no manifest; the stage that writes {directory} has not completed")
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or "outputs" not in manifest or "kind" not in manifest:
+        raise DataError(f"{path}: not a manifest (fields 'kind' and 'outputs' expected)")
+    if kind is not None and manifest["kind"] != kind:
+        raise StaleArtifactError(f"{path}: holds a '{manifest['kind']}' artifact, expected '{kind}'")
+    return manifest
+
+
+def artifact_id(manifest: Mapping[str, Any]) -> str:
+    """Identity of an artifact: the hash of its output files (not of when it was made)."""
+    return sha256_json(manifest["outputs"])
+
+
+def verify_outputs(directory: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
+    """Raise if any file listed in the manifest is missing or differs from its recorded hash."""
+    directory = Path(directory)
+    for name, digest in manifest["outputs"].items():
+        f = directory / name
+        if not f.is_file():
+            raise StaleArtifactError(f"{f}: listed in {directory / MANIFEST_NAME} but missing")
+        if sha256_file(f) != digest:
+            raise StaleArtifactError(
+                f"{f}: content differs from the hash in {directory / MANIFEST_NAME}; it was changed after "
+                "the stage wrote it. Re-run the stage that produces it."
+            )
+
+
+def is_complete(
+    directory: str | os.PathLike,
+    kind: str,
+    *,
+    inputs: Mapping[str, str] | None = None,
+    config: Any = None,
+) -> bool:
+    """True when ``directory`` holds a finished ``kind`` artifact made from exactly these inputs/config.
+
+    Used to skip finished stages on a re-run; any difference means the stage must run again.
+    """
+    try:
+        manifest = read_manifest(directory, kind)
+        verify_outputs(directory, manifest)
+    except (StaleArtifactError, DataError):
+        return False
+    if inputs is not None and manifest.get("inputs") != dict(sorted(inputs.items())):
+        return False
+    if config is not None and manifest.get("config_hash") != sha256_json(config):
+        return False
+    return True
+
+
+def require_inputs(
+    what: str, manifest: Mapping[str, Any], expected: Mapping[str, str], directory: str | os.PathLike
+) -> None:
+    """Refuse an artifact whose recorded inputs differ from the ones at hand."""
+    recorded = manifest.get("inputs", {})
+    for name, digest in expected.items():
+        if recorded.get(name) != digest:
+            raise StaleArtifactError(
+                f"{Path(directory) / MANIFEST_NAME}: {what} was made from another '{name}' "
+                f"(recorded {str(recorded.get(name))[:12]}, current {digest[:12]}). Re-run the stage that "
+                f"writes {directory}."
+            )
