@@ -250,8 +250,21 @@ def load_config(
         preset = preset or file_preset
     config = preset_config(preset or "cpu")
     config = override(config, file_values, str(config_file) if config_file else "")
-    config = override(config, {k: v for k, v in overrides.items() if v is not None}, "")
+    config = override(config, _drop_none(overrides), "")
     return config
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    """Keyword overrides use None for "not given" (a notebook parameter left at its default)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+            if not value:
+                continue
+        if value is not None:
+            out[key] = value
+    return out
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

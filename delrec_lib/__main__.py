@@ -1,0 +1,80 @@
+"""Command line: ``python -m delrec_lib <command> ...``.
+
+- ``run``: the whole notebook series with papermill (what ``make reproduce`` calls);
+- one command per stage (``data``, ...) calling the same library functions as the notebooks,
+  so the heavy stages can be launched on GPUs with ``accelerate launch -m delrec_lib <stage>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from .errors import DelrecError
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {}
+
+
+def command(name: str, help: str):
+    """Register ``fn(args)`` as a sub-command; ``add_args(parser)`` declares its options."""
+
+    def wrap(add_args):
+        def register(fn):
+            COMMANDS[name] = (help, add_args, fn)
+            return fn
+
+        return register
+
+    return wrap
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None, help="smoke | cpu | cpu-ablations | paper (default: cpu, or the config file's)")
+    p.add_argument("--config", default=None, help="TOML/JSON file overriding preset fields, tables named like the dataclasses")
+    p.add_argument("--run-dir", default=None, help="output folder of the run (default: outputs/<preset>)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--only", nargs="*", default=None, help="run only notebooks whose name starts with these (e.g. 01 02)")
+    p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+
+
+@command("run", "execute the notebook series with papermill")(_run_args)
+def _run(args: argparse.Namespace) -> None:
+    from .runner import run_series
+
+    run_series(args.preset or "cpu", args.run_dir, config_file=args.config, only=args.only, progress=not args.no_progress)
+
+
+@command("data", "acquire and process the dataset into data/processed/")(_common)
+def _data(args: argparse.Namespace) -> None:
+    from .config import load_config, resolve_path
+    from .data import load_processed, prepare_dataset
+
+    config = load_config(args.preset, args.config)
+    out = prepare_dataset(config.data, resolve_path(config.data_dir))
+    data = load_processed(resolve_path(config.data_dir), config.data.dataset)
+    print(f"{out}: {data.num_users} users, {data.num_items} items, {len(data.candidates)} candidate sets")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m delrec_lib", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_args, _) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help_text))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        COMMANDS[args.command][2](args)
+    except DelrecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Reading the processed dataset: the one view of the data every stage shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from ..artifacts import artifact_id, read_manifest, verify_outputs
+from ..errors import ConfigError
+from .pipeline import PROCESSED_KIND, SPLITS, processed_dir
+
+
+@dataclass
+class ProcessedData:
+    """Items, chronological sequences, leave-one-out splits and the fixed candidate sets.
+
+    Item ids run 1..num_items (0 is free for padding); user ids run 1..num_users.
+    """
+
+    directory: Path
+    manifest: dict
+    items: pd.DataFrame
+    sequences: pd.DataFrame
+    splits: pd.DataFrame
+    candidates: pd.DataFrame
+    _split_index: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self._split_index = {int(u): i for i, u in enumerate(self.splits["user_id"])}
+
+    @property
+    def data_id(self) -> str:
+        """Identity of the processed files, recorded by every downstream artifact."""
+        return artifact_id(self.manifest)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def num_users(self) -> int:
+        return len(self.splits)
+
+    @property
+    def titles(self) -> list[str]:
+        """Display titles indexed by item id (index 0 is the padding slot, an empty string)."""
+        return ["", *self.items["title"].tolist()]
+
+    def user_ids(self, max_users: int | None = None) -> np.ndarray:
+        ids = self.splits["user_id"].to_numpy(np.int64)
+        return ids if max_users is None else ids[:max_users]
+
+    def train_items(self, user_id: int) -> list[int]:
+        return list(self.splits["train_items"].iloc[self._row(user_id)])
+
+    def target(self, user_id: int, split: str) -> int:
+        self._check_split(split)
+        return int(self.splits[f"{split}_target"].iloc[self._row(user_id)])
+
+    def history(self, user_id: int, split: str) -> list[int]:
+        """Items a model may see before predicting ``split``'s target: train items, plus the valid target for test."""
+        self._check_split(split)
+        train = self.train_items(user_id)
+        return train if split == "valid" else [*train, self.target(user_id, "valid")]
+
+    def candidate_sets(self, split: str, max_users: int | None = None) -> pd.DataFrame:
+        """user_id, target, target_position, candidates (array of item ids) for one split, by user id."""
+        self._check_split(split)
+        df = self.candidates[self.candidates["split"] == split].sort_values("user_id").reset_index(drop=True)
+        return df if max_users is None else df.iloc[:max_users].reset_index(drop=True)
+
+    def _row(self, user_id: int) -> int:
+        try:
+            return self._split_index[int(user_id)]
+        except KeyError:
+            raise KeyError(f"unknown user id {user_id}") from None
+
+    @staticmethod
+    def _check_split(split: str) -> None:
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def load_processed(data_dir: str | Path, dataset: str = "ml-100k") -> ProcessedData:
+    """Load ``<data_dir>/processed/<dataset>/`` after checking every file against its manifest."""
+    directory = processed_dir(Path(data_dir), dataset)
+    manifest = read_manifest(directory, PROCESSED_KIND)
+    verify_outputs(directory, manifest)
+
+    def read(name: str) -> pd.DataFrame:
+        return pq.read_table(directory / name).to_pandas()
+
+    items = read("items.parquet")
+    items["year"] = items["year"].astype("Int32")
+    return ProcessedData(
+        directory=directory,
+        manifest=manifest,
+        items=items,
+        sequences=read("sequences.parquet"),
+        splits=read("splits.parquet"),
+        candidates=read("candidates.parquet"),
+    )

@@ -1,0 +1,160 @@
+"""The notebook series: run layout, recorded metrics, and papermill execution in order.
+
+``python -m delrec_lib run --preset cpu`` executes every ``notebooks/NN_*.ipynb`` in order into
+``outputs/<run>/notebooks/``, passing the preset, the run folder and the resolved config file
+as parameters. Each notebook ends by recording its metrics to ``outputs/<run>/metrics/``,
+which is what the tests read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .artifacts import atomic_write_json, read_json
+from .config import RunConfig, config_to_dict, load_config, project_root, resolve_path
+from .errors import ConfigError, DelrecError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run's artifacts live (DESIGN.md, "Artifacts and contracts between notebooks")."""
+
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def teachers(self) -> Path:
+        return self.root / "teachers"
+
+    @property
+    def distill(self) -> Path:
+        return self.root / "distill"
+
+    @property
+    def finetune(self) -> Path:
+        return self.root / "finetune"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    def figure(self, name: str) -> Path:
+        self.figures.mkdir(parents=True, exist_ok=True)
+        return self.figures / name
+
+
+def default_run_dir(preset: str) -> Path:
+    return resolve_path(Path("outputs") / preset)
+
+
+def notebook_context(
+    preset: str = "cpu",
+    run_dir: str | os.PathLike | None = None,
+    config_file: str | os.PathLike | None = None,
+    **overrides: Any,
+) -> tuple[RunConfig, RunPaths, Path]:
+    """What a notebook's first code cell needs: (config, run paths, data folder).
+
+    The runner passes ``config_file`` (the run's resolved config); a student opening a notebook
+    by hand gets the preset's defaults. Keyword overrides come from the ``parameters`` cell.
+    """
+    config = load_config(preset, config_file, **overrides)
+    root = resolve_path(run_dir) if run_dir else default_run_dir(config.preset)
+    root.mkdir(parents=True, exist_ok=True)
+    return config, RunPaths(root), resolve_path(config.data_dir)
+
+
+def record_metrics(paths: RunPaths, notebook: str, metrics: dict[str, Any]) -> Path:
+    """Record a notebook's headline metrics as JSON (read by the tests and by later notebooks)."""
+    path = paths.metrics / f"{notebook}.json"
+    atomic_write_json(path, metrics)
+    return path
+
+
+def read_metrics(paths: RunPaths, notebook: str) -> dict[str, Any]:
+    return read_json(paths.metrics / f"{notebook}.json")
+
+
+def series_notebooks(root: Path | None = None) -> list[Path]:
+    """The notebooks of the series, in order: ``notebooks/NN_name.ipynb``."""
+    folder = (root or project_root()) / "notebooks"
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_series(
+    preset: str,
+    run_dir: str | os.PathLike | None = None,
+    *,
+    config_file: str | os.PathLike | None = None,
+    only: list[str] | None = None,
+    kernel_name: str = "python3",
+    progress: bool = True,
+) -> Path:
+    """Execute the notebook series with papermill; returns the run folder.
+
+    Finished stages are skipped inside the notebooks themselves (their manifests match), so
+    running again with the same run folder resumes where an interrupted run stopped.
+    """
+    import papermill as pm
+
+    config = load_config(preset, config_file)
+    root = resolve_path(run_dir) if run_dir else default_run_dir(config.preset)
+    paths = RunPaths(root)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(paths.config_file, config_to_dict(config))
+    notebooks = series_notebooks()
+    if only:
+        unknown = [o for o in only if not any(nb.stem.startswith(o) for nb in notebooks)]
+        if unknown:
+            raise ConfigError(f"--only {unknown}: no such notebook in notebooks/ ({[nb.stem for nb in notebooks]})")
+        notebooks = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in only)]
+    if not notebooks:
+        raise ConfigError(f"no notebooks found in {project_root() / 'notebooks'}")
+    paths.notebooks.mkdir(parents=True, exist_ok=True)
+    timings_path = root / "timings.json"
+    timings = read_json(timings_path) if timings_path.is_file() else {}
+    parameters = {"preset": config.preset, "run_dir": str(root), "config_file": str(paths.config_file)}
+    # The kernel imports the delrec_lib of this checkout, whatever is installed in the environment.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root()), os.environ.get("PYTHONPATH")]))
+    for nb in notebooks:
+        out = paths.notebooks / nb.name
+        log.info("executing %s -> %s", nb.name, out)
+        print(f"[delrec] {nb.name} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(nb), str(out), parameters=parameters, kernel_name=kernel_name,
+                cwd=str(nb.parent), progress_bar=progress, request_save_on_cell_execute=True,
+            )  # fmt: skip
+        except pm.PapermillExecutionError as e:
+            raise DelrecError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (see {out})") from None
+        elapsed = time.perf_counter() - start
+        timings[nb.stem] = round(elapsed, 1)
+        atomic_write_json(timings_path, timings)
+        print(f"[delrec] {nb.name} done in {elapsed:.0f} s", flush=True)
+    summary = {"run_dir": str(root), "timings_s": timings}
+    print(json.dumps(summary, indent=2))
+    return root

@@ -1,0 +1,313 @@
+"""Data protocol: sources, parsing, leave-one-out split, candidate sets, and bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from delrec_lib.artifacts import read_manifest, sha256_file
+from delrec_lib.config import DataConfig, load_config
+from delrec_lib.data import (
+    MovieLens100K,
+    front_article,
+    load_processed,
+    parse_movielens_title,
+    prepare_dataset,
+    processed_dir,
+)
+from delrec_lib.data.checks import protocol_violations
+from delrec_lib.errors import ConfigError, DataError, StaleArtifactError
+
+from .movielens_fixture import (
+    ITEMS,
+    expected_sequences,
+    make_ratings,
+    write_grouplens,
+    write_grouplens_zip,
+    write_recbole_wheel,
+)
+
+PROCESSED = ("items.parquet", "sequences.parquet", "splits.parquet", "candidates.parquet")
+
+
+def fixture_config(**kw) -> DataConfig:
+    # the fixture has 40 items and users with up to 11 interactions: 19 negatives fit
+    return DataConfig(**kw)
+
+
+def prepare_grouplens(tmp: Path, **kw) -> Path:
+    write_grouplens(tmp / "raw" / "ml-100k")
+    return prepare_dataset(fixture_config(**kw), tmp)
+
+
+def prepare_recbole(tmp: Path, monkeypatch, **kw) -> Path:
+    sha = write_recbole_wheel(tmp / "raw" / "recbole-1.2.1-py3-none-any.whl")
+    monkeypatch.setattr("delrec_lib.data.sources.RECBOLE_SHA256", sha)
+    source = MovieLens100K(recbole_sha256=sha)
+    monkeypatch.setitem(__import__("delrec_lib.data.sources", fromlist=["REGISTRY"]).REGISTRY, "ml-100k", lambda: source)
+    return prepare_dataset(fixture_config(**kw), tmp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Titles
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("Usual Suspects, The (1995)", ("The Usual Suspects", 1995)),
+        ("Toy Story (1995)", ("Toy Story", 1995)),
+        ("Horseman on the Roof, The (Hussard sur le toit, Le) (1995)", ("The Horseman on the Roof (Le Hussard sur le toit)", 1995)),
+        ("Misérables, Les (1995)", ("Les Misérables", 1995)),
+        ("Land Before Time III: The Time of the Great Giving (1995) (V)", ("Land Before Time III: The Time of the Great Giving", 1995)),
+        ("unknown", ("unknown", None)),
+        ("unkonwn", ("unknown", None)),
+        ("Seven (Se7en) (1995)", ("Seven (Se7en)", 1995)),
+        ("Mrs. Brown (Her Majesty, Mrs. Brown) (1997)", ("Mrs. Brown (Her Majesty, Mrs. Brown)", 1997)),
+        ("Good, The Bad and The Ugly, The (1966)", ("The Good, The Bad and The Ugly", 1966)),
+    ],
+)
+def test_titles_are_normalised(raw, expected):
+    assert parse_movielens_title(raw) == expected
+
+
+def test_front_article_handles_elision():
+    assert front_article("Appartement, L'") == "L'Appartement"
+    assert front_article("Die Hard") == "Die Hard"
+
+
+# ---------------------------------------------------------------------------------------------
+# Both sources, same bytes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_grouplens_folder_zip_and_recbole_give_identical_processed_files(tmp_path, monkeypatch):
+    a = prepare_grouplens(tmp_path / "a")
+    write_grouplens_zip(tmp_path / "b" / "raw" / "ml-100k.zip")
+    b = prepare_dataset(fixture_config(), tmp_path / "b")
+    c = prepare_recbole(tmp_path / "c", monkeypatch)
+    for name in PROCESSED:
+        assert sha256_file(a / name) == sha256_file(b / name) == sha256_file(c / name), name
+    kinds = [read_manifest(d)["extra"]["source"]["kind"] for d in (a, b, c)]
+    assert kinds == ["grouplens-folder", "grouplens-zip", "recbole-wheel"]
+
+
+def test_fixture_titles_and_sequences(tmp_path):
+    out = prepare_grouplens(tmp_path)
+    data = load_processed(tmp_path, "ml-100k")
+    assert data.num_items == len(ITEMS)
+    titles = data.titles
+    assert titles[2] == "The Usual Suspects (1995)"
+    assert titles[6] == "unknown"
+    assert titles[8] == "La Cérémonie (1995)"
+    expected = expected_sequences(make_ratings())
+    for row in data.sequences.itertuples():
+        assert list(row.items) == expected[int(row.raw_user_id)], "chronological order, ties in file order"
+    assert protocol_violations(data) == []
+    assert out == processed_dir(tmp_path, "ml-100k")
+
+
+# ---------------------------------------------------------------------------------------------
+# Split and candidate invariants
+# ---------------------------------------------------------------------------------------------
+
+
+def check_invariants(data, negatives: int = 19):
+    seqs = {int(r.user_id): np.asarray(r.items) for r in data.sequences.itertuples()}
+    stamps = {int(r.user_id): np.asarray(r.timestamps) for r in data.sequences.itertuples()}
+    for r in data.splits.itertuples():
+        uid = int(r.user_id)
+        assert np.all(np.diff(stamps[uid]) >= 0), "history is chronological"
+        assert r.test_target == seqs[uid][-1], "test target is the latest interaction"
+        assert r.valid_target == seqs[uid][-2]
+        train = set(np.asarray(r.train_items).tolist())
+        assert r.valid_target not in train and r.test_target not in train
+        assert data.history(uid, "valid") == list(r.train_items)
+        assert data.history(uid, "test") == [*r.train_items, r.valid_target]
+    for split in ("valid", "test"):
+        sets = data.candidate_sets(split)
+        assert len(sets) == data.num_users
+        for r in sets.itertuples():
+            cands = np.asarray(r.candidates).tolist()
+            assert len(cands) == negatives + 1 and len(set(cands)) == len(cands)
+            assert cands.count(data.target(r.user_id, split)) == 1
+            assert cands[r.target_position] == r.target
+            seen = set(seqs[int(r.user_id)].tolist())
+            assert all(c not in seen for c in cands if c != r.target), "negatives were never interacted with"
+
+
+def test_invariants_on_fixture(tmp_path):
+    prepare_grouplens(tmp_path)
+    check_invariants(load_processed(tmp_path))
+
+
+def test_invariants_on_real_movielens(real_data):
+    assert (real_data.num_users, real_data.num_items) == (943, 1682)
+    assert int(real_data.sequences["items"].map(len).sum()) == 100_000
+    check_invariants(real_data)
+    assert protocol_violations(real_data) == []
+    assert real_data.titles[12] == "The Usual Suspects (1995)"
+
+
+def test_same_seed_same_files_other_seed_other_candidates(tmp_path):
+    a = prepare_grouplens(tmp_path / "a", seed=7)
+    b = prepare_grouplens(tmp_path / "b", seed=7)
+    c = prepare_grouplens(tmp_path / "c", seed=8)
+    for name in PROCESSED:
+        assert sha256_file(a / name) == sha256_file(b / name)
+    assert sha256_file(a / "candidates.parquet") != sha256_file(c / "candidates.parquet")
+    assert sha256_file(a / "splits.parquet") == sha256_file(c / "splits.parquet"), "the split does not depend on the seed"
+
+
+def test_second_run_keeps_files_and_does_not_download(tmp_path, monkeypatch):
+    out = prepare_grouplens(tmp_path)
+    before = {n: (out / n).stat().st_mtime_ns for n in PROCESSED}
+    prepare_dataset(fixture_config(), tmp_path)
+    assert {n: (out / n).stat().st_mtime_ns for n in PROCESSED} == before
+
+
+def test_recbole_wheel_is_cached_not_downloaded_again(tmp_path, monkeypatch):
+    prepare_recbole(tmp_path, monkeypatch)
+
+    def no_download(*a, **k):
+        raise AssertionError("pip was called although the wheel is cached")
+
+    monkeypatch.setattr("delrec_lib.data.sources.subprocess.run", no_download)
+    prepare_recbole(tmp_path, monkeypatch)
+
+
+def test_csv_dataset_loader(tmp_path):
+    folder = tmp_path / "raw" / "toy"
+    folder.mkdir(parents=True)
+    rows = ["user,item,timestamp"]
+    for u in ("alice", "bob", "carol"):
+        for k, item in enumerate(["i1", "i2", "i3", "i4", "i5"][: 3 + len(u) % 3]):
+            rows.append(f"{u},{item},{100 + k}")
+    (folder / "interactions.csv").write_text("\n".join(rows) + "\n")
+    (folder / "items.csv").write_text("item,title,year\n" + "".join(f"i{i},Film {i},{2000 + i}\n" for i in range(1, 9)))
+    prepare_dataset(DataConfig(dataset="toy", num_negatives=2), tmp_path)
+    data = load_processed(tmp_path, "toy")
+    assert data.num_items == 8 and data.num_users == 3
+    assert data.titles[1] == "Film 1 (2001)"
+    check_invariants(data, negatives=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: clear errors, earlier outputs untouched
+# ---------------------------------------------------------------------------------------------
+
+
+def snapshot(out: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in out.iterdir() if p.is_file()}
+
+
+@pytest.fixture
+def processed_once(tmp_path):
+    out = prepare_grouplens(tmp_path)
+    return tmp_path, out, snapshot(out)
+
+
+def _expect(tmp, out, before, exc, match, config=None):
+    with pytest.raises(exc, match=match):
+        prepare_dataset(config or fixture_config(), tmp)
+    assert snapshot(out) == before, "earlier processed outputs must be left untouched"
+
+
+def test_missing_file(processed_once):
+    tmp, out, before = processed_once
+    (tmp / "raw" / "ml-100k" / "u.item").unlink()
+    _expect(tmp, out, before, DataError, r"u\.item: file not found")
+
+
+def test_truncated_file_against_u_info(processed_once):
+    tmp, out, before = processed_once
+    path = tmp / "raw" / "ml-100k" / "u.data"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-5]))
+    _expect(tmp, out, before, DataError, r"u\.info says \d+ ratings but the files hold")
+
+
+def test_truncated_mid_line(processed_once):
+    tmp, out, before = processed_once
+    path = tmp / "raw" / "ml-100k" / "u.data"
+    text = path.read_text()
+    path.write_text(text[: len(text) - 8])
+    n = text.count("\n")
+    _expect(tmp, out, before, DataError, rf"u\.data line {n}: the file ends mid-line; it is truncated")
+
+
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ("1\t2\t3\n", r"u\.data line 3: expected 4 '\\t'-separated fields"),
+        ("x\t2\t3\t880000000\n", r"u\.data line 3: user id must be an integer, got 'x'"),
+        ("1\t2.5\t3\t880000000\n", r"u\.data line 3: item id must be an integer"),
+        ("1\t2\t3\tyesterday\n", r"u\.data line 3: timestamp must be a number, got 'yesterday'"),
+    ],
+)
+def test_malformed_rows(processed_once, line, match):
+    tmp, out, before = processed_once
+    path = tmp / "raw" / "ml-100k" / "u.data"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[2] = line
+    path.write_text("".join(lines))
+    _expect(tmp, out, before, DataError, match)
+
+
+def test_malformed_item_row(processed_once):
+    tmp, out, before = processed_once
+    path = tmp / "raw" / "ml-100k" / "u.item"
+    lines = path.read_bytes().decode("latin-1").splitlines(keepends=True)
+    lines[4] = "5|Broken Title (1995)|01-Jan-1995\n"
+    path.write_bytes("".join(lines).encode("latin-1"))
+    _expect(tmp, out, before, DataError, r"u\.item line 5: expected 24 '\|'-separated fields")
+
+
+def test_wrong_sha256_of_wheel(tmp_path, monkeypatch):
+    prepare_recbole(tmp_path, monkeypatch)
+    out = processed_dir(tmp_path, "ml-100k")
+    before = snapshot(out)
+    wheel = tmp_path / "raw" / "recbole-1.2.1-py3-none-any.whl"
+    write_recbole_wheel(wheel, tamper=True)  # different bytes, sha256 no longer the pinned one
+    with pytest.raises(DataError, match=r"recbole-1\.2\.1-py3-none-any\.whl: sha256 [0-9a-f]{64} does not match the pinned"):
+        prepare_dataset(fixture_config(), tmp_path)
+    assert snapshot(out) == before
+
+
+def test_wheel_member_not_matching_record(tmp_path, monkeypatch):
+    wheel = tmp_path / "raw" / "recbole-1.2.1-py3-none-any.whl"
+    sha = write_recbole_wheel(wheel, tamper=True)
+    source = MovieLens100K(recbole_sha256=sha)
+    with pytest.raises(DataError, match="does not match its RECORD hash"):
+        source.load(tmp_path / "raw")
+
+
+def test_truncated_zip(tmp_path):
+    zpath = write_grouplens_zip(tmp_path / "raw" / "ml-100k.zip")
+    data = zpath.read_bytes()
+    zpath.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"ml-100k\.zip: not a readable zip"):
+        prepare_dataset(fixture_config(), tmp_path)
+
+
+def test_unknown_preset_and_dataset(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset 'fast'; expected one of: smoke, cpu, cpu-ablations, paper"):
+        load_config("fast")
+    with pytest.raises(ConfigError, match="unknown dataset 'ml-1m'"):
+        prepare_dataset(DataConfig(dataset="ml-1m"), tmp_path)
+
+
+def test_too_many_negatives(processed_once):
+    tmp, out, before = processed_once
+    # users have at most 11 of the 40 items: 30 negatives cannot be drawn for everyone
+    _expect(tmp, out, before, ConfigError, r"num_negatives=35 is larger than the \d+ items user \d+ never", fixture_config(num_negatives=35))
+
+
+def test_edited_processed_file_is_refused(tmp_path):
+    out = prepare_grouplens(tmp_path)
+    shutil.copy(out / "splits.parquet", out / "candidates.parquet")
+    with pytest.raises(StaleArtifactError, match=r"candidates\.parquet: content differs"):
+        load_processed(tmp_path)
