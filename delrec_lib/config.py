@@ -76,6 +76,57 @@ class LLMConfig:
                 raise ConfigError(f"llm.{name}: expected an integer >= 1, got {getattr(self, name)}")
 
 
+DISTILL_TASKS = ("ta", "rps")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """DELRec stage 1 (notebook 03): distil each teacher's pattern into a soft prompt, LLM frozen.
+
+    Each training user contributes one Temporal Analysis and one Recommendation Pattern
+    Simulating example per step (train items only); held-out users' RPS examples measure the
+    fidelity (LLM top-1 == teacher top-1) that selects the best soft prompt.
+    """
+
+    teachers: tuple[str, ...] = ("sasrec",)
+    num_soft_tokens: int = 20
+    init: typing.Literal["text", "vocabulary"] = "text"
+    init_text: str = (
+        "{teacher} recommends the next movie from the order of the movies the user watched, "
+        "weighting the most recent ones most."
+    )
+    tasks: tuple[str, ...] = DISTILL_TASKS
+    # "dynamic": per step, weights that give each task's gradient the same norm (gradient-norm
+    # balancing); "fixed": the constant task_weights (TA, RPS).
+    weighting: typing.Literal["dynamic", "fixed"] = "dynamic"
+    task_weights: tuple[float, ...] = (1.0, 1.0)
+    rps_top_k: int = 5  # the teacher's top-k in the RPS candidates; ranks 2..k are shown
+    rps_random: int = 5  # random never-interacted items added to the RPS candidates
+    ta_candidates: int = 10  # the hidden item plus random never-interacted items
+    heldout_users: int = 100  # never trained on; their RPS examples measure fidelity
+    max_train_users: int | None = None  # None: every other user
+    seed: int = 2024
+    # Optimisation (the shared Trainer): one step = batch_size users x grad_accum, TA + RPS each.
+    max_steps: int = 80
+    batch_size: int = 2
+    grad_accum: int = 2
+    lr: float = 1e-2
+    warmup_steps: int = 5
+    eval_every: int = 20
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tasks if t not in DISTILL_TASKS]
+        if unknown or not self.tasks:
+            raise ConfigError(f"distill.tasks: expected some of {list(DISTILL_TASKS)}, got {list(self.tasks)}")
+        if len(self.task_weights) != len(DISTILL_TASKS):
+            raise ConfigError(f"distill.task_weights: one weight per task {list(DISTILL_TASKS)}, got {list(self.task_weights)}")
+        for name in ("num_soft_tokens", "rps_top_k", "ta_candidates", "heldout_users", "max_steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"distill.{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.rps_top_k < 2:
+            raise ConfigError(f"distill.rps_top_k: the RPS template shows ranks 2..k, so k >= 2; got {self.rps_top_k}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one run of the series needs. ``preset`` names where the defaults came from."""
@@ -87,6 +138,7 @@ class RunConfig:
     max_users: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,7 +147,11 @@ class RunConfig:
 
 
 def _smoke() -> RunConfig:
-    return RunConfig(preset="smoke", max_users=48)
+    return RunConfig(
+        preset="smoke",
+        max_users=48,
+        distill=DistillConfig(heldout_users=8, max_train_users=16, max_steps=4, eval_every=2, warmup_steps=0),
+    )
 
 
 def _cpu() -> RunConfig:

@@ -91,10 +91,12 @@ class TrainingTask:
         """The loss to minimise for one micro-batch, and scalars to log."""
         raise NotImplementedError
 
-    def backward(self, loss: torch.Tensor, accelerator) -> None:
-        """Backpropagate ``loss`` (already divided by the accumulation steps). Override for tasks
-        that combine per-task gradients themselves (dynamic loss weighting)."""
-        accelerator.backward(loss)
+    def backward(self, loss: torch.Tensor, accelerator, scale: float) -> dict[str, float] | None:
+        """Backpropagate ``loss * scale`` (scale = 1 / micro-batches per step). Override for tasks
+        that combine per-task gradients themselves (dynamic loss weighting); scalars returned
+        are logged."""
+        accelerator.backward(loss * scale)
+        return None
 
     def evaluate(self) -> dict[str, float]:
         """Validation metrics; must contain the config's ``metric``. Runs in eval mode, no grad."""
@@ -316,8 +318,8 @@ class Trainer:
                     batch = task.make_batch(mine.tolist())
                     with autocast_context(cfg.bf16, self.device):
                         loss, logs = task.training_loss(batch)
-                    task.backward(loss / len(group), acc)
-                    for k, v in {"loss": float(loss.detach()), **logs}.items():
+                    extra = task.backward(loss, acc, 1.0 / len(group)) or {}
+                    for k, v in {"loss": float(loss.detach()), **logs, **extra}.items():
                         running.setdefault(k, []).append(float(v))
                 if cfg.max_grad_norm is not None:
                     acc.clip_grad_norm_(params, cfg.max_grad_norm)
