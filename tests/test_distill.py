@@ -5,13 +5,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-import numpy as np
 import pytest
 import torch
 
 from delrec_lib.config import DistillConfig, LLMConfig, RunConfig
-from delrec_lib.distill import build_examples, forbidden_items, load_soft_prompt, run_distillation, split_users, teacher_predictions
-from delrec_lib.distill import read_teacher_topk
+from delrec_lib.distill import (
+    build_examples,
+    forbidden_items,
+    load_soft_prompt,
+    read_teacher_topk,
+    run_distillation,
+    split_users,
+    teacher_predictions,
+)
 from delrec_lib.errors import StaleArtifactError
 from delrec_lib.llm import load_backbone
 from delrec_lib.runner import RunPaths
