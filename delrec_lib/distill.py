@@ -49,7 +49,7 @@ from .artifacts import (
     verify_outputs,
     write_manifest,
 )
-from .config import RunConfig
+from .config import RunConfig, parse_prompt_name
 from .data.processed import ProcessedData
 from .errors import ConfigError, DataError
 from .metrics import bootstrap_ci, per_user_metrics
@@ -174,7 +174,7 @@ class DistillTask(TrainingTask):
 
     def __init__(self, backbone, builder: PromptBuilder, soft_prompt: SoftPrompt, titles: list[str],
                  train_examples: dict[str, dict[int, DistillExample]], heldout: dict[str, dict[int, DistillExample]],
-                 config: Any, teacher: str, llm_config: Any):  # fmt: skip
+                 config: Any, teacher: str, llm_config: Any, tasks: tuple[str, ...] = ("ta", "rps")):  # fmt: skip
         self.backbone = backbone
         self.builder = builder
         self.soft_prompt = soft_prompt
@@ -183,7 +183,7 @@ class DistillTask(TrainingTask):
         self.config = config
         self.teacher = TEACHER_DISPLAY.get(teacher, teacher)
         self.llm = llm_config
-        self.tasks = [t for t in ("ta", "rps") if t in config.tasks]
+        self.tasks = [t for t in ("ta", "rps") if t in tasks]
         # A training unit is a user with an example for every task, so each step sees both tasks.
         self.train = train_examples
         self.users = sorted(set.intersection(*(set(train_examples[t]) for t in self.tasks)))
@@ -281,7 +281,7 @@ class DistillTask(TrainingTask):
 
 @dataclass
 class DistillResult:
-    teacher: str
+    name: str  # the soft prompt's name: "<teacher>" or "<teacher>-ta" / "-rps"
     directory: Path
     metrics: dict[str, Any]
     history: pd.DataFrame
@@ -331,23 +331,26 @@ def _ci(values: np.ndarray) -> dict[str, float]:
 def load_distilled(directory: Path) -> DistillResult:
     soft, _ = SoftPrompt.load(directory / "soft_prompt.safetensors")
     return DistillResult(
-        teacher=directory.name, directory=directory, metrics=read_json(directory / "metrics.json"),
+        name=directory.name, directory=directory, metrics=read_json(directory / "metrics.json"),
         history=pd.read_csv(directory / "history.csv"), train_log=pd.read_csv(directory / "train_log.csv"),
         soft_prompt=soft, skipped=True,
     )  # fmt: skip
 
 
 def run_distillation(
-    config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, teacher: str, *, progress: bool = True,
+    config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str, *, progress: bool = True,
     callbacks=(),
 ) -> DistillResult:
-    """Stage 1 for one teacher: writes ``<run>/distill/<teacher>/`` (skipped when already up to date)."""
-    cfg = config.distill
+    """Stage 1 for one soft prompt (``name`` = "<teacher>" or an ablation "<teacher>-ta" / "-rps"):
+    writes ``<run>/distill/<name>/``; skipped when already up to date."""
+    teacher, tasks = parse_prompt_name(name)
+    # The hash covers what this soft prompt depends on, not the list of other prompts in the run.
+    cfg = dataclasses.replace(config.distill, prompts=(name,))
     teacher_dir = paths.teachers / teacher
     topk = read_teacher_topk(teacher_dir, data)
     inputs = distill_inputs(data, teacher_dir, backbone)
-    stage_config = {"distill": cfg, "llm": config.llm, "max_users": config.max_users, "teacher": teacher}
-    out_dir = paths.distill / teacher
+    stage_config = {"distill": cfg, "llm": config.llm, "max_users": config.max_users, "teacher": teacher, "tasks": tasks}
+    out_dir = paths.distill / name
     if is_complete(out_dir, SOFT_PROMPT_KIND, inputs=inputs, config=stage_config):
         log.info("%s is up to date", out_dir)
         return load_distilled(out_dir)
@@ -368,13 +371,13 @@ def run_distillation(
     else:
         soft = SoftPrompt.from_vocabulary(backbone, cfg.num_soft_tokens, cfg.seed)
     initial = soft.embeddings.detach().clone()
-    task = DistillTask(backbone, builder, soft, data.titles, train, heldout, cfg, teacher, config.llm)
+    task = DistillTask(backbone, builder, soft, data.titles, train, heldout, cfg, teacher, config.llm, tasks)
     if not task.users:
         raise DataError("stage 1: no training user has both a TA and an RPS example")
 
     start = time.perf_counter()
     before = task.heldout_scores(initial)
-    trainer = Trainer(train_config(cfg), task, paths.distill / ".checkpoints" / teacher, desc=f"distill {teacher}",
+    trainer = Trainer(train_config(cfg), task, paths.distill / ".checkpoints" / name, desc=f"distill {name}",
                       progress=progress, callbacks=callbacks, identity={"inputs": inputs, "config": stage_config})  # fmt: skip
     result = trainer.train()
     trainer.load_best()
@@ -385,7 +388,9 @@ def run_distillation(
     train_log = pd.DataFrame(result.train_log)
     per_user = pd.DataFrame({"user_id": sorted(heldout["rps"]), "fidelity_before": before["rps"], "fidelity_after": after["rps"]})
     metrics = {
+        "prompt": name,
         "teacher": teacher,
+        "tasks": list(tasks),
         "fidelity_before": _ci(before["rps"]),
         "fidelity_after": _ci(after["rps"]),
         "fidelity_chance": 1.0 / (cfg.rps_top_k + cfg.rps_random),
@@ -403,7 +408,7 @@ def run_distillation(
     examples_text = {"rps": task.prompt(heldout["rps"][example_user]).text}
     if example_user in heldout["ta"]:
         examples_text["ta"] = task.prompt(heldout["ta"][example_user]).text
-    meta = {**inputs, "teacher": teacher, "kind": SOFT_PROMPT_KIND}
+    meta = {**inputs, "teacher": teacher, "prompt": name, "tasks": ",".join(tasks), "kind": SOFT_PROMPT_KIND}
     with atomic_dir(out_dir) as tmp:
         soft.save(tmp / "soft_prompt.safetensors", meta)
         history.to_csv(tmp / "history.csv", index=False)
@@ -413,8 +418,8 @@ def run_distillation(
         (tmp / "examples.json").write_text(_json(examples_text))
         (tmp / "nearest_tokens.json").write_text(_json(nearest_tokens(backbone, soft.embeddings)))
         write_manifest(tmp, build_manifest(SOFT_PROMPT_KIND, tmp, inputs=inputs, config=stage_config,
-                                           extra={"teacher": teacher}))  # fmt: skip
-    return DistillResult(teacher, out_dir, metrics, history, train_log, soft)
+                                           extra={"teacher": teacher, "prompt": name}))  # fmt: skip
+    return DistillResult(name, out_dir, metrics, history, train_log, soft)
 
 
 def load_soft_prompt(distill_dir: Path, backbone: Any, data: ProcessedData) -> tuple[SoftPrompt, dict[str, str]]:
