@@ -432,3 +432,17 @@ def load_soft_prompt(distill_dir: Path, backbone: Any, data: ProcessedData) -> t
 
 def describe_examples(examples: dict[str, DistillExample]) -> pd.DataFrame:
     return pd.DataFrame([dataclasses.asdict(e) for e in examples.values()])
+
+
+def preview_prompts(config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str) -> dict[str, EncodedPrompt]:
+    """The TA and RPS prompts of the first held-out user, as stage 1 will render them."""
+    teacher, _ = parse_prompt_name(name)
+    cfg = config.distill
+    predictions = teacher_predictions(read_teacher_topk(paths.teachers / teacher, data), data)
+    _, held = split_users(data, cfg, config.max_users)
+    ta, rps = build_examples(data, predictions, held, cfg)
+    user = next(u for u in held if u in ta and u in rps)
+    builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens)
+    task = DistillTask(backbone, builder, SoftPrompt(torch.zeros(cfg.num_soft_tokens, backbone.hidden_size)),
+                       data.titles, {"ta": ta, "rps": rps}, {}, cfg, teacher, config.llm)  # fmt: skip
+    return {"ta": task.prompt(ta[user]), "rps": task.prompt(rps[user])}

@@ -354,10 +354,16 @@ def run_finetuning(
     return FinetuneResult(variant, out_dir, metrics, history, pd.DataFrame(result.train_log))
 
 
-def load_recommender(paths: Any, variant: str, backbone, data: ProcessedData, config: RunConfig) -> RecommendationScorer:
-    """A fine-tuned variant (or "zero-shot": the untouched backbone) ready to score candidates."""
+def load_recommender(
+    paths: Any, variant: str, backbone, data: ProcessedData, config: RunConfig, *, adapter: bool = True
+) -> RecommendationScorer:
+    """A fine-tuned variant ready to score candidates; "zero-shot" is the untouched backbone, and
+    ``adapter=False`` gives the variant's prompt (and soft prompt) on the base model, i.e. before stage 2."""
     if variant == "zero-shot":
         return RecommendationScorer(backbone, config.llm, data.titles, None, None)
+    if not adapter:
+        soft, teacher, _ = load_variant_parts(paths, variant, backbone, data)
+        return RecommendationScorer(backbone, config.llm, data.titles, soft, teacher)
     from peft import PeftModel
 
     directory = paths.finetune / variant
@@ -370,3 +376,15 @@ def load_recommender(paths: Any, variant: str, backbone, data: ProcessedData, co
     model = PeftModel.from_pretrained(copy.deepcopy(backbone.model), str(directory / "adapter"))
     model.eval()
     return RecommendationScorer(backbone.with_model(model), config.llm, data.titles, soft, teacher)
+
+
+def worked_example(scorers: dict[str, RecommendationScorer], example: RecExample, titles: list[str]) -> pd.DataFrame:
+    """One example's candidates with each scorer's score and rank (1 = recommended first)."""
+    rows = pd.DataFrame({"candidate": [titles[i] for i in example.candidates],
+                         "target": ["<- next item" if i == example.label else "" for i in range(len(example.candidates))]})  # fmt: skip
+    for name, scorer in scorers.items():
+        with torch.no_grad():
+            s = scorer.scores([example])[0].float().cpu().numpy()
+        rows[f"score ({name})"] = s.round(3)
+        rows[f"rank ({name})"] = (-s).argsort().argsort() + 1
+    return rows.sort_values(f"rank ({list(scorers)[-1]})").reset_index(drop=True)
