@@ -182,6 +182,27 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation and analysis (notebooks 05 and 06)."""
+
+    bootstrap: int = 1000  # bootstrap resamples of users for the confidence intervals
+    confidence: float = 0.95
+    seed: int = 2024
+    paired_metrics: tuple[str, ...] = ("HR@1", "NDCG@10")
+    # LLaRA-compatible protocol (greedy generation of a title): users it runs on, None = all.
+    generation_users: int | None = 200
+    max_new_tokens: int = 20
+    # "Lost in Sequence" order diagnostic (notebook 06): users re-ranked with shuffled histories.
+    shuffle_users: int | None = 300
+
+    def __post_init__(self) -> None:
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"eval.confidence: expected a number in (0, 1), got {self.confidence}")
+        if self.bootstrap < 100:
+            raise ConfigError(f"eval.bootstrap: expected at least 100 resamples, got {self.bootstrap}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one run of the series needs. ``preset`` names where the defaults came from."""
 
@@ -194,6 +215,7 @@ class RunConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # --------------------------------------------------------------------------------------------
