@@ -21,7 +21,7 @@ from ..config import load_config, resolve_path
 from ..data import load_processed, prepare_dataset
 from ..training import set_seed
 from .evaluation import model_scorer
-from .stage import build_model, teacher_spec, train_config, training_examples
+from .stage import build_model, teacher_spec, torch_threads, train_config, training_examples
 from .task import next_item_loss
 
 
@@ -32,9 +32,18 @@ def bench_teachers(
     repeats: int = 3,
     config_file: str | None = None,
     verbose: bool = True,
+    threads: int | None = None,
 ) -> pd.DataFrame:
-    """Per teacher: training examples, s/epoch (mean over ``epochs``), inference users/s (best of ``repeats``)."""
+    """Per teacher: training examples, s/epoch (mean over ``epochs``), inference users/s (best of ``repeats``).
+
+    Runs with the preset's ``teachers.threads`` CPU threads unless ``threads`` is given.
+    """
     config = load_config(preset, config_file)
+    with torch_threads(threads or config.teachers.threads):
+        return _bench(config, names, epochs, repeats, verbose)
+
+
+def _bench(config, names, epochs, repeats, verbose) -> pd.DataFrame:
     data_dir = resolve_path(config.data_dir)
     prepare_dataset(config.data, data_dir)
     data = load_processed(data_dir, config.data.dataset)
@@ -88,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="*", default=None)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the preset's teachers.threads)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
-    df = bench_teachers(args.preset, args.models, args.epochs, args.repeats, args.config)
+    df = bench_teachers(args.preset, args.models, args.epochs, args.repeats, args.config, threads=args.threads)
     print(df.to_string(index=False))
     if args.json:
         with open(args.json, "w") as f:

@@ -25,6 +25,7 @@ spec's hash, so an interrupted run resumes from its last epoch and never from an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -181,6 +182,18 @@ def _curves(result) -> pd.DataFrame:
 # -- training one teacher ------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run a block with ``n`` intra-op CPU threads (None: leave torch's setting), restored after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def checkpoint_dir(teachers_dir: Path, name: str, spec: dict[str, Any], data: ProcessedData) -> Path:
     return Path(teachers_dir) / ".checkpoints" / f"{name}-{sha256_json({'spec': spec, 'data': data.data_id})[:12]}"
 
@@ -203,6 +216,11 @@ def train_teacher(
         return TeacherResult(name, out, read_json(out / "metrics.json"), skipped=True)
     if (out / "manifest.json").is_file():
         log.warning("%s was made from other data or settings; training it again", out)
+    with torch_threads(config.threads):
+        return _train_and_export(name, spec, data, teachers_dir, out, inputs, progress, callbacks)
+
+
+def _train_and_export(name, spec, data, teachers_dir, out, inputs, progress, callbacks) -> TeacherResult:
     model = build_model(spec)
     examples = training_examples(spec, data)
     task = TeacherTask(model, examples, data, loss=spec["loss"], negatives=spec["negatives"] or 1)
