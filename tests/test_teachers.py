@@ -263,3 +263,29 @@ def test_presets_train_every_teacher_and_unknown_names_fail(cycle, tmp_path):
         load_config("smoke", teachers={"models": ["sasrec", "bert4rec"]})
     with pytest.raises(ConfigError, match="stride"):
         load_config("smoke", teachers={"stride": 80})
+
+
+def test_losses_full_softmax_and_sampled_bce(cycle):
+    import torch.nn.functional as F
+
+    from delrec_lib.teachers.task import next_item_loss
+
+    spec = teacher_spec("sasrec", FAST, cycle)
+    model = build_model(spec)
+    batch = training_examples(spec, cycle).batch(range(8))
+    ce, n = next_item_loss(model, batch, "ce")
+    hidden, labels = model.training_pairs(batch)
+    expected = F.cross_entropy(hidden @ model.item_embeddings()[1:].T, labels[:, 0] - 1)
+    torch.testing.assert_close(ce, expected)
+    assert n == int((batch.labels > 0).sum())
+    torch.manual_seed(0)
+    bce, m = next_item_loss(model, batch, "bce", negatives=4)
+    assert m == n and torch.isfinite(bce) and bce > 0
+
+
+def test_sampled_bce_option_trains_a_teacher(cycle, tmp_path):
+    cfg = replace(FAST, loss="bce", negatives=4, max_epochs=15, patience=15)
+    result = train_teacher("sasrec", cfg, cycle, tmp_path, progress=False)
+    pop = run_teachers(replace(cfg, models=()), cycle, tmp_path, progress=False)["popularity"]
+    assert result.metrics["test"]["full"]["NDCG@10"]["mean"] > 2 * pop.metrics["test"]["full"]["NDCG@10"]["mean"]
+    assert json.loads((tmp_path / "sasrec" / "manifest.json").read_text())["config"]["loss"] == "bce"

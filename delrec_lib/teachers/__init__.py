@@ -2,7 +2,8 @@
 evaluated by full ranking and on the shared candidate sets, and exported for the distillation stage.
 
 Entry points: ``run_teachers`` (the stage, used by notebook 02 and ``python -m delrec_lib
-teachers``), ``load_teacher`` (a checked, ready-to-score model), ``read_exports`` (the tables).
+teachers``), ``train_teacher`` (one teacher: ``fit`` through the shared Trainer, evaluate,
+export), ``load_teacher`` (a checked, ready-to-score model), ``read_exports`` (the tables).
 The file layout of an export is documented in ``stage.py``.
 """
 
@@ -19,6 +20,7 @@ from .stage import (
     TeacherResult,
     build_model,
     export_popularity,
+    fit,
     load_teacher,
     read_exports,
     run_teachers,
@@ -38,6 +40,7 @@ __all__ = [
     "TrainBatch",
     "build_model",
     "export_popularity",
+    "fit",
     "left_pad",
     "load_teacher",
     "model_scorer",

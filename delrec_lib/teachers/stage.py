@@ -9,7 +9,9 @@ Each teacher lands in ``outputs/<run>/teachers/<name>/`` (written atomically, ma
                             (valid, test) and protocol (full, candidates); epochs, seconds
 ``per_user.parquet``        user_id, split, protocol, rank, HR@1, HR@5, HR@10, NDCG@5, NDCG@10, MRR
 ``topk_valid.parquet``      user_id, items, scores: top-k after the train items only (the valid
-                            position; what stage 1 distils), history items excluded, best first
+                            position; what stage 1 distils), history items excluded, best first;
+                            scores are the teacher's raw next-item logits (softmax over the
+                            catalogue gives probabilities), popularity's are train counts
 ``topk_test.parquet``       the same after train + valid items (the test position; for analysis)
 ``candidate_scores.parquet`` user_id, split, candidates, scores, target_position: the score of
                             every candidate of the shared valid and test sets, in their order
@@ -55,7 +57,7 @@ from ..config import TEACHER_NAMES, CaserConfig, GRU4RecConfig, SASRecConfig, Te
 from ..data import ProcessedData
 from ..errors import ConfigError, StaleArtifactError
 from ..metrics import summarize
-from ..training import TrainConfig, Trainer
+from ..training import TrainConfig, Trainer, TrainResult
 from .base import SequentialRecommender
 from .batches import Examples, sequence_examples, window_examples
 from .caser import Caser
@@ -220,15 +222,30 @@ def train_teacher(
         return _train_and_export(name, spec, data, teachers_dir, out, inputs, progress, callbacks)
 
 
-def _train_and_export(name, spec, data, teachers_dir, out, inputs, progress, callbacks) -> TeacherResult:
-    model = build_model(spec)
+def fit(
+    model: SequentialRecommender,
+    spec: dict[str, Any],
+    data: ProcessedData,
+    checkpoint: str | Path | None = None,
+    *,
+    progress: bool = True,
+    callbacks=(),
+) -> tuple[TrainResult, Examples]:
+    """Train ``model`` as ``spec`` says through the shared Trainer, and leave its best validation
+    state loaded. Resumes from ``checkpoint`` when it holds a checkpoint of the same spec and data."""
     examples = training_examples(spec, data)
     task = TeacherTask(model, examples, data, loss=spec["loss"], negatives=spec["negatives"] or 1)
-    ckpt = checkpoint_dir(teachers_dir, name, spec, data)
-    trainer = Trainer(train_config(spec, len(examples)), task, ckpt, desc=name, progress=progress,
+    trainer = Trainer(train_config(spec, len(examples)), task, checkpoint, desc=spec["teacher"], progress=progress,
                       callbacks=callbacks, identity={"spec": spec, "data": data.data_id})  # fmt: skip
     result = trainer.train()
     trainer.load_best()
+    return result, examples
+
+
+def _train_and_export(name, spec, data, teachers_dir, out, inputs, progress, callbacks) -> TeacherResult:
+    model = build_model(spec)
+    ckpt = checkpoint_dir(teachers_dir, name, spec, data)
+    result, examples = fit(model, spec, data, ckpt, progress=progress, callbacks=callbacks)
     start = time.perf_counter()
     with atomic_dir(out) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
