@@ -289,3 +289,12 @@ def test_sampled_bce_option_trains_a_teacher(cycle, tmp_path):
     pop = run_teachers(replace(cfg, models=()), cycle, tmp_path, progress=False)["popularity"]
     assert result.metrics["test"]["full"]["NDCG@10"]["mean"] > 2 * pop.metrics["test"]["full"]["NDCG@10"]["mean"]
     assert json.loads((tmp_path / "sasrec" / "manifest.json").read_text())["config"]["loss"] == "bce"
+
+
+def test_building_a_teacher_leaves_the_callers_rng_alone(cycle):
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = build_model(teacher_spec("caser", FAST, cycle))
+    assert torch.equal(state, torch.get_rng_state())
+    b = build_model(teacher_spec("caser", FAST, cycle))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

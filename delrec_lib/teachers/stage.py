@@ -102,11 +102,12 @@ def teacher_spec(name: str, config: TeachersConfig, data: ProcessedData) -> dict
 
 
 def build_model(spec: dict[str, Any]) -> SequentialRecommender:
-    """A freshly initialised teacher (seeded by the spec) from a spec."""
+    """A freshly initialised teacher (seeded by the spec) from a spec. The caller's RNG is untouched."""
     name = spec["teacher"]
     model_cfg = MODEL_CONFIGS[name](**spec["model"])
-    torch.manual_seed(spec["seed"])
-    return MODELS[name](spec["num_items"], spec["max_len"], model_cfg, num_users=spec["num_users"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec["seed"])
+        return MODELS[name](spec["num_items"], spec["max_len"], model_cfg, num_users=spec["num_users"])
 
 
 def training_examples(spec: dict[str, Any], data: ProcessedData) -> Examples:
