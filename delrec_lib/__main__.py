@@ -60,6 +60,28 @@ def _data(args: argparse.Namespace) -> None:
     print(f"{out}: {data.num_users} users, {data.num_items} items, {len(data.candidates)} candidate sets")
 
 
+def _teachers_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--models", nargs="*", default=None, help="teachers to train (default: the preset's), e.g. sasrec caser")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+@command("teachers", "train, evaluate and export the preset's teachers and the popularity baseline")(_teachers_args)
+def _teachers(args: argparse.Namespace) -> None:
+    from .runner import notebook_context
+    from .teachers import run_teachers
+    from .teachers.report import metrics_table
+
+    overrides = {"teachers": {"models": args.models}} if args.models else {}
+    config, paths, data_root = notebook_context(args.preset or "cpu", args.run_dir, args.config, **overrides)
+    from .data import load_processed
+
+    data = load_processed(data_root, config.data.dataset)
+    results = run_teachers(config.teachers, data, paths.teachers, progress=not args.no_progress)
+    print(metrics_table(results, split="test").to_string())
+    print(f"exports: {paths.teachers}")
+
+
 def _stage_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--only", nargs="*", default=None, help="a subset of the preset's soft prompts / variants")

@@ -284,10 +284,12 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
         state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "best_step": None,
-                 "bad_evals": 0, "history": [], "train_log": [], "running": {}, "seconds": 0.0}  # fmt: skip
+                 "bad_evals": 0, "history": [], "train_log": [], "running": {}, "seconds": 0.0,
+                 "stopped": "finished"}  # fmt: skip
         resumed = self._load_checkpoint(optimizer, scheduler)
         if resumed:
-            state.update({k: resumed[k] for k in state})
+            # (.get: checkpoints written before "stopped" was recorded)
+            state.update({k: resumed.get(k, state[k]) for k in state})
         if acc.num_processes > 1:
             module = acc.prepare_model(module)
             task.set_module(module)
@@ -312,15 +314,17 @@ class Trainer:
             else:
                 state["bad_evals"] += 1
             bar.set_postfix({cfg.metric: f"{value:.4f}", "best": f"{state['best_metric']:.4f}"})
-            return cfg.patience is not None and state["bad_evals"] >= cfg.patience
+            stop = cfg.patience is not None and state["bad_evals"] >= cfg.patience
+            if stop:  # recorded in the checkpoint: a resumed run that had stopped early stays stopped
+                state["stopped"] = "early stopping"
+            return stop
 
         bar = tqdm(total=total_steps, initial=state["step"], desc=self.desc, disable=not self.progress, dynamic_ncols=True)
-        stopped = "finished"
         if cfg.eval_at_start and state["step"] == 0 and not state["history"]:
             evaluate(0)
         module.train()
         running: dict[str, list[float]] = state["running"]  # losses since the last log row
-        while state["epoch"] < cfg.max_epochs and state["step"] < total_steps:
+        while state["epoch"] < cfg.max_epochs and state["step"] < total_steps and state["stopped"] == "finished":
             # Same order on every process and after a resume: a permutation seeded by (seed, epoch).
             order = np.random.default_rng([cfg.seed, state["epoch"]]).permutation(n_examples)
             batches = [order[i : i + global_batch] for i in range(0, n_examples, global_batch)]
@@ -367,7 +371,6 @@ class Trainer:
                 for cb in self.callbacks:
                     cb(self, step)
                 if stop_now:
-                    stopped = "early stopping"
                     break
                 if at_epoch_end:
                     break
@@ -383,7 +386,7 @@ class Trainer:
         return TrainResult(
             steps=state["step"], epochs_completed=state["epoch"], best_step=state["best_step"],
             best_metric=state["best_metric"], history=state["history"], train_log=state["train_log"],
-            stopped=stopped, seconds=state["seconds"],
+            stopped=state["stopped"], seconds=state["seconds"],
         )  # fmt: skip
 
 

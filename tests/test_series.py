@@ -40,3 +40,18 @@ def test_01_data_prep_metrics(smoke_run):
     assert m["candidates_per_set"] == 20
     assert m["protocol_violations"] == 0
     assert (smoke_run.figures / "01_dataset.png").is_file()
+
+
+def test_02_teacher_training_metrics(smoke_run):
+    m = read_metrics(smoke_run, "02_teacher_training")
+    assert set(m["models"]) == {"sasrec", "gru4rec", "caser"}
+    for name in ["popularity", *m["models"]]:
+        assert m[name]["users"] == 943
+        assert 0 < m[name]["test_full_NDCG@10"] < 1 and 0 < m[name]["test_candidates_NDCG@10"] <= 1
+    for name in m["models"]:
+        assert m[name]["epochs"] >= 1
+        exports = smoke_run.teachers / name
+        for f in ("model.safetensors", "config.json", "metrics.json", "topk_valid.parquet", "topk_test.parquet",
+                  "candidate_scores.parquet", "per_user.parquet", "curves.csv", "manifest.json"):  # fmt: skip
+            assert (exports / f).is_file(), f"{name}: {f} missing"
+    assert (smoke_run.figures / "02_teacher_curves.png").is_file()

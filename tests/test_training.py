@@ -105,3 +105,17 @@ def test_bf16_autocast_trains(tmp_path):
     cfg = TrainConfig(max_epochs=3, batch_size=8, lr=0.05, metric="mse", bf16=True)
     result = Trainer(cfg, Regression(), None, progress=False).train()
     assert np.isfinite(result.best_metric)
+
+
+def test_a_run_that_stopped_early_stays_stopped_when_resumed(tmp_path):
+    class Worsening(Regression):
+        def evaluate(self):
+            self.calls = getattr(self, "calls", 0) + 1
+            return {"mse": float(self.calls)}
+
+    cfg = TrainConfig(max_epochs=50, batch_size=16, eval_every=1, patience=3, metric="mse", seed=0)
+    first = Trainer(cfg, Worsening(), tmp_path / "ckpt", progress=False).train()
+    task = Worsening()
+    again = Trainer(cfg, task, tmp_path / "ckpt", progress=False).train()  # e.g. the process died while exporting
+    assert again.stopped == "early stopping" and again.steps == first.steps == 4
+    assert again.history == first.history and task.seen == [], "no further training after the early stop"
