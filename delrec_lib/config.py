@@ -135,6 +135,7 @@ class TeachersConfig:
             raise ConfigError(f"teachers.caser.window ({self.caser.window}) cannot exceed teachers.max_len ({self.max_len})")
 
 
+@dataclass(frozen=True)
 class LLMConfig:
     """The LLM backbone, its prompts and candidate scoring (shared by notebooks 03, 04 and 05).
 

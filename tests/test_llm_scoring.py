@@ -10,13 +10,14 @@ import zipfile
 
 import pytest
 import torch
-from llm_fixtures import TITLES, save_tiny_causal, save_tiny_t5
 
 from delrec_lib.config import LLMConfig, load_config
 from delrec_lib.errors import ConfigError, DataError
 from delrec_lib.llm import EMBEDDED_MODELS, extract_gguf, fetch_embedded_gguf, load_backbone, resolve_dtype
 from delrec_lib.prompts import SOFT_PROMPT_MARKER, PromptBuilder, TemporalExample, encode_text, template_hash
 from delrec_lib.scoring import rank_candidates, rank_candidates_naive
+
+from .llm_fixtures import TITLES, save_tiny_causal, save_tiny_t5
 
 ATOL = 1e-3
 
