@@ -74,8 +74,15 @@ def from_candidate_scores(frame: pd.DataFrame, users: list[int], split: str = "t
         raise ValueError(f"candidate scores lack users {missing[:5]} of the {split} split")
     df = df.loc[users]
     scores = np.stack(df["scores"].to_numpy()).astype(np.float64)
-    per_user = per_user_metrics(scores, df["target_position"].to_numpy())
-    per_user.insert(0, "user_id", users)
+    return per_user_frame(users, scores, df["target_position"].to_numpy())
+
+
+def per_user_frame(users: list[int], scores: np.ndarray, target_position: np.ndarray) -> pd.DataFrame:
+    """user_id, target_position, top1 (the candidate ranked first; the lowest index among ties), rank, metrics."""
+    per_user = per_user_metrics(scores, target_position)
+    per_user.insert(0, "user_id", np.asarray(users, dtype=np.int64))
+    per_user.insert(1, "target_position", np.asarray(target_position, dtype=np.int64))
+    per_user.insert(2, "top1", np.argmax(scores, axis=1))
     return per_user
 
 

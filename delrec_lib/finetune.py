@@ -43,7 +43,7 @@ from .config import FinetuneConfig, RunConfig, parse_prompt_name
 from .data.processed import ProcessedData
 from .distill import TEACHER_DISPLAY, load_soft_prompt
 from .errors import ConfigError, DataError
-from .metrics import per_user_metrics, summarize
+from .metrics import summarize
 from .prompts import EncodedPrompt, PromptBuilder, template_hash
 from .scoring import rank_candidates
 from .training import TrainConfig, Trainer, TrainingTask
@@ -137,11 +137,11 @@ class RecommendationScorer:
 
     def evaluate(self, examples: list[RecExample], progress: bool = False) -> pd.DataFrame:
         """Per-example metrics (one row per user): rank, HR@k, NDCG@k, MRR."""
+        from .evaluation import per_user_frame
+
         with torch.no_grad():
             scores = self.scores(examples, progress).float().cpu().numpy()
-        df = per_user_metrics(scores, np.array([e.label for e in examples]))
-        df.insert(0, "user_id", [e.user_id for e in examples])
-        return df
+        return per_user_frame([e.user_id for e in examples], scores, np.array([e.label for e in examples]))
 
 
 class FinetuneTask(TrainingTask):
