@@ -6,9 +6,9 @@ reduced to one row per user (its rank of the target among the user's 20 candidat
 metrics derived from it); methods are compared by joining on ``user_id``, never by row order.
 
 Secondary, LLaRA-compatible protocol for the LLM methods: the model greedily *generates* an
-answer after the same prompt; ValidRatio is the share of answers that name one of the
-candidates, HR@1 the share that name the target (exact match after normalising case, spacing
-and a trailing year).
+answer after the same prompt; ValidRatio is the share of answers whose first line names one of
+the candidates, HR@1 the share that name the target (exact match after normalising case,
+spacing, quotes and a trailing year).
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ def generation_metrics(scorer: RecommendationScorer, examples: list[RecExample],
     rows = []
     for ex, answer in zip(examples, answers, strict=True):
         shown = [normalise_title(t) for t in scorer.prompt(ex).candidates]
-        a = normalise_title(answer)
+        # The answer is its first line: small models often go on listing more titles after it.
+        a = normalise_title(answer.strip().split("\n", 1)[0])
         matched = shown.index(a) if a in shown else -1
         rows.append({"user_id": ex.user_id, "answer": answer, "matched": matched, "valid": matched >= 0,
                      "hit": matched == ex.label})  # fmt: skip
