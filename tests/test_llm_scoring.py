@@ -6,6 +6,7 @@ real embedded backbone (and the network, once, to fetch it).
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import pytest
@@ -343,3 +344,29 @@ def test_embedded_default_ranks_the_named_title_first():
         scores = rank_candidates(backbone, [prompt])
     assert candidates[int(scores[0].argmax())] == "Fargo", scores
     assert scores[0, 1] - scores[0].topk(2).values[1] > 0.5, scores  # by a clear margin
+
+
+def test_scoring_benchmark_runs_on_a_tiny_model(causal_dir, tmp_path, capsys):
+    from delrec_lib import bench
+
+    out = tmp_path / "bench.json"
+    argv = [
+        "scoring",
+        "--backbone",
+        str(causal_dir),
+        "--users",
+        "3",
+        "--naive-users",
+        "2",
+        "--batch-size",
+        "2",
+    ]
+    argv += ["--repeats", "1", "--peak-size", "128", "--json", str(out)]
+    assert bench.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "shared/packed" in text and "naive" in text and "speed-up over naive" in text
+    results = json.loads(out.read_text())["scoring"]
+    paths = {(r["path"], r["title_style"]) for r in results["runs"]}
+    assert paths == {("shared/packed", "no_year"), ("shared/cache", "no_year"), ("naive", "no_year"),
+                     ("shared/packed", "with_year")}  # fmt: skip
+    assert results["bf16_vs_fp32"]["max_abs_diff"] < 0.5
