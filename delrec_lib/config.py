@@ -60,6 +60,9 @@ class LLMConfig:
     title_max_tokens: int = 16
     # "no_year": "Toy Story"; "with_year": "Toy Story (1995)" (the year costs 6 tokens here).
     title_style: typing.Literal["no_year", "with_year"] = "no_year"
+    # Show the candidate titles in the prompt (DELRec's templates do). Off saves a third of the
+    # prompt's tokens; the scorer ranks the same candidates either way.
+    list_candidates: bool = True
     # Candidate score: mean (length-normalised) or sum of its tokens' log-probabilities.
     normalize: typing.Literal["mean", "sum"] = "mean"
     # Prompts scored together in one forward pass (each with all of its candidates).

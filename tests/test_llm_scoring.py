@@ -159,8 +159,17 @@ def test_stage1_templates(causal):
     assert "GRU4Rec predicts next: The English Patient (1996)" in ta.text
     rps = builder.pattern_simulating(TITLES[:4], TITLES[11:13], TITLES[10:15], teacher="Caser")
     assert "Caser also recommends, best first:\nFargo (1996)\nReturn of the Jedi (1983)\n" in rps.text
-    assert "Which candidate does Caser recommend first?" in rps.text
+    assert "Which movie does Caser recommend first?" in rps.text
     assert ta.text.count(SOFT_PROMPT_MARKER) == rps.text.count(SOFT_PROMPT_MARKER) == 1
+
+
+def test_candidates_can_be_left_out_of_the_prompt(causal):
+    listed = PromptBuilder(causal, LLMConfig()).recommendation(TITLES[:4], TITLES[10:15])
+    builder = PromptBuilder(causal, LLMConfig(list_candidates=False))
+    bare = builder.recommendation(TITLES[:4], TITLES[10:15])
+    assert "Candidates:" in listed.text and "Candidates:" not in bare.text and "Fargo" not in bare.text
+    assert bare.candidates == listed.candidates and bare.num_tokens < listed.num_tokens
+    assert builder.fingerprint() != PromptBuilder(causal, LLMConfig()).fingerprint()
 
 
 def test_titles_are_cut_to_the_token_budget(causal):
@@ -366,7 +375,12 @@ def test_scoring_benchmark_runs_on_a_tiny_model(causal_dir, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "shared/packed" in text and "naive" in text and "speed-up over naive" in text
     results = json.loads(out.read_text())["scoring"]
-    paths = {(r["path"], r["title_style"]) for r in results["runs"]}
-    assert paths == {("shared/packed", "no_year"), ("shared/cache", "no_year"), ("naive", "no_year"),
-                     ("shared/packed", "with_year")}  # fmt: skip
+    paths = {(r["path"], r["prompts"]) for r in results["runs"]}
+    assert paths == {
+        ("shared/packed", "no_year"),
+        ("shared/cache", "no_year"),
+        ("naive", "no_year"),
+        ("shared/packed", "no_year-unlisted"),
+        ("shared/packed", "with_year"),
+    }
     assert results["bf16_vs_fp32"]["max_abs_diff"] < 0.5
