@@ -10,9 +10,9 @@ LoRA without stage 1):
   ranked 2..k; the answer is the teacher's top-1, among the teacher's top-k plus random items.
 - Recommendation (stage 2 and evaluation): the history; the answer is the next item.
 
-Every template lists its candidates (DELRec's form) unless ``list_candidates`` is off, which
-saves ~6 tokens per candidate (a third of a 20-candidate prompt); either way the scorer ranks
-exactly the prompt's candidate titles.
+With ``list_candidates`` a template lists its candidates (DELRec's form); without it (the cpu
+default) it saves ~6 tokens per candidate, a third of a 20-candidate prompt. Either way the scorer
+ranks exactly the prompt's candidate titles (``EncodedPrompt.candidates``).
 
 Token budget (every prompt token costs CPU time): the most recent ``history_len`` titles are
 kept, titles are cut to ``title_max_tokens``, and when the prompt is still longer than

@@ -123,8 +123,8 @@ def _head_logprobs(
         logits = logits * cfg.logit_scale
     if getattr(cfg, "final_logit_softcapping", None):  # Gemma 2/3
         logits = torch.tanh(logits / cfg.final_logit_softcapping) * cfg.final_logit_softcapping
-    picked = logits[inverse, targets]  # [M]
-    return picked - torch.logsumexp(logits, dim=-1)[inverse]
+    # log_softmax, not logits - logsumexp: on CPU logsumexp over a 49k vocabulary ran ~7x slower.
+    return torch.log_softmax(logits, dim=-1)[inverse, targets]  # [M]
 
 
 def _finish(
@@ -317,7 +317,7 @@ def _seq2seq(backbone: Backbone, embeds: list[torch.Tensor], cands: list[list[li
     logits = torch.cat(logits, dim=0).float()
     head_rows, targets, target_cand, lengths = _targets_from_grid(cands, width, list(range(B)), B, lmax)
     rows, tgt = torch.tensor(head_rows, device=dev), torch.tensor(targets, device=dev)
-    logp = logits[rows, tgt] - torch.logsumexp(logits, dim=-1)[rows]
+    logp = torch.log_softmax(logits, dim=-1)[rows, tgt]
     return logp, torch.tensor(target_cand, device=dev), lengths, width
 
 

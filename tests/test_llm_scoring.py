@@ -127,7 +127,7 @@ def test_llm_config_section():
 
 
 def test_recommendation_template_renders_history_candidates_and_slot(causal):
-    builder = PromptBuilder(causal, LLMConfig(history_len=3), num_soft_tokens=4)
+    builder = PromptBuilder(causal, LLMConfig(history_len=3, list_candidates=True), num_soft_tokens=4)
     p = builder.recommendation(TITLES[:6], TITLES[10:13], teacher="SASRec")
     # The 3 most recent titles, oldest first, without their year.
     assert "Movies the user watched, oldest first:\nFour Rooms\nGet Shorty\nThe Usual Suspects\n" in p.text
@@ -148,7 +148,9 @@ def test_recommendation_template_renders_history_candidates_and_slot(causal):
 
 
 def test_stage1_templates(causal):
-    builder = PromptBuilder(causal, LLMConfig(title_style="with_year"), num_soft_tokens=2)
+    builder = PromptBuilder(
+        causal, LLMConfig(title_style="with_year", list_candidates=True), num_soft_tokens=2
+    )
     ex = TemporalExample(history=TITLES[:5], prediction=TITLES[6], answer=TITLES[5])
     ta = builder.temporal_analysis(TITLES[7:12], TITLES[14], TITLES[12:16], teacher="GRU4Rec", example=ex)
     assert (
@@ -164,12 +166,12 @@ def test_stage1_templates(causal):
 
 
 def test_candidates_can_be_left_out_of_the_prompt(causal):
-    listed = PromptBuilder(causal, LLMConfig()).recommendation(TITLES[:4], TITLES[10:15])
+    listed = PromptBuilder(causal, LLMConfig(list_candidates=True)).recommendation(TITLES[:4], TITLES[10:15])
     builder = PromptBuilder(causal, LLMConfig(list_candidates=False))
     bare = builder.recommendation(TITLES[:4], TITLES[10:15])
     assert "Candidates:" in listed.text and "Candidates:" not in bare.text and "Fargo" not in bare.text
     assert bare.candidates == listed.candidates and bare.num_tokens < listed.num_tokens
-    assert builder.fingerprint() != PromptBuilder(causal, LLMConfig()).fingerprint()
+    assert builder.fingerprint() != PromptBuilder(causal, LLMConfig(list_candidates=True)).fingerprint()
 
 
 def test_titles_are_cut_to_the_token_budget(causal):
@@ -207,7 +209,7 @@ def test_template_hash_is_stable():
 @pytest.mark.parametrize("mode", ["packed", "cache"])
 @pytest.mark.parametrize("normalize", ["mean", "sum"])
 def test_shared_prefix_equals_naive_causal(causal, mode, normalize):
-    prompts = mixed_batch(PromptBuilder(causal, LLMConfig(title_style="with_year")))
+    prompts = mixed_batch(PromptBuilder(causal, LLMConfig(title_style="with_year", list_candidates=True)))
     with torch.no_grad():
         fast = rank_candidates(causal, prompts, normalize=normalize, mode=mode, batch_size=3)
         ref = rank_candidates_naive(causal, prompts, normalize=normalize)
@@ -229,7 +231,7 @@ def test_shared_prefix_equals_naive_causal_eager_attention(causal_dir):
 
 @pytest.mark.parametrize("normalize", ["mean", "sum"])
 def test_shared_prefix_equals_naive_seq2seq(t5, normalize):
-    prompts = mixed_batch(PromptBuilder(t5, LLMConfig(title_style="with_year")))
+    prompts = mixed_batch(PromptBuilder(t5, LLMConfig(title_style="with_year", list_candidates=True)))
     with torch.no_grad():
         fast = rank_candidates(t5, prompts, normalize=normalize, batch_size=3)
         ref = rank_candidates_naive(t5, prompts, normalize=normalize)
@@ -274,7 +276,7 @@ def test_soft_prompt_receives_gradients_and_matches_naive(causal, t5, family, mo
 
 
 def test_soft_prompt_position_matters(causal):
-    builder = PromptBuilder(causal, LLMConfig())
+    builder = PromptBuilder(causal, LLMConfig(list_candidates=True))
     body = builder.recommendation(TITLES[:4], TITLES[10:14]).text
     early = body.replace("Movies the user", f"{SOFT_PROMPT_MARKER}Movies the user", 1)
     late = body.replace("Candidates:", f"{SOFT_PROMPT_MARKER}Candidates:", 1)
