@@ -238,9 +238,9 @@ def bench_scoring(args: argparse.Namespace) -> dict:
         return row
 
     for variant in args.variants:
-        style, _, unlisted = variant.partition("-")
+        style, _, listed = variant.partition("-")
         first = variant == args.variants[0]
-        builder = PromptBuilder(backbone, replace(config, title_style=style, list_candidates=not unlisted))
+        builder = PromptBuilder(backbone, replace(config, title_style=style, list_candidates=bool(listed)))
         prompts = [builder.recommendation(h, c) for h, c in users]
         cand_lens = [[len(t) for t in candidate_token_ids(backbone, p.candidates)] for p in prompts]
         prompt_tokens = statistics.mean(p.num_tokens for p in prompts)
@@ -348,13 +348,13 @@ def _scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--naive-users", type=int, default=4, help="users scored by the naive path (slow)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2, help="passes over the users, each batch timed")
-    variants = ["no_year", "no_year-unlisted", "with_year", "with_year-unlisted"]
+    variants = ["no_year", "no_year-listed", "with_year", "with_year-listed"]
     p.add_argument(
         "--variants",
         nargs="+",
-        default=variants[:3],
+        default=["no_year", "no_year-listed", "with_year-listed"],
         choices=variants,
-        help="prompt variants: title style, '-unlisted' = candidates not listed in the prompt",
+        help="prompt variants: title style; '-listed': candidates listed in the prompt (DELRec's form)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peak-size", type=int, default=2048, help="matrix size of the matmul peak measurement")

@@ -382,7 +382,7 @@ def test_scoring_benchmark_runs_on_a_tiny_model(causal_dir, tmp_path, capsys):
         ("shared/packed", "no_year"),
         ("shared/cache", "no_year"),
         ("naive", "no_year"),
-        ("shared/packed", "no_year-unlisted"),
-        ("shared/packed", "with_year"),
+        ("shared/packed", "no_year-listed"),
+        ("shared/packed", "with_year-listed"),
     }
     assert results["bf16_vs_fp32"]["max_abs_diff"] < 0.5
