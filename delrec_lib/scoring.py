@@ -12,7 +12,7 @@ Each prompt is encoded once and all its candidates continue from that shared pre
   candidate. Nothing is copied per candidate. Needs "sdpa" or "eager" attention (a custom 4D mask).
 - causal, ``mode="cache"``: the left-padded prompt batch fills a KV cache, the cache is repeated
   over the candidates (``batch_repeat_interleave``), then the candidate tokens run on top. Works
-  with any attention implementation; on a 2-core CPU it measured 3-4x slower than "packed"
+  with any attention implementation; on the 2-core CPU it measured ~3x slower than "packed"
   (the repeated cache is copied per candidate, and GQA repeats it again).
 - seq2seq (T5): the encoder runs once; the decoder start token is the shared prefix (its
   self- and cross-attention cache is computed once and repeated over candidates), then every
