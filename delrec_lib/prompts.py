@@ -10,7 +10,9 @@ LoRA without stage 1):
   ranked 2..k; the answer is the teacher's top-1, among the teacher's top-k plus random items.
 - Recommendation (stage 2 and evaluation): the history; the answer is the next item.
 
-Every template lists its candidates, and the scorer ranks exactly those titles.
+With ``list_candidates`` a template lists its candidates (DELRec's form); without it (the cpu
+default) it saves ~6 tokens per candidate, a third of a 20-candidate prompt. Either way the scorer
+ranks exactly the prompt's candidate titles (``EncodedPrompt.candidates``).
 
 Token budget (every prompt token costs CPU time): the most recent ``history_len`` titles are
 kept, titles are cut to ``title_max_tokens``, and when the prompt is still longer than
@@ -37,14 +39,16 @@ SYSTEM_MESSAGE = "You recommend movies."
 
 # Named slots: {history}, {candidates}, {teacher}, {prediction}, {ranked}, {pattern} and the
 # in-context example's {example_history}, {example_prediction}, {example_answer}.
-# {pattern} is PATTERN_LINE (with the soft-prompt slot) or empty.
+# {pattern} is PATTERN_LINE (with the soft-prompt slot) or empty; {candidates} is CANDIDATES_BLOCK
+# or empty.
 PATTERN_LINE = "The recommendation pattern of {teacher} is:{soft_prompt}\n"
+CANDIDATES_BLOCK = "Candidates:\n{titles}\n"
 
 RECOMMENDATION_TEMPLATE = (
     "Movies the user watched, oldest first:\n{history}\n"
     "{pattern}"
-    "Candidates:\n{candidates}\n"
-    "Which candidate will the user watch next?"
+    "{candidates}"
+    "Which movie will the user watch next?"
 )
 
 TEMPORAL_ANALYSIS_TEMPLATE = (
@@ -54,16 +58,16 @@ TEMPORAL_ANALYSIS_TEMPLATE = (
     "Movies the user watched, oldest first, the most recent one hidden:\n{history}\n"
     "{teacher} predicts next: {prediction}\n"
     "{pattern}"
-    "Candidates:\n{candidates}\n"
-    "Which candidate is the hidden most recent movie?"
+    "{candidates}"
+    "Which movie is the hidden most recent one?"
 )
 
 PATTERN_SIMULATING_TEMPLATE = (
     "Movies the user watched, oldest first:\n{history}\n"
     "{teacher} also recommends, best first:\n{ranked}\n"
     "{pattern}"
-    "Candidates:\n{candidates}\n"
-    "Which candidate does {teacher} recommend first?"
+    "{candidates}"
+    "Which movie does {teacher} recommend first?"
 )
 
 # Plain-text framing for models without a chat template (base causal models, T5).
@@ -82,6 +86,7 @@ def template_hash() -> str:
             "system": SYSTEM_MESSAGE,
             "marker": SOFT_PROMPT_MARKER,
             "pattern": PATTERN_LINE,
+            "candidates": CANDIDATES_BLOCK,
             "recommendation": RECOMMENDATION_TEMPLATE,
             "temporal_analysis": TEMPORAL_ANALYSIS_TEMPLATE,
             "pattern_simulating": PATTERN_SIMULATING_TEMPLATE,
@@ -163,6 +168,25 @@ class PromptBuilder:
             self.max_prompt_tokens = min(self.max_prompt_tokens, n_positions - longest_answer)
         self._affixes = ([], []) if self.chat else _special_affixes(self.tokenizer)
         self._titles: dict[str, str] = {}
+
+    def fingerprint(self) -> str:
+        """Identity of what this builder renders, for manifests: templates plus every setting used."""
+        c = self.config
+        return sha256_json(
+            {
+                "templates": template_hash(),
+                "chat": self.chat,
+                "num_soft_tokens": self.num_soft_tokens,
+                "max_prompt_tokens": self.max_prompt_tokens,
+                "settings": [
+                    c.history_len,
+                    c.example_history_len,
+                    c.title_max_tokens,
+                    c.title_style,
+                    c.list_candidates,
+                ],
+            }
+        )
 
     # ---- titles -----------------------------------------------------------------------------
 
@@ -287,7 +311,9 @@ class PromptBuilder:
         def encode_with(kept: list[str], example_kept: list[str] | None) -> EncodedPrompt:
             values = dict(fields, teacher=teacher or "", pattern=pattern)
             values["history"] = self._list(kept)
-            values["candidates"] = self._list(candidates)
+            values["candidates"] = (
+                CANDIDATES_BLOCK.format(titles=self._list(candidates)) if self.config.list_candidates else ""
+            )
             if example_kept is not None:
                 values["example_history"] = self._list(example_kept)
             return self.encode(self.render(template.format(**values)), candidates, len(kept))

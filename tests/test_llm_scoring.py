@@ -6,6 +6,7 @@ real embedded backbone (and the network, once, to fetch it).
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import pytest
@@ -127,7 +128,7 @@ def test_llm_config_section():
 
 
 def test_recommendation_template_renders_history_candidates_and_slot(causal):
-    builder = PromptBuilder(causal, LLMConfig(history_len=3), num_soft_tokens=4)
+    builder = PromptBuilder(causal, LLMConfig(history_len=3, list_candidates=True), num_soft_tokens=4)
     p = builder.recommendation(TITLES[:6], TITLES[10:13], teacher="SASRec")
     # The 3 most recent titles, oldest first, without their year.
     assert "Movies the user watched, oldest first:\nFour Rooms\nGet Shorty\nThe Usual Suspects\n" in p.text
@@ -148,7 +149,9 @@ def test_recommendation_template_renders_history_candidates_and_slot(causal):
 
 
 def test_stage1_templates(causal):
-    builder = PromptBuilder(causal, LLMConfig(title_style="with_year"), num_soft_tokens=2)
+    builder = PromptBuilder(
+        causal, LLMConfig(title_style="with_year", list_candidates=True), num_soft_tokens=2
+    )
     ex = TemporalExample(history=TITLES[:5], prediction=TITLES[6], answer=TITLES[5])
     ta = builder.temporal_analysis(TITLES[7:12], TITLES[14], TITLES[12:16], teacher="GRU4Rec", example=ex)
     assert (
@@ -159,8 +162,17 @@ def test_stage1_templates(causal):
     assert "GRU4Rec predicts next: The English Patient (1996)" in ta.text
     rps = builder.pattern_simulating(TITLES[:4], TITLES[11:13], TITLES[10:15], teacher="Caser")
     assert "Caser also recommends, best first:\nFargo (1996)\nReturn of the Jedi (1983)\n" in rps.text
-    assert "Which candidate does Caser recommend first?" in rps.text
+    assert "Which movie does Caser recommend first?" in rps.text
     assert ta.text.count(SOFT_PROMPT_MARKER) == rps.text.count(SOFT_PROMPT_MARKER) == 1
+
+
+def test_candidates_can_be_left_out_of_the_prompt(causal):
+    listed = PromptBuilder(causal, LLMConfig(list_candidates=True)).recommendation(TITLES[:4], TITLES[10:15])
+    builder = PromptBuilder(causal, LLMConfig(list_candidates=False))
+    bare = builder.recommendation(TITLES[:4], TITLES[10:15])
+    assert "Candidates:" in listed.text and "Candidates:" not in bare.text and "Fargo" not in bare.text
+    assert bare.candidates == listed.candidates and bare.num_tokens < listed.num_tokens
+    assert builder.fingerprint() != PromptBuilder(causal, LLMConfig(list_candidates=True)).fingerprint()
 
 
 def test_titles_are_cut_to_the_token_budget(causal):
@@ -198,7 +210,7 @@ def test_template_hash_is_stable():
 @pytest.mark.parametrize("mode", ["packed", "cache"])
 @pytest.mark.parametrize("normalize", ["mean", "sum"])
 def test_shared_prefix_equals_naive_causal(causal, mode, normalize):
-    prompts = mixed_batch(PromptBuilder(causal, LLMConfig(title_style="with_year")))
+    prompts = mixed_batch(PromptBuilder(causal, LLMConfig(title_style="with_year", list_candidates=True)))
     with torch.no_grad():
         fast = rank_candidates(causal, prompts, normalize=normalize, mode=mode, batch_size=3)
         ref = rank_candidates_naive(causal, prompts, normalize=normalize)
@@ -220,7 +232,7 @@ def test_shared_prefix_equals_naive_causal_eager_attention(causal_dir):
 
 @pytest.mark.parametrize("normalize", ["mean", "sum"])
 def test_shared_prefix_equals_naive_seq2seq(t5, normalize):
-    prompts = mixed_batch(PromptBuilder(t5, LLMConfig(title_style="with_year")))
+    prompts = mixed_batch(PromptBuilder(t5, LLMConfig(title_style="with_year", list_candidates=True)))
     with torch.no_grad():
         fast = rank_candidates(t5, prompts, normalize=normalize, batch_size=3)
         ref = rank_candidates_naive(t5, prompts, normalize=normalize)
@@ -265,7 +277,7 @@ def test_soft_prompt_receives_gradients_and_matches_naive(causal, t5, family, mo
 
 
 def test_soft_prompt_position_matters(causal):
-    builder = PromptBuilder(causal, LLMConfig())
+    builder = PromptBuilder(causal, LLMConfig(list_candidates=True))
     body = builder.recommendation(TITLES[:4], TITLES[10:14]).text
     early = body.replace("Movies the user", f"{SOFT_PROMPT_MARKER}Movies the user", 1)
     late = body.replace("Candidates:", f"{SOFT_PROMPT_MARKER}Candidates:", 1)
@@ -344,3 +356,34 @@ def test_embedded_default_ranks_the_named_title_first():
         scores = rank_candidates(backbone, [prompt])
     assert candidates[int(scores[0].argmax())] == "Fargo", scores
     assert scores[0, 1] - scores[0].topk(2).values[1] > 0.5, scores  # by a clear margin
+
+
+def test_scoring_benchmark_runs_on_a_tiny_model(causal_dir, tmp_path, capsys):
+    from delrec_lib import bench
+
+    out = tmp_path / "bench.json"
+    argv = [
+        "scoring",
+        "--backbone",
+        str(causal_dir),
+        "--users",
+        "3",
+        "--naive-users",
+        "2",
+        "--batch-size",
+        "2",
+    ]
+    argv += ["--repeats", "1", "--peak-size", "128", "--json", str(out)]
+    assert bench.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "shared/packed" in text and "naive" in text and "speed-up over naive" in text
+    results = json.loads(out.read_text())["scoring"]
+    paths = {(r["path"], r["prompts"]) for r in results["runs"]}
+    assert paths == {
+        ("shared/packed", "no_year"),
+        ("shared/cache", "no_year"),
+        ("naive", "no_year"),
+        ("shared/packed", "no_year-listed"),
+        ("shared/packed", "with_year-listed"),
+    }
+    assert results["bf16_vs_fp32"]["max_abs_diff"] < 0.5
