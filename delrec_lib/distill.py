@@ -53,7 +53,7 @@ from .config import RunConfig, parse_prompt_name
 from .data.processed import ProcessedData
 from .errors import ConfigError, DataError
 from .metrics import bootstrap_ci, per_user_metrics
-from .prompts import EncodedPrompt, PromptBuilder, TemporalExample, template_hash
+from .prompts import EncodedPrompt, PromptBuilder, TemporalExample, prompt_format_id
 from .scoring import rank_candidates
 from .soft_prompt import SoftPrompt, nearest_tokens
 from .training import TrainConfig, Trainer, TrainingTask
@@ -301,12 +301,12 @@ def read_teacher_topk(teacher_dir: Path, data: ProcessedData) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def distill_inputs(data: ProcessedData, teacher_dir: Path, backbone: Any) -> dict[str, str]:
+def distill_inputs(data: ProcessedData, teacher_dir: Path, backbone: Any, llm_config: Any, num_soft_tokens: int) -> dict[str, str]:
     return {
         "data": data.data_id,
         "teacher": artifact_id(read_manifest(teacher_dir)),
         "backbone": backbone.identity,
-        "template": template_hash(),
+        "template": prompt_format_id(backbone, llm_config, num_soft_tokens),
     }
 
 
@@ -348,7 +348,7 @@ def run_distillation(
     cfg = dataclasses.replace(config.distill, prompts=(name,))
     teacher_dir = paths.teachers / teacher
     topk = read_teacher_topk(teacher_dir, data)
-    inputs = distill_inputs(data, teacher_dir, backbone)
+    inputs = distill_inputs(data, teacher_dir, backbone, config.llm, cfg.num_soft_tokens)
     stage_config = {"distill": cfg, "llm": config.llm, "max_users": config.max_users, "teacher": teacher, "tasks": tasks}
     out_dir = paths.distill / name
     if is_complete(out_dir, SOFT_PROMPT_KIND, inputs=inputs, config=stage_config):
@@ -422,12 +422,18 @@ def run_distillation(
     return DistillResult(name, out_dir, metrics, history, train_log, soft)
 
 
-def load_soft_prompt(distill_dir: Path, backbone: Any, data: ProcessedData) -> tuple[SoftPrompt, dict[str, str]]:
-    """A stage-1 soft prompt, refused unless it was made for this backbone, template and data."""
-    return SoftPrompt.load(
-        Path(distill_dir) / "soft_prompt.safetensors",
-        expect={"backbone": backbone.identity, "template": template_hash(), "data": data.data_id},
-    )
+def load_soft_prompt(
+    distill_dir: Path, backbone: Any, data: ProcessedData, llm_config: Any
+) -> tuple[SoftPrompt, dict[str, str]]:
+    """A stage-1 soft prompt, refused unless it was made for this backbone, prompt format and data."""
+    path = Path(distill_dir) / "soft_prompt.safetensors"
+    soft, _ = SoftPrompt.load(path)
+    expect = {
+        "backbone": backbone.identity,
+        "template": prompt_format_id(backbone, llm_config, soft.num_tokens),
+        "data": data.data_id,
+    }
+    return SoftPrompt.load(path, expect=expect)
 
 
 def describe_examples(examples: dict[str, DistillExample]) -> pd.DataFrame:

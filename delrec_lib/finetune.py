@@ -44,7 +44,7 @@ from .data.processed import ProcessedData
 from .distill import TEACHER_DISPLAY, load_soft_prompt
 from .errors import ConfigError, DataError
 from .metrics import summarize
-from .prompts import EncodedPrompt, PromptBuilder, template_hash
+from .prompts import EncodedPrompt, PromptBuilder, prompt_format_id
 from .scoring import rank_candidates
 from .training import TrainConfig, Trainer, TrainingTask
 
@@ -261,20 +261,21 @@ def variant_soft_prompt(variant: str) -> str | None:
     return name
 
 
-def load_variant_parts(paths: Any, variant: str, backbone, data: ProcessedData):
+def load_variant_parts(paths: Any, variant: str, backbone, data: ProcessedData, llm_config: Any):
     """(soft prompt tensor or None, teacher display name or None, soft prompt manifest id or None)."""
     name = variant_soft_prompt(variant)
     if name is None:
         return None, None, None
     directory = paths.distill / name
-    soft, meta = load_soft_prompt(directory, backbone, data)
+    soft, meta = load_soft_prompt(directory, backbone, data, llm_config)
     soft.requires_grad_(False)
     teacher, _ = parse_prompt_name(name)
     return soft.embeddings.detach(), TEACHER_DISPLAY.get(teacher, teacher), artifact_id(read_manifest(directory))
 
 
-def finetune_inputs(data: ProcessedData, backbone, soft_id: str | None) -> dict[str, str]:
-    inputs = {"data": data.data_id, "backbone": backbone.identity, "template": template_hash()}
+def finetune_inputs(data: ProcessedData, backbone, llm_config: Any, soft: torch.Tensor | None, soft_id: str | None) -> dict[str, str]:
+    k = 0 if soft is None else int(soft.shape[0])
+    inputs = {"data": data.data_id, "backbone": backbone.identity, "template": prompt_format_id(backbone, llm_config, k)}
     if soft_id is not None:
         inputs["soft_prompt"] = soft_id
     return inputs
@@ -294,8 +295,8 @@ def run_finetuning(
     from peft import get_peft_model
 
     cfg = dataclasses.replace(config.finetune, variants=(variant,))
-    soft, teacher, soft_id = load_variant_parts(paths, variant, backbone, data)
-    inputs = finetune_inputs(data, backbone, soft_id)
+    soft, teacher, soft_id = load_variant_parts(paths, variant, backbone, data, config.llm)
+    inputs = finetune_inputs(data, backbone, config.llm, soft, soft_id)
     stage_config = {"finetune": cfg, "llm": config.llm, "max_users": config.max_users, "variant": variant}
     out_dir = paths.finetune / variant
     if is_complete(out_dir, ADAPTER_KIND, inputs=inputs, config=stage_config):
@@ -362,14 +363,14 @@ def load_recommender(
     if variant == "zero-shot":
         return RecommendationScorer(backbone, config.llm, data.titles, None, None)
     if not adapter:
-        soft, teacher, _ = load_variant_parts(paths, variant, backbone, data)
+        soft, teacher, _ = load_variant_parts(paths, variant, backbone, data, config.llm)
         return RecommendationScorer(backbone, config.llm, data.titles, soft, teacher)
     from peft import PeftModel
 
     directory = paths.finetune / variant
     manifest = read_manifest(directory, ADAPTER_KIND)
-    soft, teacher, soft_id = load_variant_parts(paths, variant, backbone, data)
-    expected = finetune_inputs(data, backbone, soft_id)
+    soft, teacher, soft_id = load_variant_parts(paths, variant, backbone, data, config.llm)
+    expected = finetune_inputs(data, backbone, config.llm, soft, soft_id)
     from .artifacts import require_inputs
 
     require_inputs(f"fine-tuned '{variant}'", manifest, expected, directory)

@@ -87,7 +87,7 @@ def test_stage1_learns_a_fixed_teacher_and_leaves_the_backbone_untouched(world):
     assert m["fidelity_after"]["mean"] >= 0.8 > chance * 2
     assert m["fidelity_after"]["mean"] > m["fidelity_before"]["mean"] + 0.3
     assert m["soft_prompt_moved"] > 0
-    soft, meta = load_soft_prompt(paths.distill / "sasrec", backbone, data)
+    soft, meta = load_soft_prompt(paths.distill / "sasrec", backbone, data, config().llm)
     assert torch.equal(soft.embeddings, result.soft_prompt.embeddings)
     assert meta["teacher"] == "sasrec"
     # a second call finds the artifact up to date and does not train again
@@ -127,7 +127,11 @@ def test_mismatched_inputs_are_refused(world, tmp_path):
         run_distillation(config(max_steps=2), paths, data, backbone, "sasrec", progress=False)
     other = load_backbone(str(save_tiny_causal(tmp_path / "other", seed=1)), dtype="float32")
     with pytest.raises(StaleArtifactError, match="soft prompt was made for backbone="):
-        load_soft_prompt(paths.distill / "sasrec", other, data)
+        load_soft_prompt(paths.distill / "sasrec", other, data, config().llm)
+    from delrec_lib.config import LLMConfig
+
+    with pytest.raises(StaleArtifactError, match="soft prompt was made for template="):
+        load_soft_prompt(paths.distill / "sasrec", backbone, data, LLMConfig(history_len=4, title_style="with_year", list_candidates=True))
     # teacher exports made from other data
     other_data = synthetic_data(tmp_path / "data2", seed=5)
     with pytest.raises(StaleArtifactError, match="teacher 'sasrec' was made from another 'data'"):
