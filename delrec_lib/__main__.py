@@ -82,6 +82,45 @@ def _teachers(args: argparse.Namespace) -> None:
     print(f"exports: {paths.teachers}")
 
 
+def _stage_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--only", nargs="*", default=None, help="a subset of the preset's soft prompts / variants")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _llm_stage(args: argparse.Namespace):
+    from .data import load_processed
+    from .llm import load_backbone_from_config
+    from .runner import notebook_context
+
+    config, paths, data_root = notebook_context(args.preset or "cpu", args.run_dir, args.config)
+    data = load_processed(data_root, config.data.dataset)
+    return config, paths, data, load_backbone_from_config(config.llm)
+
+
+@command("distill", "stage 1: distil each teacher's pattern into a soft prompt (LLM frozen)")(_stage_args)
+def _distill(args: argparse.Namespace) -> None:
+    from .distill import run_distillation
+
+    config, paths, data, backbone = _llm_stage(args)
+    for name in args.only or config.distill.prompts:
+        r = run_distillation(config, paths, data, backbone, name, progress=not args.no_progress)
+        m = r.metrics
+        print(f"{name}: fidelity {m['fidelity_before']['mean']:.3f} -> {m['fidelity_after']['mean']:.3f} "
+              f"(chance {m['fidelity_chance']:.3f}) in {m['seconds']:.0f} s: {r.directory}")  # fmt: skip
+
+
+@command("finetune", "stage 2: LoRA fine-tuning with the frozen soft prompt, per variant")(_stage_args)
+def _finetune(args: argparse.Namespace) -> None:
+    from .finetune import run_finetuning
+
+    config, paths, data, backbone = _llm_stage(args)
+    for variant in args.only or config.finetune.variants:
+        r = run_finetuning(config, paths, data, backbone, variant, progress=not args.no_progress)
+        best = r.metrics["valid_best"]
+        print(f"{variant}: valid HR@1 {best['HR@1']:.3f} NDCG@5 {best['NDCG@5']:.3f} in {r.metrics['seconds']:.0f} s: {r.directory}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m delrec_lib", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -58,7 +58,9 @@ def to_jsonable(obj: Any) -> Any:
     if hasattr(obj, "tolist") and getattr(obj, "ndim", 0) > 0:  # numpy arrays, tensors
         return obj.tolist()
     if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        return obj.item()
+        obj = obj.item()
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON; null says "undefined"
+        return None
     return obj
 
 

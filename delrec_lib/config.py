@@ -178,6 +178,132 @@ class LLMConfig:
                 raise ConfigError(f"llm.{name}: expected an integer >= 1, got {getattr(self, name)}")
 
 
+DISTILL_TASKS = ("ta", "rps")
+
+
+def parse_prompt_name(name: str) -> tuple[str, tuple[str, ...]]:
+    """"sasrec" -> ("sasrec", ("ta", "rps")); "sasrec-ta" -> ("sasrec", ("ta",))."""
+    teacher, _, task = name.partition("-")
+    if not teacher or (task and task not in DISTILL_TASKS):
+        raise ConfigError(
+            f"distill.prompts: '{name}' is not '<teacher>' or '<teacher>-ta' / '<teacher>-rps'"
+        )
+    return teacher, (task,) if task else DISTILL_TASKS
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """DELRec stage 1 (notebook 03): distil each teacher's pattern into a soft prompt, LLM frozen.
+
+    Each training user contributes one Temporal Analysis and one Recommendation Pattern
+    Simulating example per step (train items only); held-out users' RPS examples measure the
+    fidelity (LLM top-1 == teacher top-1) that selects the best soft prompt.
+    """
+
+    # One soft prompt per entry: a teacher ("sasrec": TA + RPS) or a stage-1 ablation
+    # ("sasrec-ta": Temporal Analysis only, "sasrec-rps": Pattern Simulating only).
+    prompts: tuple[str, ...] = ("sasrec",)
+    num_soft_tokens: int = 20
+    init: typing.Literal["text", "vocabulary"] = "text"
+    init_text: str = (
+        "{teacher} recommends the next movie from the order of the movies the user watched, "
+        "weighting the most recent ones most."
+    )
+    # "dynamic": per step, weights that give each task's gradient the same norm (gradient-norm
+    # balancing); "fixed": the constant task_weights (TA, RPS).
+    weighting: typing.Literal["dynamic", "fixed"] = "dynamic"
+    task_weights: tuple[float, ...] = (1.0, 1.0)
+    rps_top_k: int = 5  # the teacher's top-k in the RPS candidates; ranks 2..k are shown
+    rps_random: int = 5  # random never-interacted items added to the RPS candidates
+    ta_candidates: int = 10  # the hidden item plus random never-interacted items
+    heldout_users: int = 100  # never trained on; their RPS examples measure fidelity
+    max_train_users: int | None = None  # None: every other user
+    seed: int = 2024
+    # Optimisation (the shared Trainer): one step = batch_size users x grad_accum, TA + RPS each.
+    max_steps: int = 80
+    batch_size: int = 2
+    grad_accum: int = 2
+    lr: float = 1e-2
+    warmup_steps: int = 5
+    eval_every: int = 20
+
+    def __post_init__(self) -> None:
+        for name in self.prompts:
+            parse_prompt_name(name)
+        if len(self.task_weights) != len(DISTILL_TASKS):
+            raise ConfigError(f"distill.task_weights: one weight per task {list(DISTILL_TASKS)}, got {list(self.task_weights)}")
+        for name in ("num_soft_tokens", "rps_top_k", "ta_candidates", "heldout_users", "max_steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"distill.{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.rps_top_k < 2:
+            raise ConfigError(f"distill.rps_top_k: the RPS template shows ranks 2..k, so k >= 2; got {self.rps_top_k}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """DELRec stage 2 (notebook 04): LoRA fine-tuning on the recommendation template.
+
+    Variants: "lora" fine-tunes without a soft prompt (the no-stage-1 ablation); "delrec-<p>"
+    loads stage 1's soft prompt <p> ("delrec-sasrec", "delrec-sasrec-ta", ...) frozen into the
+    template. Every variant gets the same examples, budget and seed.
+    """
+
+    variants: tuple[str, ...] = ("lora", "delrec-sasrec")
+    method: typing.Literal["lora", "adalora"] = "lora"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # AdaLoRA (paper preset): ranks start at adalora_init_r and are pruned to lora_r on average.
+    adalora_init_r: int = 12
+    adalora_tinit: int = 10
+    adalora_tfinal: int = 10
+    adalora_delta_t: int = 5
+    # Training examples: target = one of the user's last train items, history = the items
+    # before it; positions_per_user > 1 slides back over earlier train items.
+    positions_per_user: int = 1
+    num_negatives: int = 19
+    max_train_users: int | None = None
+    valid_users: int = 150  # validation users (seeded subset) that select the best step
+    select_metric: str = "NDCG@5"
+    seed: int = 2024
+    max_steps: int = 60
+    batch_size: int = 2
+    grad_accum: int = 4
+    lr: float = 5e-4
+    warmup_steps: int = 5
+    eval_every: int = 20
+
+    def __post_init__(self) -> None:
+        for v in self.variants:
+            if v != "lora" and not v.startswith("delrec-"):
+                raise ConfigError(f"finetune.variants: '{v}' is not 'lora' or 'delrec-<soft prompt name>'")
+        for name in ("lora_r", "positions_per_user", "num_negatives", "valid_users", "max_steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"finetune.{name}: expected an integer >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation and analysis (notebooks 05 and 06)."""
+
+    bootstrap: int = 1000  # bootstrap resamples of users for the confidence intervals
+    confidence: float = 0.95
+    seed: int = 2024
+    paired_metrics: tuple[str, ...] = ("HR@1", "NDCG@10")
+    # LLaRA-compatible protocol (greedy generation of a title): users it runs on, None = all.
+    generation_users: int | None = 200
+    max_new_tokens: int = 20
+    # "Lost in Sequence" order diagnostic (notebook 06): users re-ranked with shuffled histories.
+    shuffle_users: int | None = 300
+
+    def __post_init__(self) -> None:
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"eval.confidence: expected a number in (0, 1), got {self.confidence}")
+        if self.bootstrap < 100:
+            raise ConfigError(f"eval.bootstrap: expected at least 100 resamples, got {self.bootstrap}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one run of the series needs. ``preset`` names where the defaults came from."""
@@ -190,6 +316,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +328,13 @@ class RunConfig:
 
 def _smoke() -> RunConfig:
     # Teachers: every model for one epoch (seconds each); enough to exercise every export.
-    return RunConfig(preset="smoke", max_users=48, teachers=TeachersConfig(max_epochs=1))
+    return RunConfig(
+        preset="smoke",
+        max_users=48,
+        teachers=TeachersConfig(max_epochs=1),
+        distill=DistillConfig(heldout_users=8, max_train_users=16, max_steps=4, eval_every=2, warmup_steps=0),
+        finetune=FinetuneConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, warmup_steps=0, grad_accum=1),
+    )
 
 
 def _cpu() -> RunConfig:

@@ -33,3 +33,88 @@ def plot_item_popularity(data: ProcessedData, ax: plt.Axes | None = None) -> plt
 
 def save(fig: plt.Figure, path) -> None:
     fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def plot_prompt_layout(prompt, tokenizer, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
+    """Where the soft prompt sits: the prompt's tokens as a strip, text in grey, the K soft vectors in orange."""
+    ax = ax or plt.gca()
+    before = [tokenizer.decode([i]) for i in prompt.before_ids]
+    after = [tokenizer.decode([i]) for i in prompt.after_ids]
+    k = prompt.num_soft_tokens
+    segments = [("text before the slot", len(before), "#BBBBBB"), (f"{k} soft-prompt vectors", k, "#DD8452"),
+                ("text after the slot", len(after), "#BBBBBB")]  # fmt: skip
+    x = 0
+    for label, width, color in segments:
+        if width:
+            ax.barh(0, width, left=x, color=color, edgecolor="white")
+            ax.text(x + width / 2, 0, f"{label}\n({width} tokens)", ha="center", va="center", fontsize=8)
+        x += width
+    tail = "".join(before[-6:]).replace("\n", " ")
+    head = "".join(after[:6]).replace("\n", " ")
+    ax.set(xlim=(0, x), yticks=[], xlabel="token position", title=title or f"...{tail} [soft prompt] {head}...")
+    return ax
+
+
+def plot_curves(frame, x: str, ys: list[str], ax: plt.Axes | None = None, title: str = "", ylabel: str = "") -> plt.Axes:
+    ax = ax or plt.gca()
+    for y in ys:
+        if y in frame.columns:
+            ax.plot(frame[x], frame[y], marker="o", ms=3, label=y)
+    ax.set(xlabel=x, ylabel=ylabel, title=title)
+    ax.legend()
+    return ax
+
+
+def plot_metric_bars(table, metrics=("HR@1", "NDCG@10", "MRR"), ax: plt.Axes | None = None) -> plt.Axes:
+    """Grouped bars of each method's mean with its bootstrap CI, one group per metric."""
+    ax = ax or plt.gca()
+    methods = list(table.index)
+    width = 0.8 / len(methods)
+    x = np.arange(len(metrics))
+    for i, m in enumerate(methods):
+        means = np.array([table.loc[m, (k, "mean")] for k in metrics])
+        low = means - np.array([table.loc[m, (k, "ci_low")] for k in metrics])
+        high = np.array([table.loc[m, (k, "ci_high")] for k in metrics]) - means
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=[low, high], capsize=2, label=m)
+    ax.set(xticks=x, xticklabels=list(metrics), ylabel="mean over users (95% CI)", title="Test candidate sets (20 per user)")
+    ax.legend(fontsize=8, ncol=2)
+    return ax
+
+
+def plot_grouped(frame, metric: str, ax: plt.Axes | None = None, title: str = "", xlabel: str = "") -> plt.Axes:
+    """A metric per group (x) and method (line), from a tidy (method, group, users, metric) table."""
+    ax = ax or plt.gca()
+    groups = list(dict.fromkeys(frame["group"]))
+    for method, f in frame.groupby("method", sort=False):
+        f = f.set_index("group").loc[groups]
+        ax.plot(range(len(groups)), f[metric], marker="o", label=method)
+    users = frame.drop_duplicates("group").set_index("group").loc[groups, "users"]
+    ax.set_xticks(range(len(groups)), [f"{g}\n(n={n})" for g, n in zip(groups, users, strict=True)], fontsize=8)
+    ax.set(ylabel=metric, title=title, xlabel=xlabel)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_order_diagnostic(order, metric: str = "NDCG@10", ax: plt.Axes | None = None) -> plt.Axes:
+    ax = ax or plt.gca()
+    o = order[order["metric"] == metric].reset_index(drop=True)
+    x = np.arange(len(o))
+    ax.bar(x - 0.2, o["original"], 0.4, label="original order")
+    ax.bar(x + 0.2, o["shuffled"], 0.4, label="history shuffled")
+    for i, row in o.iterrows():
+        star = "*" if row["p_value"] < 0.05 else ""
+        ax.text(i, max(row["original"], row["shuffled"]), f"{-row['drop']:+.3f}{star}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, o["method"], rotation=20)
+    ax.set(ylabel=metric, title=f"Order diagnostic (* p < 0.05, n={int(o['users'].iloc[0]) if len(o) else 0})")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_agreement(agreement, ax: plt.Axes | None = None) -> plt.Axes:
+    ax = ax or plt.gca()
+    a = agreement[agreement["group"] != "all users"]
+    labels = [f"{r.student}\nvs {r.teacher}\n{r.group} (n={r.users})" for r in a.itertuples()]
+    ax.bar(range(len(a)), a["agreement"], color=["#55A868" if "right" in g else "#C44E52" for g in a["group"]])
+    ax.set_xticks(range(len(a)), labels, fontsize=8)
+    ax.set(ylim=(0, 1), ylabel="share of users with the same top-1", title="Does DELRec follow its teacher?")
+    return ax

@@ -340,3 +340,9 @@ def encode_text(
 ) -> EncodedPrompt:
     """Encode an already rendered prompt text as is (no template, no truncation)."""
     return PromptBuilder(backbone, num_soft_tokens=num_soft_tokens).encode(text, candidates)
+
+
+def prompt_format_id(backbone: Any, config: LLMConfig, num_soft_tokens: int = 0) -> str:
+    """Identity of how prompts are rendered for this backbone and config (for manifests): a soft
+    prompt or an adapter trained under one format is refused under another."""
+    return PromptBuilder(backbone, config, num_soft_tokens=num_soft_tokens).fingerprint()

@@ -91,10 +91,22 @@ class TrainingTask:
         """The loss to minimise for one micro-batch, and scalars to log."""
         raise NotImplementedError
 
-    def backward(self, loss: torch.Tensor, accelerator) -> None:
-        """Backpropagate ``loss`` (already divided by the accumulation steps). Override for tasks
-        that combine per-task gradients themselves (dynamic loss weighting)."""
-        accelerator.backward(loss)
+    def backward(self, loss: torch.Tensor, accelerator, scale: float) -> dict[str, float] | None:
+        """Backpropagate ``loss * scale`` (scale = 1 / micro-batches per step). Override for tasks
+        that combine per-task gradients themselves (dynamic loss weighting); scalars returned
+        are logged."""
+        accelerator.backward(loss * scale)
+        return None
+
+    def on_optimizer_step(self, step: int) -> None:
+        """Called after each optimizer update, before gradients are zeroed (AdaLoRA's rank allocation)."""
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """Extra training state a checkpoint must hold for an exact resume (e.g. AdaLoRA's importance scores)."""
+        return {}
+
+    def restore_checkpoint_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of ``checkpoint_tensors``."""
 
     def evaluate(self) -> dict[str, float]:
         """Validation metrics; must contain the config's ``metric``. Runs in eval mode, no grad."""
@@ -195,6 +207,9 @@ class Trainer:
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state()
             save_file(rng, str(tmp / "rng.safetensors"))
+            extra = {k: v.detach().cpu().contiguous() for k, v in self.task.checkpoint_tensors().items()}
+            if extra:
+                save_file(extra, str(tmp / "task.safetensors"))
             meta = {
                 **state,
                 "identity": self.identity,
@@ -220,6 +235,8 @@ class Trainer:
         self.task.load_trainable_state(load_file(str(last / "params.safetensors")))
         optimizer.load_state_dict(_unflatten_optimizer(load_file(str(last / "optimizer.safetensors")), meta["optimizer"]))
         scheduler.load_state_dict(meta["scheduler"])
+        if (last / "task.safetensors").is_file():
+            self.task.restore_checkpoint_tensors(load_file(str(last / "task.safetensors")))
         rng = load_file(str(last / "rng.safetensors"))
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
@@ -320,12 +337,13 @@ class Trainer:
                     batch = task.make_batch(mine.tolist())
                     with autocast_context(cfg.bf16, self.device):
                         loss, logs = task.training_loss(batch)
-                    task.backward(loss / len(group), acc)
-                    for k, v in {"loss": float(loss.detach()), **logs}.items():
+                    extra = task.backward(loss, acc, 1.0 / len(group)) or {}
+                    for k, v in {"loss": float(loss.detach()), **logs, **extra}.items():
                         running.setdefault(k, []).append(float(v))
                 if cfg.max_grad_norm is not None:
                     acc.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
+                task.on_optimizer_step(state["step"])
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 b += len(group)

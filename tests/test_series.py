@@ -55,3 +55,57 @@ def test_02_teacher_training_metrics(smoke_run):
                   "candidate_scores.parquet", "per_user.parquet", "curves.csv", "manifest.json"):  # fmt: skip
             assert (exports / f).is_file(), f"{name}: {f} missing"
     assert (smoke_run.figures / "02_teacher_curves.png").is_file()
+
+
+def test_03_pattern_distillation_metrics(smoke_run):
+    from delrec_lib.config import preset_config
+
+    cfg = preset_config("smoke")
+    m = read_metrics(smoke_run, "03_pattern_distillation")
+    assert sorted(m) == sorted(cfg.distill.prompts)
+    for name, r in m.items():
+        assert 0 <= r["fidelity_before"] <= 1 and 0 <= r["fidelity_after"] <= 1
+        assert r["fidelity_chance"] == 1 / (cfg.distill.rps_top_k + cfg.distill.rps_random)
+        assert r["steps"] == cfg.distill.max_steps
+        assert (smoke_run.distill / name / "soft_prompt.safetensors").is_file()
+    assert (smoke_run.figures / "03_distillation_curves.png").is_file()
+
+
+def test_04_llm_finetuning_metrics(smoke_run):
+    from delrec_lib.config import preset_config
+
+    cfg = preset_config("smoke")
+    m = read_metrics(smoke_run, "04_llm_finetuning")
+    assert sorted(m) == sorted(cfg.finetune.variants)
+    for variant, r in m.items():
+        assert 0 <= r["valid_HR@1"] <= 1 and 0 <= r["valid_NDCG@5"] <= 1
+        assert r["steps"] == cfg.finetune.max_steps
+        assert (smoke_run.finetune / variant / "adapter" / "adapter_config.json").is_file()
+
+
+def test_05_evaluation_metrics(smoke_run):
+    from delrec_lib.config import preset_config
+
+    cfg = preset_config("smoke")
+    m = read_metrics(smoke_run, "05_evaluation")
+    expected = {"popularity", "zero-shot", *cfg.teachers.models, *cfg.finetune.variants}
+    assert set(m["methods"]) == expected
+    assert m["users"] == cfg.max_users
+    for method, r in m["methods"].items():
+        assert all(0 <= v <= 1 for v in r.values()), method
+        assert r["HR@1"] <= r["HR@5"] <= r["HR@10"], method
+        assert r["NDCG@5"] <= r["NDCG@10"] <= r["HR@10"] + 1e-9, method
+    assert {(p["method"], p["versus"]) for p in m["paired"]} >= {("delrec-sasrec", "sasrec"), ("delrec-sasrec", "lora")}
+    assert all(0 < p["p_value"] <= 1 for p in m["paired"])
+    assert set(m["generation"]) == {"zero-shot", *cfg.finetune.variants}
+    for name in ("results.csv", "results.md", "paired_tests.csv", "generation_protocol.csv"):
+        assert (smoke_run.eval / name).is_file()
+
+
+def test_06_analysis_metrics(smoke_run):
+    m = read_metrics(smoke_run, "06_analysis_plots")
+    assert {"06_metrics.png", "06_training_curves.png", "06_agreement.png", "06_segments.png",
+            "06_order_diagnostic.png"} <= set(m["figures"])  # fmt: skip
+    popularity = [r for r in m["order"] if r["method"] == "popularity"]
+    assert popularity and all(r["drop"] == 0.0 and r["original"] == r["shuffled"] for r in popularity)
+    assert "Best method" in m["reading"]

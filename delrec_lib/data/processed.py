@@ -57,6 +57,10 @@ class ProcessedData:
     def train_items(self, user_id: int) -> list[int]:
         return list(self.splits["train_items"].iloc[self._row(user_id)])
 
+    def interacted_items(self, user_id: int) -> np.ndarray:
+        """Every item the user ever interacted with (train, valid and test): what negatives avoid."""
+        return np.asarray(self.sequences["items"].iloc[self._row(user_id)])
+
     def target(self, user_id: int, split: str) -> int:
         self._check_split(split)
         return int(self.splits[f"{split}_target"].iloc[self._row(user_id)])

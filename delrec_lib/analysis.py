@@ -1,0 +1,238 @@
+"""The analyses of notebook 06: where methods differ, whether DELRec follows its teacher, and
+whether each method uses the order of the history at all.
+
+Every function takes the per-user results of notebook 05 (one row per user and method, joined on
+``user_id``) and returns a tidy table that the plots in ``plots.py`` draw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .artifacts import atomic_dir, build_manifest, is_complete, write_manifest
+from .config import RunConfig, parse_prompt_name
+from .data.explore import item_popularity
+from .data.processed import ProcessedData
+from .evaluation import POPULARITY, MethodResult, _method_inputs, aligned, per_user_frame
+from .finetune import RecExample, load_recommender, split_examples
+from .metrics import paired_test
+
+SHUFFLE_KIND = "order-diagnostic"
+
+
+# --------------------------------------------------------------------------------------------
+# Teacher-student agreement
+# --------------------------------------------------------------------------------------------
+
+
+def teacher_agreement(results: dict[str, MethodResult], student: str, teacher: str) -> pd.DataFrame:
+    """How often the student's top-1 candidate is the teacher's, split by whether the teacher was right."""
+    frames = aligned({student: results[student], teacher: results[teacher]})
+    s, t = frames[student], frames[teacher]
+    teacher_right = t["top1"] == t["target_position"]
+    same = s["top1"] == t["top1"]
+    student_right = s["top1"] == s["target_position"]
+    rows = []
+    for label, mask in (("teacher right", teacher_right), ("teacher wrong", ~teacher_right), ("all users", teacher_right | True)):
+        rows.append({
+            "student": student, "teacher": teacher, "group": label, "users": int(mask.sum()),
+            "agreement": float(same[mask].mean()) if mask.any() else float("nan"),
+            "student HR@1": float(student_right[mask].mean()) if mask.any() else float("nan"),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def delrec_teacher_pairs(results: dict[str, MethodResult]) -> list[tuple[str, str]]:
+    pairs = []
+    for m in results:
+        if m.startswith("delrec-"):
+            teacher, _ = parse_prompt_name(m[len("delrec-") :])
+            if teacher in results:
+                pairs.append((m, teacher))
+    return pairs
+
+
+# --------------------------------------------------------------------------------------------
+# Accuracy by history length and by the target's popularity
+# --------------------------------------------------------------------------------------------
+
+
+def _by_group(results: dict[str, MethodResult], groups: pd.Series, metrics=("HR@1", "NDCG@10")) -> pd.DataFrame:
+    frames = aligned(results)
+    rows = []
+    for method, f in frames.items():
+        g = groups.loc[f.index]
+        for label in groups.cat.categories:
+            mask = (g == label).to_numpy()
+            rows.append({"method": method, "group": label, "users": int(mask.sum()),
+                         **{m: float(f[m].to_numpy()[mask].mean()) if mask.any() else float("nan") for m in metrics}})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def by_history_length(results: dict[str, MethodResult], data: ProcessedData, edges=(0, 30, 60, 120, 250, 10_000)) -> pd.DataFrame:
+    """Metrics per bin of the test history's length (train + valid items)."""
+    users = next(iter(aligned(results).values())).index
+    lengths = pd.Series({int(u): len(data.history(int(u), "test")) for u in users})
+    labels = [f"{lo + 1}-{hi}" if hi < 10_000 else f">{lo}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    groups = pd.cut(lengths, bins=list(edges), labels=labels)
+    return _by_group(results, groups)
+
+
+def by_target_popularity(results: dict[str, MethodResult], data: ProcessedData) -> pd.DataFrame:
+    """Metrics for cold, mid and popular test targets (tertiles of the target's train-split popularity)."""
+    users = next(iter(aligned(results).values())).index
+    pop = item_popularity(data, split="train")
+    counts = pd.Series({int(u): int(pop[data.target(int(u), "test") - 1]) for u in users})
+    low, high = np.quantile(counts, [1 / 3, 2 / 3])
+    labels = [f"cold (<= {low:.0f})", f"mid ({low:.0f}-{high:.0f}]", f"popular (> {high:.0f})"]
+    groups = pd.cut(counts, bins=[-1, low, high, np.inf], labels=labels)
+    return _by_group(results, groups)
+
+
+# --------------------------------------------------------------------------------------------
+# "Lost in Sequence" order diagnostic
+# --------------------------------------------------------------------------------------------
+
+
+def shuffle_window(history: list[int], window: int, rng: np.random.Generator) -> list[int]:
+    """The history with the order of its last ``window`` items (what the model sees) permuted.
+
+    Shuffling inside the window keeps the set of items the model sees unchanged, so any change in
+    its ranking comes from the order alone.
+    """
+    if window <= 1 or len(history) <= 1:
+        return list(history)
+    head, tail = list(history[:-window]), list(history[-window:])
+    return head + [tail[i] for i in rng.permutation(len(tail))]
+
+
+def diagnostic_users(data: ProcessedData, config: RunConfig) -> list[int]:
+    users = data.user_ids(config.max_users).tolist()
+    n = config.eval.shuffle_users
+    if n is None or n >= len(users):
+        return users
+    rng = np.random.default_rng([config.eval.seed, 13])
+    return sorted(int(u) for u in rng.choice(users, size=n, replace=False))
+
+
+def shuffled_results(
+    config: RunConfig, paths: Any, data: ProcessedData, method: str, kind: str, backbone, users: list[int]
+) -> pd.DataFrame:
+    """Per-user test results of ``method`` with every user's history order shuffled (cached)."""
+    inputs = _method_inputs(config, paths, data, method, kind, backbone)
+    stage_config = {"eval": config.eval, "llm": config.llm if kind == "llm" else None, "users": users}
+    out = paths.eval / "shuffled" / method
+    if is_complete(out, SHUFFLE_KIND, inputs=inputs, config=stage_config):
+        return pd.read_parquet(out / "per_user.parquet")
+    sets = data.candidate_sets("test").set_index("user_id").loc[users]
+    rngs = {u: np.random.default_rng([config.eval.seed, u, 17]) for u in users}
+    if kind == "llm":
+        scorer = load_recommender(paths, method, backbone, data, config)
+        window = config.llm.history_len
+        examples = [
+            RecExample(e.user_id, tuple(shuffle_window(list(e.history), window, rngs[e.user_id])), e.candidates, e.label)
+            for e in split_examples(data, "test", users)
+        ]
+        frame = scorer.evaluate(examples)
+    else:
+        from .teachers import load_teacher, popularity_scorer, read_exports
+
+        if kind == "baseline":  # popularity: scores from the exported train-split counts
+            read_exports(paths.teachers / method, data)  # checks the export belongs to this data
+            counts = pd.read_parquet(paths.teachers / method / "popularity.parquet")["count"].to_numpy()
+            score_fn, window = popularity_scorer(np.concatenate([[0], counts])), data.num_items
+        else:
+            teacher = load_teacher(paths.teachers / method, data, config.teachers)
+            score_fn, window = teacher.scorer(), teacher.model.max_len
+        histories = [shuffle_window(data.history(u, "test"), window, rngs[u]) for u in users]
+        full = score_fn(np.asarray(users), histories)
+        cands = np.stack(sets["candidates"].to_numpy()).astype(np.int64)
+        scores = np.take_along_axis(full, cands, axis=1).astype(np.float64)
+        frame = per_user_frame(users, scores, sets["target_position"].to_numpy())
+    with atomic_dir(out) as tmp:
+        frame.to_parquet(tmp / "per_user.parquet", index=False)
+        write_manifest(tmp, build_manifest(SHUFFLE_KIND, tmp, inputs=inputs, config=stage_config, extra={"method": method}))
+    return frame
+
+
+def order_diagnostic(original: dict[str, MethodResult], shuffled: dict[str, pd.DataFrame],
+                     metrics=("HR@1", "NDCG@10"), seed: int = 0) -> pd.DataFrame:  # fmt: skip
+    """Each method's metric on the same users with the original and with shuffled history order."""
+    rows = []
+    for method, sh in shuffled.items():
+        orig = original[method].per_user.set_index("user_id").loc[sh["user_id"]]
+        sh = sh.set_index("user_id")
+        for m in metrics:
+            test = paired_test(orig[m].to_numpy(), sh[m].to_numpy(), seed=seed)
+            rows.append({"method": method, "metric": m, "users": len(sh), "original": float(orig[m].mean()),
+                         "shuffled": float(sh[m].mean()), "drop": test["mean_diff"], "drop_ci_low": test["ci_low"],
+                         "drop_ci_high": test["ci_high"], "p_value": test["p_value"]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# A written reading of the numbers
+# --------------------------------------------------------------------------------------------
+
+
+def _sig(p: float, alpha: float = 0.05) -> str:
+    return f"significant (p = {p:.3g})" if p < alpha else f"not significant (p = {p:.3g})"
+
+
+def reading(table: pd.DataFrame, paired: pd.DataFrame, agreement: pd.DataFrame | None, order: pd.DataFrame | None,
+            metric: str = "NDCG@10") -> str:  # fmt: skip
+    """A short paragraph per finding, every number taken from the tables passed in."""
+    means = table[(metric, "mean")].sort_values(ascending=False)
+    best, second = means.index[0], means.index[1] if len(means) > 1 else None
+    lines = [f"- **Best method by {metric}**: {best} with {means.iloc[0]:.4f} "
+             f"[{table.loc[best, (metric, 'ci_low')]:.4f}, {table.loc[best, (metric, 'ci_high')]:.4f}]"
+             + (f", ahead of {second} ({means.iloc[1]:.4f})." if second else ".")]  # fmt: skip
+    if POPULARITY in means.index:
+        floor = means[POPULARITY]
+        below = [m for m in means.index if m != POPULARITY and means[m] <= floor]
+        lines.append(f"- **Popularity floor** ({metric} {floor:.4f}): "
+                     + (f"not cleared by {', '.join(below)}." if below else "every other method clears it."))  # fmt: skip
+    for row in paired.itertuples(index=False):
+        if row.metric != metric and row.metric != "HR@1":
+            continue
+        direction = "above" if row.mean_diff > 0 else "below"
+        lines.append(f"- **{row.method} vs {row.versus}** ({row.metric}): {abs(row.mean_diff):.4f} {direction} "
+                     f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}], {_sig(row.p_value)}.")  # fmt: skip
+    if agreement is not None and len(agreement):
+        for (student, teacher), g in agreement.groupby(["student", "teacher"], sort=False):
+            right = g[g["group"] == "teacher right"].iloc[0]
+            wrong = g[g["group"] == "teacher wrong"].iloc[0]
+            lines.append(f"- **{student} follows {teacher}**: same top-1 for {right['agreement']:.1%} of users where the "
+                         f"teacher is right and {wrong['agreement']:.1%} where it is wrong.")  # fmt: skip
+    if order is not None and len(order):
+        o = order[order["metric"] == metric]
+        for row in o.itertuples(index=False):
+            effect = "uses the order" if row.p_value < 0.05 and row.drop > 0 else "shows no significant use of the order"
+            lines.append(f"- **Shuffled history, {row.method}**: {metric} {row.original:.4f} -> {row.shuffled:.4f} "
+                         f"(drop {row.drop:+.4f}, {_sig(row.p_value)}): it {effect}.")  # fmt: skip
+    return "\n".join(lines)
+
+
+def collect_curves(paths: Any, config: RunConfig) -> dict[str, dict[str, pd.DataFrame]]:
+    """Every stage's training curves as written by its notebook: {stage: {name: frame}}."""
+    out: dict[str, dict[str, pd.DataFrame]] = {"teachers": {}, "distill": {}, "finetune": {}}
+    for t in config.teachers.models:
+        f = paths.teachers / t / "curves.csv"
+        if f.is_file():
+            out["teachers"][t] = pd.read_csv(f)
+    for p in config.distill.prompts:
+        d = paths.distill / p
+        if (d / "history.csv").is_file():
+            out["distill"][p] = pd.read_csv(d / "history.csv").merge(
+                pd.read_csv(d / "train_log.csv"), on="step", how="outer", suffixes=("", "_train")
+            )
+    for v in config.finetune.variants:
+        d = paths.finetune / v
+        if (d / "history.csv").is_file():
+            out["finetune"][v] = pd.read_csv(d / "history.csv").merge(
+                pd.read_csv(d / "train_log.csv"), on="step", how="outer", suffixes=("", "_train")
+            )
+    return out

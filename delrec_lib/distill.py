@@ -1,0 +1,454 @@
+"""DELRec stage 1: distil a teacher's recommendation pattern into a soft prompt (LLM frozen).
+
+Two tasks, built from the teacher's exports and the users' train items only:
+
+- Temporal Analysis (TA): the history with its most recent train item hidden, the teacher's
+  prediction made after that item, and an in-context example; the LLM must pick the hidden item
+  from a candidate set (the hidden item plus random items the user never interacted with). It
+  teaches how the teacher links the latest item to what it predicts next.
+- Recommendation Pattern Simulating (RPS): the history and the teacher's predictions ranked
+  2..k; the candidates are the teacher's top-k plus random items, and the LLM must rank the
+  teacher's top-1 first.
+
+The loss of each task is the softmax cross-entropy over its candidates' scores
+(``rank_candidates`` with gradients through the soft prompt). The two are combined by dynamic
+gradient-norm weighting: per step, each task's gradient on the soft prompt is rescaled to the
+tasks' mean gradient norm, so neither task drowns the other (fixed weights as an option).
+
+No valid or test target appears anywhere here: histories are train items, the teacher's
+top-k was computed after the train items (it never saw what follows them) and has the user's
+valid/test targets removed, and random candidates come from items the user never interacted
+with. Held-out users are never trained on; their RPS examples measure *fidelity*, how often the
+LLM's top-1 equals the teacher's, which selects the best soft prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .artifacts import (
+    artifact_id,
+    atomic_dir,
+    build_manifest,
+    is_complete,
+    read_json,
+    read_manifest,
+    require_inputs,
+    to_jsonable,
+    verify_outputs,
+    write_manifest,
+)
+from .config import RunConfig, parse_prompt_name
+from .data.processed import ProcessedData
+from .errors import ConfigError, DataError
+from .metrics import bootstrap_ci, per_user_metrics
+from .prompts import EncodedPrompt, PromptBuilder, TemporalExample, prompt_format_id
+from .scoring import rank_candidates
+from .soft_prompt import SoftPrompt, nearest_tokens
+from .training import TrainConfig, Trainer, TrainingTask
+
+log = logging.getLogger(__name__)
+
+SOFT_PROMPT_KIND = "soft-prompt"
+TEACHER_DISPLAY = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser"}
+
+
+@dataclass(frozen=True)
+class DistillExample:
+    """One stage-1 example in item ids. ``label`` indexes ``candidates``."""
+
+    user_id: int
+    task: str  # "ta" | "rps"
+    history: tuple[int, ...]  # oldest first
+    candidates: tuple[int, ...]
+    label: int
+    prediction: int | None = None  # TA: the teacher's next-item prediction
+    ranked: tuple[int, ...] = ()  # RPS: the teacher's predictions ranked 2..k
+    example: tuple[tuple[int, ...], int, int] | None = None  # TA in-context: (history, prediction, answer)
+
+    @property
+    def target(self) -> int:
+        return self.candidates[self.label]
+
+    def items(self) -> set[int]:
+        """Every item the example shows or asks for (for the no-leakage checks)."""
+        out = set(self.history) | set(self.candidates) | set(self.ranked)
+        if self.prediction is not None:
+            out.add(self.prediction)
+        if self.example is not None:
+            out |= set(self.example[0]) | {self.example[1], self.example[2]}
+        return out
+
+
+def forbidden_items(data: ProcessedData, user_id: int) -> set[int]:
+    """What stage 1 must never show for this user: their valid and test targets."""
+    return {data.target(user_id, "valid"), data.target(user_id, "test")}
+
+
+def teacher_predictions(topk: pd.DataFrame, data: ProcessedData) -> dict[int, list[int]]:
+    """Each user's teacher ranking after their train items, without any train item or valid/test target.
+
+    ``topk`` is the teacher's ``topk_valid`` export (computed from the train items only).
+    """
+    out = {}
+    for row in topk.itertuples(index=False):
+        uid = int(row.user_id)
+        drop = forbidden_items(data, uid) | set(data.train_items(uid))
+        out[uid] = [int(i) for i in row.items if int(i) not in drop]
+    return out
+
+
+def _random_items(rng: np.random.Generator, data: ProcessedData, user_id: int, exclude: set[int], n: int) -> list[int]:
+    """n distinct items the user never interacted with (so never their valid/test target), not in exclude."""
+    seen = set(data.interacted_items(user_id).tolist())
+    pool = np.setdiff1d(np.arange(1, data.num_items + 1), np.fromiter(seen | exclude, dtype=np.int64))
+    if len(pool) < n:
+        raise ConfigError(f"user {user_id}: only {len(pool)} items available for {n} random candidates")
+    return [int(i) for i in rng.choice(pool, size=n, replace=False)]
+
+
+def build_examples(
+    data: ProcessedData, predictions: dict[int, list[int]], users: list[int], config: Any
+) -> tuple[dict[int, DistillExample], dict[int, DistillExample]]:
+    """TA and RPS examples for ``users`` (dicts by user id); users too short for a task are skipped."""
+    ta, rps = {}, {}
+    donors = [u for u in users if len(data.train_items(u)) >= 2 and predictions.get(u)]
+    for uid in users:
+        train = data.train_items(uid)
+        preds = predictions.get(uid, [])
+        forbidden = forbidden_items(data, uid)
+        if len(preds) >= config.rps_top_k and train:
+            rng = np.random.default_rng([config.seed, uid, 1])
+            top = preds[: config.rps_top_k]
+            cands = top + _random_items(rng, data, uid, set(top), config.rps_random)
+            order = rng.permutation(len(cands))
+            cands = [cands[i] for i in order]
+            rps[uid] = DistillExample(uid, "rps", tuple(train), tuple(cands), cands.index(top[0]), ranked=tuple(top[1:]))
+        if len(train) >= 2 and preds and donors:
+            rng = np.random.default_rng([config.seed, uid, 0])
+            hidden, prediction = train[-1], preds[0]
+            cands = [hidden] + _random_items(rng, data, uid, {prediction}, config.ta_candidates - 1)
+            order = rng.permutation(len(cands))
+            cands = [cands[i] for i in order]
+            example = None
+            for _ in range(20):  # another user's TA case as the in-context example, free of this user's targets
+                donor = int(donors[rng.integers(len(donors))])
+                if donor == uid:
+                    continue
+                d_train = data.train_items(donor)
+                case = (tuple(d_train[:-1]), predictions[donor][0], d_train[-1])
+                if not (set(case[0]) | {case[1], case[2]}) & forbidden:
+                    example = case
+                    break
+            if example is not None:
+                ta[uid] = DistillExample(uid, "ta", tuple(train[:-1]), tuple(cands), cands.index(hidden),
+                                         prediction=prediction, example=example)  # fmt: skip
+    return ta, rps
+
+
+def split_users(data: ProcessedData, config: Any, max_users: int | None = None) -> tuple[list[int], list[int]]:
+    """(training users, held-out users): a seeded shuffle, held-out first."""
+    users = data.user_ids(max_users).tolist()
+    rng = np.random.default_rng([config.seed, 7])
+    users = [int(u) for u in rng.permutation(users)]
+    n_held = min(config.heldout_users, max(1, len(users) // 2))
+    held, train = users[:n_held], users[n_held:]
+    if config.max_train_users is not None:
+        train = train[: config.max_train_users]
+    return sorted(train), sorted(held)
+
+
+class DistillTask(TrainingTask):
+    """Trains a soft prompt on TA + RPS with the backbone frozen."""
+
+    def __init__(self, backbone, builder: PromptBuilder, soft_prompt: SoftPrompt, titles: list[str],
+                 train_examples: dict[str, dict[int, DistillExample]], heldout: dict[str, dict[int, DistillExample]],
+                 config: Any, teacher: str, llm_config: Any, tasks: tuple[str, ...] = ("ta", "rps")):  # fmt: skip
+        self.backbone = backbone
+        self.builder = builder
+        self.soft_prompt = soft_prompt
+        self._soft = soft_prompt
+        self.titles = titles
+        self.config = config
+        self.teacher = TEACHER_DISPLAY.get(teacher, teacher)
+        self.llm = llm_config
+        self.tasks = [t for t in ("ta", "rps") if t in tasks]
+        # A training unit is a user with an example for every task, so each step sees both tasks.
+        self.train = train_examples
+        self.users = sorted(set.intersection(*(set(train_examples[t]) for t in self.tasks)))
+        self.heldout = heldout
+        self._prompts: dict[tuple[str, int], EncodedPrompt] = {}
+        self._pending: dict[str, torch.Tensor] = {}
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def prompt(self, ex: DistillExample) -> EncodedPrompt:
+        key = (ex.task, ex.user_id)
+        if key not in self._prompts:
+            t = self.titles
+            if ex.task == "rps":
+                p = self.builder.pattern_simulating([t[i] for i in ex.history], [t[i] for i in ex.ranked],
+                                                    [t[i] for i in ex.candidates], teacher=self.teacher)  # fmt: skip
+            else:
+                h, pred, ans = ex.example
+                p = self.builder.temporal_analysis(
+                    [t[i] for i in ex.history], t[ex.prediction], [t[i] for i in ex.candidates], teacher=self.teacher,
+                    example=TemporalExample([t[i] for i in h], t[pred], t[ans]),
+                )  # fmt: skip
+            self._prompts[key] = p
+        return self._prompts[key]
+
+    def scores(self, examples: list[DistillExample], soft: torch.Tensor) -> torch.Tensor:
+        return rank_candidates(self.backbone, [self.prompt(e) for e in examples], soft_prompt=soft,
+                               normalize=self.llm.normalize, batch_size=self.llm.score_batch_size)  # fmt: skip
+
+    # -- TrainingTask --------------------------------------------------------------------------
+
+    def trainable_module(self) -> torch.nn.Module:
+        return self.soft_prompt
+
+    def set_module(self, module: torch.nn.Module) -> None:
+        self._soft = module
+
+    def num_examples(self) -> int:
+        return len(self.users)
+
+    def make_batch(self, indices):
+        users = [self.users[i] for i in indices]
+        return {t: [self.train[t][u] for u in users] for t in self.tasks}
+
+    def training_loss(self, batch):
+        soft = self._soft()
+        losses = {}
+        for task, examples in batch.items():
+            scores = self.scores(examples, soft)  # [B, C]
+            labels = torch.tensor([e.label for e in examples], device=scores.device)
+            losses[task] = F.cross_entropy(scores.float(), labels)
+        self._pending = losses
+        weights = dict(zip(("ta", "rps"), self.config.task_weights, strict=True))
+        total = sum(weights[t] * losses[t] for t in losses)
+        return total, {f"loss_{t}": float(v.detach()) for t, v in losses.items()}
+
+    def backward(self, loss, accelerator, scale):
+        if self.config.weighting == "fixed" or len(self._pending) == 1:
+            accelerator.backward(loss * scale)
+            return None
+        param = self.soft_prompt.embeddings
+        tasks = list(self._pending)
+        grads = []
+        for i, t in enumerate(tasks):
+            (g,) = torch.autograd.grad(self._pending[t] * scale, param, retain_graph=i < len(tasks) - 1)
+            grads.append(g)
+        if accelerator.num_processes > 1:
+            grads = [accelerator.reduce(g, reduction="mean") for g in grads]
+        norms = torch.stack([g.norm() for g in grads]).clamp_min(1e-12)
+        weights = norms.mean() / norms  # every task's gradient gets the mean norm
+        combined = sum(w * g for w, g in zip(weights, grads, strict=True))
+        param.grad = combined if param.grad is None else param.grad + combined
+        self._pending = {}
+        return {f"w_{t}": float(w) for t, w in zip(tasks, weights, strict=True)}
+
+    def evaluate(self) -> dict[str, float]:
+        per_user = self.heldout_scores(self._soft(), tasks=("rps",))
+        return {"fidelity": float(per_user["rps"].mean()), "heldout_users": float(len(per_user["rps"]))}
+
+    # -- held-out evaluation ---------------------------------------------------------------------
+
+    def heldout_scores(self, soft: torch.Tensor, tasks=("ta", "rps")) -> dict[str, np.ndarray]:
+        """Per held-out user: HR@1 of the LLM on each task (for RPS: the distillation fidelity)."""
+        out = {}
+        with torch.no_grad():
+            for t in tasks:
+                examples = [self.heldout[t][u] for u in sorted(self.heldout[t])]
+                if not examples:
+                    continue
+                scores = self.scores(examples, soft).float().cpu().numpy()
+                labels = np.array([e.label for e in examples])
+                out[t] = per_user_metrics(scores, labels)["HR@1"].to_numpy()
+        return out
+
+
+@dataclass
+class DistillResult:
+    name: str  # the soft prompt's name: "<teacher>" or "<teacher>-ta" / "-rps"
+    directory: Path
+    metrics: dict[str, Any]
+    history: pd.DataFrame
+    train_log: pd.DataFrame
+    soft_prompt: SoftPrompt
+    skipped: bool = False
+
+
+def read_teacher_topk(teacher_dir: Path, data: ProcessedData) -> pd.DataFrame:
+    """The teacher's top-k after each user's train items, refused unless made from this data."""
+    manifest = read_manifest(teacher_dir)
+    verify_outputs(teacher_dir, manifest)
+    require_inputs(f"teacher '{teacher_dir.name}'", manifest, {"data": data.data_id}, teacher_dir)
+    path = teacher_dir / "topk_valid.parquet"
+    if not path.is_file():
+        raise DataError(f"{path}: missing; the teacher stage (notebook 02) exports it")
+    return pd.read_parquet(path)
+
+
+def distill_inputs(data: ProcessedData, teacher_dir: Path, backbone: Any, llm_config: Any, num_soft_tokens: int) -> dict[str, str]:
+    return {
+        "data": data.data_id,
+        "teacher": artifact_id(read_manifest(teacher_dir)),
+        "backbone": backbone.identity,
+        "template": prompt_format_id(backbone, llm_config, num_soft_tokens),
+    }
+
+
+def train_config(cfg: Any) -> TrainConfig:
+    return TrainConfig(
+        max_epochs=10_000, max_steps=cfg.max_steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+        lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="constant", max_grad_norm=None,
+        eval_every=cfg.eval_every, metric="fidelity", greater_is_better=True, bf16=False, seed=cfg.seed,
+        log_every=max(1, min(5, cfg.max_steps)),
+    )  # fmt: skip
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n"
+
+
+def _ci(values: np.ndarray) -> dict[str, float]:
+    mean, low, high = bootstrap_ci(values)
+    return {"mean": mean, "ci_low": low, "ci_high": high, "users": len(values)}
+
+
+def load_distilled(directory: Path) -> DistillResult:
+    soft, _ = SoftPrompt.load(directory / "soft_prompt.safetensors")
+    return DistillResult(
+        name=directory.name, directory=directory, metrics=read_json(directory / "metrics.json"),
+        history=pd.read_csv(directory / "history.csv"), train_log=pd.read_csv(directory / "train_log.csv"),
+        soft_prompt=soft, skipped=True,
+    )  # fmt: skip
+
+
+def run_distillation(
+    config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str, *, progress: bool = True,
+    callbacks=(),
+) -> DistillResult:
+    """Stage 1 for one soft prompt (``name`` = "<teacher>" or an ablation "<teacher>-ta" / "-rps"):
+    writes ``<run>/distill/<name>/``; skipped when already up to date."""
+    teacher, tasks = parse_prompt_name(name)
+    # The hash covers what this soft prompt depends on, not the list of other prompts in the run.
+    cfg = dataclasses.replace(config.distill, prompts=(name,))
+    teacher_dir = paths.teachers / teacher
+    topk = read_teacher_topk(teacher_dir, data)
+    inputs = distill_inputs(data, teacher_dir, backbone, config.llm, cfg.num_soft_tokens)
+    stage_config = {"distill": cfg, "llm": config.llm, "max_users": config.max_users, "teacher": teacher, "tasks": tasks}
+    out_dir = paths.distill / name
+    if is_complete(out_dir, SOFT_PROMPT_KIND, inputs=inputs, config=stage_config):
+        log.info("%s is up to date", out_dir)
+        return load_distilled(out_dir)
+
+    predictions = teacher_predictions(topk, data)
+    train_users, held_users = split_users(data, cfg, config.max_users)
+    ta, rps = build_examples(data, predictions, train_users + held_users, cfg)
+    held = set(held_users)
+    train = {"ta": {u: e for u, e in ta.items() if u not in held}, "rps": {u: e for u, e in rps.items() if u not in held}}
+    heldout = {"ta": {u: e for u, e in ta.items() if u in held}, "rps": {u: e for u, e in rps.items() if u in held}}
+    if not heldout["rps"]:
+        raise DataError("stage 1: no held-out user has an RPS example; raise distill.heldout_users")
+
+    display = TEACHER_DISPLAY.get(teacher, teacher)
+    builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens)
+    if cfg.init == "text":
+        soft = SoftPrompt.from_text(backbone, cfg.init_text.format(teacher=display), cfg.num_soft_tokens)
+    else:
+        soft = SoftPrompt.from_vocabulary(backbone, cfg.num_soft_tokens, cfg.seed)
+    initial = soft.embeddings.detach().clone()
+    task = DistillTask(backbone, builder, soft, data.titles, train, heldout, cfg, teacher, config.llm, tasks)
+    if not task.users:
+        raise DataError("stage 1: no training user has both a TA and an RPS example")
+
+    start = time.perf_counter()
+    before = task.heldout_scores(initial)
+    trainer = Trainer(train_config(cfg), task, paths.distill / ".checkpoints" / name, desc=f"distill {name}",
+                      progress=progress, callbacks=callbacks, identity={"inputs": inputs, "config": stage_config})  # fmt: skip
+    result = trainer.train()
+    trainer.load_best()
+    after = task.heldout_scores(soft.embeddings.detach())
+    seconds = time.perf_counter() - start
+
+    history = pd.DataFrame([{"step": 0, "fidelity": float(before["rps"].mean())}, *result.history])
+    train_log = pd.DataFrame(result.train_log)
+    per_user = pd.DataFrame({"user_id": sorted(heldout["rps"]), "fidelity_before": before["rps"], "fidelity_after": after["rps"]})
+    metrics = {
+        "prompt": name,
+        "teacher": teacher,
+        "tasks": list(tasks),
+        "fidelity_before": _ci(before["rps"]),
+        "fidelity_after": _ci(after["rps"]),
+        "fidelity_chance": 1.0 / (cfg.rps_top_k + cfg.rps_random),
+        "ta_accuracy_before": _ci(before["ta"]) if "ta" in before else None,
+        "ta_accuracy_after": _ci(after["ta"]) if "ta" in after else None,
+        "ta_chance": 1.0 / cfg.ta_candidates,
+        "train_users": len(task.users),
+        "heldout_users": len(heldout["rps"]),
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "seconds": round(seconds, 1),
+        "soft_prompt_moved": float((soft.embeddings.detach() - initial).norm() / initial.norm()),
+    }
+    example_user = sorted(heldout["rps"])[0]
+    examples_text = {"rps": task.prompt(heldout["rps"][example_user]).text}
+    if example_user in heldout["ta"]:
+        examples_text["ta"] = task.prompt(heldout["ta"][example_user]).text
+    meta = {**inputs, "teacher": teacher, "prompt": name, "tasks": ",".join(tasks), "kind": SOFT_PROMPT_KIND}
+    with atomic_dir(out_dir) as tmp:
+        soft.save(tmp / "soft_prompt.safetensors", meta)
+        history.to_csv(tmp / "history.csv", index=False)
+        train_log.to_csv(tmp / "train_log.csv", index=False)
+        per_user.to_parquet(tmp / "per_user.parquet", index=False)
+        (tmp / "metrics.json").write_text(_json(metrics))
+        (tmp / "examples.json").write_text(_json(examples_text))
+        (tmp / "nearest_tokens.json").write_text(_json(nearest_tokens(backbone, soft.embeddings)))
+        write_manifest(tmp, build_manifest(SOFT_PROMPT_KIND, tmp, inputs=inputs, config=stage_config,
+                                           extra={"teacher": teacher, "prompt": name}))  # fmt: skip
+    return DistillResult(name, out_dir, metrics, history, train_log, soft)
+
+
+def load_soft_prompt(
+    distill_dir: Path, backbone: Any, data: ProcessedData, llm_config: Any
+) -> tuple[SoftPrompt, dict[str, str]]:
+    """A stage-1 soft prompt, refused unless it was made for this backbone, prompt format and data."""
+    path = Path(distill_dir) / "soft_prompt.safetensors"
+    soft, _ = SoftPrompt.load(path)
+    expect = {
+        "backbone": backbone.identity,
+        "template": prompt_format_id(backbone, llm_config, soft.num_tokens),
+        "data": data.data_id,
+    }
+    return SoftPrompt.load(path, expect=expect)
+
+
+def describe_examples(examples: dict[str, DistillExample]) -> pd.DataFrame:
+    return pd.DataFrame([dataclasses.asdict(e) for e in examples.values()])
+
+
+def preview_prompts(config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str) -> dict[str, EncodedPrompt]:
+    """The TA and RPS prompts of the first held-out user, as stage 1 will render them."""
+    teacher, _ = parse_prompt_name(name)
+    cfg = config.distill
+    predictions = teacher_predictions(read_teacher_topk(paths.teachers / teacher, data), data)
+    _, held = split_users(data, cfg, config.max_users)
+    ta, rps = build_examples(data, predictions, held, cfg)
+    user = next(u for u in held if u in ta and u in rps)
+    builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens)
+    task = DistillTask(backbone, builder, SoftPrompt(torch.zeros(cfg.num_soft_tokens, backbone.hidden_size)),
+                       data.titles, {"ta": ta, "rps": rps}, {}, cfg, teacher, config.llm)  # fmt: skip
+    return {"ta": task.prompt(ta[user]), "rps": task.prompt(rps[user])}

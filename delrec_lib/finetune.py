@@ -1,0 +1,391 @@
+"""DELRec stage 2: fine-tune the LLM (LoRA / AdaLoRA) to recommend, the stage-1 soft prompt frozen.
+
+Training examples come from train positions only: target = one of the user's last train items,
+history = the train items before it, candidates = the target plus ``num_negatives`` items the
+user never interacted with (so never their valid or test target). The loss is the softmax
+cross-entropy over the candidates' scores, exactly as in stage 1 and in evaluation. The best
+step is chosen on the validation candidate sets of a seeded subset of users.
+
+A variant is either "lora" (no soft prompt: the no-stage-1 ablation) or "delrec-<name>", which
+splices stage 1's soft prompt <name> into the template, frozen. Each variant writes
+``<run>/finetune/<variant>/`` with the peft adapter in its standard format
+(``PeftModel.from_pretrained(backbone_model, <dir>/adapter)`` reloads it), the soft prompt it
+used, curves and validation metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .artifacts import (
+    artifact_id,
+    atomic_dir,
+    build_manifest,
+    is_complete,
+    read_json,
+    read_manifest,
+    to_jsonable,
+    write_manifest,
+)
+from .config import FinetuneConfig, RunConfig, parse_prompt_name
+from .data.processed import ProcessedData
+from .distill import TEACHER_DISPLAY, load_soft_prompt
+from .errors import ConfigError, DataError
+from .metrics import summarize
+from .prompts import EncodedPrompt, PromptBuilder, prompt_format_id
+from .scoring import rank_candidates
+from .training import TrainConfig, Trainer, TrainingTask
+
+log = logging.getLogger(__name__)
+
+ADAPTER_KIND = "finetuned-adapter"
+
+
+@dataclass(frozen=True)
+class RecExample:
+    """A recommendation example in item ids: which of ``candidates`` comes after ``history``."""
+
+    user_id: int
+    history: tuple[int, ...]
+    candidates: tuple[int, ...]
+    label: int
+
+    @property
+    def target(self) -> int:
+        return self.candidates[self.label]
+
+
+def training_examples(data: ProcessedData, users: list[int], cfg: FinetuneConfig) -> list[RecExample]:
+    """Up to ``positions_per_user`` examples per user from their train items (latest first)."""
+    out = []
+    for uid in users:
+        train = data.train_items(uid)
+        seen = data.interacted_items(uid)
+        pool = np.setdiff1d(np.arange(1, data.num_items + 1), seen)
+        if len(pool) < cfg.num_negatives:
+            raise ConfigError(f"finetune.num_negatives={cfg.num_negatives}: user {uid} has only {len(pool)} unseen items")
+        for j in range(1, cfg.positions_per_user + 1):
+            if len(train) - j < 1:  # keep at least one history item
+                break
+            target, history = train[-j], train[:-j]
+            rng = np.random.default_rng([cfg.seed, uid, j])
+            cands = [target, *rng.choice(pool, size=cfg.num_negatives, replace=False).tolist()]
+            order = rng.permutation(len(cands))
+            cands = [int(cands[i]) for i in order]
+            out.append(RecExample(uid, tuple(history), tuple(cands), cands.index(target)))
+    return out
+
+
+def split_examples(data: ProcessedData, split: str, users: list[int]) -> list[RecExample]:
+    """The shared candidate sets of ``split`` for ``users`` (history = the split's history)."""
+    sets = data.candidate_sets(split).set_index("user_id")
+    out = []
+    for uid in users:
+        row = sets.loc[uid]
+        out.append(RecExample(int(uid), tuple(data.history(uid, split)), tuple(int(c) for c in row["candidates"]),
+                              int(row["target_position"])))  # fmt: skip
+    return out
+
+
+def select_users(data: ProcessedData, cfg: FinetuneConfig, max_users: int | None) -> tuple[list[int], list[int]]:
+    """(training users, validation users). Validation users are a seeded subset; training uses
+    every user's train positions (their valid targets are never seen by training either way)."""
+    users = data.user_ids(max_users).tolist()
+    rng = np.random.default_rng([cfg.seed, 11])
+    shuffled = [int(u) for u in rng.permutation(users)]
+    valid = sorted(shuffled[: min(cfg.valid_users, len(shuffled))])
+    train = sorted(shuffled if cfg.max_train_users is None else shuffled[: cfg.max_train_users])
+    return train, valid
+
+
+class RecommendationScorer:
+    """Scores recommendation examples with a (possibly peft-wrapped) backbone and an optional frozen soft prompt."""
+
+    def __init__(self, backbone, llm_config, titles: list[str], soft_prompt: torch.Tensor | None, teacher: str | None):
+        self.backbone = backbone
+        self.llm = llm_config
+        self.titles = titles
+        self.soft = None if soft_prompt is None else soft_prompt.detach()
+        k = 0 if soft_prompt is None else int(soft_prompt.shape[0])
+        self.builder = PromptBuilder(backbone, llm_config, num_soft_tokens=k)
+        self.teacher = teacher
+        self._prompts: dict[tuple, EncodedPrompt] = {}
+
+    def prompt(self, ex: RecExample) -> EncodedPrompt:
+        key = (ex.user_id, ex.history[-self.llm.history_len :] if self.llm.history_len else (), ex.candidates)
+        if key not in self._prompts:
+            t = self.titles
+            self._prompts[key] = self.builder.recommendation([t[i] for i in ex.history], [t[i] for i in ex.candidates],
+                                                             teacher=self.teacher)  # fmt: skip
+        return self._prompts[key]
+
+    def scores(self, examples: list[RecExample], progress: bool = False) -> torch.Tensor:
+        return rank_candidates(self.backbone, [self.prompt(e) for e in examples], soft_prompt=self.soft,
+                               normalize=self.llm.normalize, batch_size=self.llm.score_batch_size, progress=progress)  # fmt: skip
+
+    def evaluate(self, examples: list[RecExample], progress: bool = False) -> pd.DataFrame:
+        """Per-example metrics (one row per user): rank, HR@k, NDCG@k, MRR."""
+        from .evaluation import per_user_frame
+
+        with torch.no_grad():
+            scores = self.scores(examples, progress).float().cpu().numpy()
+        return per_user_frame([e.user_id for e in examples], scores, np.array([e.label for e in examples]))
+
+
+class FinetuneTask(TrainingTask):
+    def __init__(self, model, scorer: RecommendationScorer, train: list[RecExample], valid: list[RecExample],
+                 cfg: FinetuneConfig, total_steps: int):  # fmt: skip
+        self.model = model
+        self._module = model
+        self.scorer = scorer
+        self.train = train
+        self.valid = valid
+        self.cfg = cfg
+        self.adalora = cfg.method == "adalora"
+
+    def trainable_module(self):
+        return self.model
+
+    def set_module(self, module):
+        self._module = module
+
+    def num_examples(self):
+        return len(self.train)
+
+    def make_batch(self, indices):
+        return [self.train[i] for i in indices]
+
+    def training_loss(self, batch):
+        scores = self.scorer.scores(batch)  # [B, C]
+        labels = torch.tensor([e.label for e in batch], device=scores.device)
+        loss = F.cross_entropy(scores.float(), labels)
+        logs = {}
+        if self.adalora:
+            reg = adalora_orthogonal_penalty(self.model)
+            logs["orth_reg"] = float(reg.detach())
+            loss = loss + self.model.peft_config["default"].orth_reg_weight * reg
+        return loss, logs
+
+    def on_optimizer_step(self, step: int) -> None:
+        if self.adalora:  # AdaLoRA reallocates ranks from the gradients, before they are zeroed
+            self.model.base_model.update_and_allocate(step)
+
+    def evaluate(self):
+        per_user = self.scorer.evaluate(self.valid)
+        return {m: float(per_user[m].mean()) for m in ("HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR")}
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """AdaLoRA's importance estimates, so a resumed run allocates ranks as an uninterrupted one."""
+        if not self.adalora:
+            return {}
+        alloc = self.model.base_model.rankallocator
+        out = {}
+        for store in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            for name, t in getattr(alloc, store).items():
+                out[f"{store}/{name}"] = t
+        return out
+
+    def restore_checkpoint_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if not self.adalora:
+            return
+        alloc = self.model.base_model.rankallocator
+        for key, t in tensors.items():
+            store, name = key.split("/", 1)
+            getattr(alloc, store)[name] = t
+
+
+def adalora_orthogonal_penalty(model) -> torch.Tensor:
+    """AdaLoRA's orthogonality regulariser of P and Q (peft adds it only when the model computes a loss itself)."""
+    terms = []
+    for name, p in model.named_parameters():
+        if ("lora_A" in name or "lora_B" in name) and p.requires_grad:
+            cov = p @ p.T if "lora_A" in name else p.T @ p
+            terms.append(torch.norm(cov - torch.eye(*cov.shape, device=cov.device, dtype=cov.dtype), p="fro"))
+    return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+def peft_config_for(backbone, cfg: FinetuneConfig, total_steps: int):
+    from peft import AdaLoraConfig, LoraConfig, TaskType
+
+    task_type = TaskType.SEQ_2_SEQ_LM if backbone.family == "seq2seq" else TaskType.CAUSAL_LM
+    modules = list(cfg.target_modules)
+    if backbone.family == "seq2seq" and modules == ["q_proj", "k_proj", "v_proj", "o_proj"]:
+        modules = ["q", "k", "v", "o"]  # T5's attention projections
+    if cfg.method == "adalora":
+        return AdaLoraConfig(task_type=task_type, target_modules=modules, init_r=cfg.adalora_init_r,
+                             target_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                             tinit=cfg.adalora_tinit, tfinal=cfg.adalora_tfinal, deltaT=cfg.adalora_delta_t,
+                             total_step=total_steps)  # fmt: skip
+    return LoraConfig(task_type=task_type, target_modules=modules, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                      lora_dropout=cfg.lora_dropout)  # fmt: skip
+
+
+def train_config(cfg: FinetuneConfig) -> TrainConfig:
+    return TrainConfig(
+        max_epochs=10_000, max_steps=cfg.max_steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+        lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="linear", max_grad_norm=1.0, eval_every=cfg.eval_every,
+        metric=cfg.select_metric, greater_is_better=True, bf16=False, seed=cfg.seed, log_every=max(1, min(5, cfg.max_steps)),
+    )  # fmt: skip
+
+
+@dataclass
+class FinetuneResult:
+    variant: str
+    directory: Path
+    metrics: dict[str, Any]
+    history: pd.DataFrame
+    train_log: pd.DataFrame
+    skipped: bool = False
+
+
+def variant_soft_prompt(variant: str) -> str | None:
+    """The stage-1 soft prompt a variant uses ("delrec-sasrec-ta" -> "sasrec-ta"), None for "lora"."""
+    if variant == "lora":
+        return None
+    if not variant.startswith("delrec-"):
+        raise ConfigError(f"finetune.variants: '{variant}' is not 'lora' or 'delrec-<soft prompt>'")
+    name = variant[len("delrec-") :]
+    parse_prompt_name(name)
+    return name
+
+
+def load_variant_parts(paths: Any, variant: str, backbone, data: ProcessedData, llm_config: Any):
+    """(soft prompt tensor or None, teacher display name or None, soft prompt manifest id or None)."""
+    name = variant_soft_prompt(variant)
+    if name is None:
+        return None, None, None
+    directory = paths.distill / name
+    soft, meta = load_soft_prompt(directory, backbone, data, llm_config)
+    soft.requires_grad_(False)
+    teacher, _ = parse_prompt_name(name)
+    return soft.embeddings.detach(), TEACHER_DISPLAY.get(teacher, teacher), artifact_id(read_manifest(directory))
+
+
+def finetune_inputs(data: ProcessedData, backbone, llm_config: Any, soft: torch.Tensor | None, soft_id: str | None) -> dict[str, str]:
+    k = 0 if soft is None else int(soft.shape[0])
+    inputs = {"data": data.data_id, "backbone": backbone.identity, "template": prompt_format_id(backbone, llm_config, k)}
+    if soft_id is not None:
+        inputs["soft_prompt"] = soft_id
+    return inputs
+
+
+def load_finetuned(directory: Path) -> FinetuneResult:
+    return FinetuneResult(
+        variant=directory.name, directory=directory, metrics=read_json(directory / "metrics.json"),
+        history=pd.read_csv(directory / "history.csv"), train_log=pd.read_csv(directory / "train_log.csv"), skipped=True,
+    )  # fmt: skip
+
+
+def run_finetuning(
+    config: RunConfig, paths: Any, data: ProcessedData, backbone, variant: str, *, progress: bool = True, callbacks=()
+) -> FinetuneResult:
+    """Stage 2 for one variant: writes ``<run>/finetune/<variant>/`` (skipped when up to date)."""
+    from peft import get_peft_model
+
+    cfg = dataclasses.replace(config.finetune, variants=(variant,))
+    soft, teacher, soft_id = load_variant_parts(paths, variant, backbone, data, config.llm)
+    inputs = finetune_inputs(data, backbone, config.llm, soft, soft_id)
+    stage_config = {"finetune": cfg, "llm": config.llm, "max_users": config.max_users, "variant": variant}
+    out_dir = paths.finetune / variant
+    if is_complete(out_dir, ADAPTER_KIND, inputs=inputs, config=stage_config):
+        log.info("%s is up to date", out_dir)
+        return load_finetuned(out_dir)
+
+    train_users, valid_users = select_users(data, cfg, config.max_users)
+    train = training_examples(data, train_users, cfg)
+    valid = split_examples(data, "valid", valid_users)
+    if not train:
+        raise DataError("stage 2: no training examples (users need at least two train items)")
+    tcfg = train_config(cfg)
+    # Each variant starts from the same untouched base weights (peft injects adapters in place),
+    # and from the same seeded adapter initialisation, whatever ran before in this process.
+    torch.manual_seed(cfg.seed)
+    model = get_peft_model(copy.deepcopy(backbone.model), peft_config_for(backbone, cfg, tcfg.max_steps))
+    tuned = backbone.with_model(model)
+    scorer = RecommendationScorer(tuned, config.llm, data.titles, soft, teacher)
+    task = FinetuneTask(model, scorer, train, valid, cfg, tcfg.max_steps)
+
+    start = time.perf_counter()
+    model.eval()
+    before = scorer.evaluate(valid)
+    trainer = Trainer(tcfg, task, paths.finetune / ".checkpoints" / variant, desc=f"finetune {variant}",
+                      progress=progress, callbacks=callbacks, identity={"inputs": inputs, "config": stage_config})  # fmt: skip
+    result = trainer.train()
+    trainer.load_best()
+    model.eval()
+    seconds = time.perf_counter() - start
+
+    history = pd.DataFrame(
+        [{"step": 0, **{m: float(before[m].mean()) for m in ("HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR")}}, *result.history]
+    )
+    best = history[history["step"] == result.best_step].iloc[-1] if result.best_step is not None else history.iloc[-1]
+    metrics = {
+        "variant": variant,
+        "soft_prompt": variant_soft_prompt(variant),
+        "method": cfg.method,
+        "train_examples": len(train),
+        "valid_users": len(valid),
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "seconds": round(seconds, 1),
+        "valid_before": summarize(before).to_dict(orient="index"),
+        "valid_best": {m: float(best[m]) for m in ("HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR")},
+        "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+    }
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(str(tmp / "adapter"))
+        if soft is not None:
+            (tmp / "soft_prompt.safetensors").write_bytes((paths.distill / variant_soft_prompt(variant) / "soft_prompt.safetensors").read_bytes())
+        history.to_csv(tmp / "history.csv", index=False)
+        pd.DataFrame(result.train_log).to_csv(tmp / "train_log.csv", index=False)
+        (tmp / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2) + "\n")
+        write_manifest(tmp, build_manifest(ADAPTER_KIND, tmp, inputs=inputs, config=stage_config, extra={"variant": variant}))
+    return FinetuneResult(variant, out_dir, metrics, history, pd.DataFrame(result.train_log))
+
+
+def load_recommender(
+    paths: Any, variant: str, backbone, data: ProcessedData, config: RunConfig, *, adapter: bool = True
+) -> RecommendationScorer:
+    """A fine-tuned variant ready to score candidates; "zero-shot" is the untouched backbone, and
+    ``adapter=False`` gives the variant's prompt (and soft prompt) on the base model, i.e. before stage 2."""
+    if variant == "zero-shot":
+        return RecommendationScorer(backbone, config.llm, data.titles, None, None)
+    if not adapter:
+        soft, teacher, _ = load_variant_parts(paths, variant, backbone, data, config.llm)
+        return RecommendationScorer(backbone, config.llm, data.titles, soft, teacher)
+    from peft import PeftModel
+
+    directory = paths.finetune / variant
+    manifest = read_manifest(directory, ADAPTER_KIND)
+    soft, teacher, soft_id = load_variant_parts(paths, variant, backbone, data, config.llm)
+    expected = finetune_inputs(data, backbone, config.llm, soft, soft_id)
+    from .artifacts import require_inputs
+
+    require_inputs(f"fine-tuned '{variant}'", manifest, expected, directory)
+    model = PeftModel.from_pretrained(copy.deepcopy(backbone.model), str(directory / "adapter"))
+    model.eval()
+    return RecommendationScorer(backbone.with_model(model), config.llm, data.titles, soft, teacher)
+
+
+def worked_example(scorers: dict[str, RecommendationScorer], example: RecExample, titles: list[str]) -> pd.DataFrame:
+    """One example's candidates with each scorer's score and rank (1 = recommended first)."""
+    rows = pd.DataFrame({"candidate": [titles[i] for i in example.candidates],
+                         "target": ["<- next item" if i == example.label else "" for i in range(len(example.candidates))]})  # fmt: skip
+    for name, scorer in scorers.items():
+        with torch.no_grad():
+            s = scorer.scores([example])[0].float().cpu().numpy()
+        rows[f"score ({name})"] = s.round(3)
+        rows[f"rank ({name})"] = (-s).argsort().argsort() + 1
+    return rows.sort_values(f"rank ({list(scorers)[-1]})").reset_index(drop=True)

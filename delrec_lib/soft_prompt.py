@@ -1,0 +1,106 @@
+"""Soft prompts: K trainable vectors spliced into a frozen LLM's input at a template slot.
+
+DELRec's stage 1 writes a teacher's recommendation pattern into these vectors ("The
+recommendation pattern of SASRec is: <K vectors>"), stage 2 reads it back frozen. A soft prompt
+lives in the LLM's input-embedding space, so it is tied to one backbone and one prompt format:
+it is saved with that identity and refuses to load against anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .artifacts import atomic_path
+from .errors import ConfigError, DataError, StaleArtifactError
+
+DEFAULT_INIT_TEXT = (
+    "{teacher} recommends the next movie from the order of the movies the user watched, "
+    "weighting the most recent ones most."
+)
+
+
+class SoftPrompt(torch.nn.Module):
+    """K virtual-token embeddings [K, hidden]; ``forward()`` returns them for the scorer."""
+
+    def __init__(self, embeddings: torch.Tensor):
+        super().__init__()
+        if embeddings.dim() != 2 or embeddings.shape[0] < 1:
+            raise ConfigError(f"soft prompt: expected a [K, hidden] tensor with K >= 1, got {tuple(embeddings.shape)}")
+        self.embeddings = torch.nn.Parameter(embeddings.detach().clone().float())
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def forward(self) -> torch.Tensor:
+        return self.embeddings
+
+    # -- initialisation ----------------------------------------------------------------------
+
+    @classmethod
+    def from_text(cls, backbone: Any, text: str, num_tokens: int) -> SoftPrompt:
+        """Start from the embeddings of a text's tokens (cycled or cut to K): a prompt the
+        frozen LLM already reads sensibly, which trains faster and more stably than noise."""
+        ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ConfigError("distill.init_text: the initialisation text encodes to no tokens")
+        ids = (ids * (num_tokens // len(ids) + 1))[:num_tokens]
+        weight = backbone.input_embeddings.weight
+        return cls(weight[torch.tensor(ids, device=weight.device)].detach().cpu())
+
+    @classmethod
+    def from_vocabulary(cls, backbone: Any, num_tokens: int, seed: int = 0) -> SoftPrompt:
+        """Start from the embeddings of K tokens sampled from the vocabulary."""
+        weight = backbone.input_embeddings.weight
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, weight.shape[0], (num_tokens,), generator=g)
+        return cls(weight[ids.to(weight.device)].detach().cpu())
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, metadata: dict[str, Any]) -> None:
+        """safetensors with string metadata: backbone, teacher, K, template hash, data id, ..."""
+        meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+        meta["num_tokens"] = str(self.num_tokens)
+        meta["hidden_size"] = str(self.embeddings.shape[1])
+        with atomic_path(path) as tmp:
+            save_file({"embeddings": self.embeddings.detach().cpu().contiguous()}, str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, expect: dict[str, str] | None = None) -> tuple[SoftPrompt, dict[str, str]]:
+        """Load a soft prompt; every ``expect`` key must equal the saved metadata (backbone, template, ...)."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: soft prompt not found; run stage 1 (notebook 03) first")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                tensor = f.get_tensor("embeddings")
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise DataError(f"{path}: not a readable soft prompt ({e})") from e
+        for key, want in (expect or {}).items():
+            have = meta.get(key)
+            if have != want:
+                raise StaleArtifactError(
+                    f"{path}: soft prompt was made for {key}={have!r}, not {want!r}; it belongs to another "
+                    "backbone, template, teacher or dataset. Re-run stage 1 for this configuration."
+                )
+        return cls(tensor), meta
+
+
+def nearest_tokens(backbone: Any, vectors: torch.Tensor, k: int = 3) -> list[list[str]]:
+    """For each vector, the k vocabulary tokens whose input embeddings are most cosine-similar."""
+    weight = backbone.input_embeddings.weight.detach().float()
+    v = torch.nn.functional.normalize(vectors.detach().float().to(weight.device), dim=-1)
+    w = torch.nn.functional.normalize(weight, dim=-1)
+    top = (v @ w.T).topk(k, dim=-1).indices.cpu()
+    tok = backbone.tokenizer
+    return [[tok.convert_tokens_to_string([tok.convert_ids_to_tokens(int(i))]).strip() or repr(tok.convert_ids_to_tokens(int(i)))
+             for i in row] for row in top]  # fmt: skip

@@ -1,0 +1,57 @@
+"""Evaluation plumbing: per-user alignment, tables, the order diagnostic's shuffling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from delrec_lib.analysis import shuffle_window
+from delrec_lib.evaluation import (
+    MethodResult,
+    from_candidate_scores,
+    paired_comparisons,
+    per_user_frame,
+    results_table,
+)
+
+
+def method(name, users, scores, target):
+    return MethodResult(name, "llm", per_user_frame(users, np.asarray(scores, float), np.asarray(target)))
+
+
+def test_candidate_scores_are_attached_to_their_users():
+    # exported rows in a scrambled order: each user's scores must stay with that user
+    frame = pd.DataFrame({
+        "user_id": [3, 1, 2], "split": ["test"] * 3,
+        "scores": [[0.1, 0.9], [0.9, 0.1], [0.2, 0.8]], "target_position": [1, 0, 0],
+    })  # fmt: skip
+    per_user = from_candidate_scores(frame, [1, 2, 3])
+    assert per_user["user_id"].tolist() == [1, 2, 3]
+    assert per_user["HR@1"].tolist() == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="lack users"):
+        from_candidate_scores(frame, [1, 2, 4])
+
+
+def test_methods_are_compared_on_the_same_users_whatever_their_row_order():
+    a = method("a", [1, 2, 3, 4], [[1, 0]] * 4, [0, 0, 0, 0])
+    b = method("b", [4, 3, 2, 1], [[0, 1], [0, 1], [1, 0], [1, 0]], [0, 0, 0, 0])  # right for users 1, 2
+    table = results_table({"a": a, "b": b}, n_boot=200)
+    assert table.loc["a", ("HR@1", "mean")] == 1.0 and table.loc["b", ("HR@1", "mean")] == 0.5
+    paired = paired_comparisons({"a": a, "b": b}, [("a", "b")], ("HR@1",))
+    assert paired.loc[0, "mean_diff"] == 0.5
+    other = method("c", [1, 2, 3, 5], [[1, 0]] * 4, [0, 0, 0, 0])
+    with pytest.raises(ValueError, match="other users"):
+        results_table({"a": a, "c": other}, n_boot=200)
+    twice = method("d", [1, 1, 2, 3], [[1, 0]] * 4, [0, 0, 0, 0])
+    with pytest.raises(ValueError, match="appears twice"):
+        results_table({"a": a, "d": twice}, n_boot=200)
+
+
+def test_shuffle_window_permutes_only_the_visible_items():
+    rng = np.random.default_rng(0)
+    history = list(range(1, 31))
+    shuffled = shuffle_window(history, 10, rng)
+    assert shuffled[:20] == history[:20]
+    assert sorted(shuffled[20:]) == history[20:] and shuffled[20:] != history[20:]
+    assert shuffle_window([5], 10, rng) == [5]

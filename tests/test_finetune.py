@@ -1,0 +1,160 @@
+"""DELRec stage 2 on a tiny random LLM: what trains, what stays frozen, reload, resume, leakage."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import pytest
+import torch
+
+from delrec_lib.config import DistillConfig, FinetuneConfig, LLMConfig, RunConfig
+from delrec_lib.distill import run_distillation
+from delrec_lib.finetune import (
+    FinetuneTask,
+    load_recommender,
+    run_finetuning,
+    select_users,
+    split_examples,
+    training_examples,
+)
+from delrec_lib.llm import load_backbone
+from delrec_lib.runner import RunPaths
+
+from .llm_fixtures import save_tiny_causal
+from .stage_fixtures import synthetic_data, write_teacher_exports
+
+
+def config(**finetune) -> RunConfig:
+    ft = FinetuneConfig(max_train_users=24, valid_users=8, max_steps=6, batch_size=4, grad_accum=1, lr=5e-3,
+                        eval_every=3, warmup_steps=0, num_negatives=5, lora_r=4)  # fmt: skip
+    return RunConfig(
+        preset="smoke", llm=LLMConfig(history_len=4, title_style="with_year"),
+        distill=DistillConfig(heldout_users=8, max_steps=2, batch_size=4, grad_accum=1, eval_every=2, num_soft_tokens=4,
+                              warmup_steps=0, ta_candidates=6, rps_top_k=3, rps_random=3, lr=0.05),
+        finetune=dataclasses.replace(ft, **finetune),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage2")
+    data = synthetic_data(root / "data")
+    backbone = load_backbone(str(save_tiny_causal(root / "tiny")), dtype="float32")
+    paths = RunPaths(root / "run")
+    write_teacher_exports(paths.teachers / "sasrec", data)
+    run_distillation(config(), paths, data, backbone, "sasrec", progress=False)
+    return root, data, backbone, paths
+
+
+def digest(tensors) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(tensors):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_no_training_example_touches_a_valid_or_test_target(world):
+    _, data, _, _ = world
+    cfg = config(positions_per_user=3).finetune
+    train_users, _ = select_users(data, cfg, None)
+    for ex in training_examples(data, train_users, cfg):
+        forbidden = {data.target(ex.user_id, "valid"), data.target(ex.user_id, "test")}
+        assert not (set(ex.history) | set(ex.candidates)) & forbidden
+        assert ex.target in data.train_items(ex.user_id)
+        train = data.train_items(ex.user_id)
+        assert list(ex.history) == train[: train.index(ex.target)], "history = the train items before the target"
+        negatives = set(ex.candidates) - {ex.target}
+        assert not negatives & set(data.interacted_items(ex.user_id).tolist())
+
+
+def test_only_the_adapter_trains(world):
+    _, data, backbone, paths = world
+    base_before = digest(backbone.model.state_dict().items())
+    soft_file = paths.distill / "sasrec" / "soft_prompt.safetensors"
+    soft_before = hashlib.sha256(soft_file.read_bytes()).hexdigest()
+    grads_seen = []
+    original = FinetuneTask.on_optimizer_step
+
+    def spy(self, step):
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        assert all(p.grad is not None for p in params.values())
+        grads_seen.append({n: bool(p.grad.abs().sum() > 0) for n, p in params.items()})
+        return original(self, step)
+
+    FinetuneTask.on_optimizer_step = spy
+    try:
+        result = run_finetuning(config(), paths, data, backbone, "delrec-sasrec", progress=False)
+    finally:
+        FinetuneTask.on_optimizer_step = original
+    assert digest(backbone.model.state_dict().items()) == base_before, "base weights untouched"
+    assert hashlib.sha256(soft_file.read_bytes()).hexdigest() == soft_before, "soft prompt untouched"
+    # (lora_B starts at zero, so lora_A's gradient is zero on the very first step only)
+    assert len(grads_seen) == 6 and all(grads_seen[-1].values()), "every adapter weight gets a gradient"
+    assert all("lora_" in n for n in grads_seen[0]), "only LoRA weights are trainable"
+    # the saved adapter differs from the zero-initialised LoRA B matrices it started from
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(result.directory / "adapter" / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
+    assert (result.directory / "soft_prompt.safetensors").read_bytes() == soft_file.read_bytes()
+
+
+def test_saved_adapter_reloads_to_identical_scores(world):
+    _, data, backbone, paths = world
+    cfg = config()
+    result = run_finetuning(cfg, paths, data, backbone, "delrec-sasrec", progress=False)
+    reloaded = load_recommender(paths, "delrec-sasrec", backbone, data, cfg)
+    examples = split_examples(data, "test", data.user_ids(6).tolist())
+    with torch.no_grad():
+        a = reloaded.scores(examples)
+        b = load_recommender(paths, "delrec-sasrec", backbone, data, cfg).scores(examples)
+    assert torch.equal(a, b)
+    # and the reloaded model is the trained one: its validation metric is the recorded best
+    valid = split_examples(data, "valid", select_users(data, cfg.finetune, None)[1])
+    best = reloaded.evaluate(valid)[cfg.finetune.select_metric].mean()
+    assert best == pytest.approx(result.metrics["valid_best"][cfg.finetune.select_metric], abs=1e-6)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_finetuning_resumes_to_the_same_adapter(world, tmp_path):
+    _, data, backbone, paths = world
+    cfg = config(max_steps=6, eval_every=2)
+    full_paths = RunPaths(tmp_path / "full")
+    cut_paths = RunPaths(tmp_path / "cut")
+    full = run_finetuning(cfg, full_paths, data, backbone, "lora", progress=False)
+
+    def stop(trainer, step):
+        if step == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_finetuning(cfg, cut_paths, data, backbone, "lora", progress=False, callbacks=[stop])
+    resumed = run_finetuning(cfg, cut_paths, data, backbone, "lora", progress=False)
+    assert resumed.history.equals(full.history)
+    a = (full.directory / "adapter" / "adapter_model.safetensors").read_bytes()
+    b = (resumed.directory / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert a == b
+
+
+def test_adalora_reallocates_ranks_every_step(world, tmp_path, monkeypatch):
+    _, data, backbone, _ = world
+    calls = []
+    from peft.tuners.adalora import AdaLoraModel
+
+    original = AdaLoraModel.update_and_allocate
+
+    def count(self, step):
+        calls.append(step)
+        return original(self, step)
+
+    monkeypatch.setattr(AdaLoraModel, "update_and_allocate", count)
+    cfg = config(method="adalora", max_steps=6, adalora_tinit=1, adalora_tfinal=1, adalora_delta_t=1, lora_r=2, adalora_init_r=4)
+    paths = RunPaths(tmp_path / "ada")
+    result = run_finetuning(cfg, paths, data, backbone, "lora", progress=False)
+    assert calls == list(range(6))
+    assert result.metrics["method"] == "adalora"
