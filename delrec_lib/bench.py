@@ -5,7 +5,18 @@ default backbone with ML-100K-like prompts, for the shared-prefix scorer (bf16 a
 CPU has it) and the naive one-forward-per-candidate scorer (float32), for prompt variants (title
 style with or without year; candidates listed in the prompt or not);
 achieved GFLOP/s against a bf16 matmul peak measured in the same run; the extrapolated time for
-all 943 ML-100K users. Other stages register their benchmark in ``BENCHMARKS``.
+all 943 ML-100K users.
+
+``teachers``: seconds per training epoch and inference users/s of each teacher (the preset's
+real training examples).
+
+``distill`` / ``finetune``: seconds per optimizer step of stage 1 / stage 2 on the preset's
+real prompts (a throw-away run whose stage-1 teacher is the popularity baseline: its top-k
+lists make prompts as long as any teacher's), tokens/s, and achieved GFLOP/s against the bf16
+matmul peak, counting a training step as two forwards (the backward through a frozen trunk
+computes activation gradients only); the preset's minutes per soft prompt / variant.
+
+``all``: every benchmark with its defaults, then a one-line-per-stage summary.
 
 The prompts use a built-in list of ML-100K titles (not the processed data set), so this runs
 before and independently of data preparation.
@@ -14,10 +25,12 @@ before and independently of data preparation.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -360,12 +373,191 @@ def _scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peak-size", type=int, default=2048, help="matrix size of the matmul peak measurement")
 
 
+# --------------------------------------------------------------------------------------------
+# Training stages: teachers, stage 1 (distill), stage 2 (finetune)
+# --------------------------------------------------------------------------------------------
+
+
+def _teachers_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--config", default=None, help="TOML/JSON overrides of the preset")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs timed per teacher")
+
+
+def bench_teachers(args: argparse.Namespace) -> dict:
+    from .teachers.bench import bench_teachers as run
+
+    df = run(args.preset, epochs=args.epochs, config_file=args.config)
+    print(df.to_string(index=False))
+    return {"rows": df.to_dict(orient="records")}
+
+
+def _training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--config", default=None, help="TOML/JSON overrides of the preset")
+    p.add_argument("--steps", type=int, default=4, help="optimizer steps timed (after a warm-up step)")
+
+
+class _StepClock:
+    """Trainer callback: wall time of every optimizer step, and the trainer (for its task)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = [time.perf_counter()]
+        self.trainer = None
+
+    def __call__(self, trainer, step: int) -> None:
+        self.times.append(time.perf_counter())
+        self.trainer = trainer
+
+    def step_seconds(self) -> list[float]:
+        # Step 1 warms up (thread pool, kernels); the last one includes the closing evaluation.
+        d = [b - a for a, b in itertools.pairwise(self.times)]
+        return d[1:-1]
+
+
+def _prompt_cost(fm: FlopModel, backbone, prompts: list) -> tuple[float, float]:
+    """Mean (tokens, forward FLOPs) of scoring one prompt with all its candidates (shared prefix)."""
+    from .scoring import candidate_token_ids
+
+    costs = [shared_flops(fm, p.num_tokens, [len(t) for t in candidate_token_ids(backbone, p.candidates)]) for p in prompts]
+    return statistics.mean(c[0] for c in costs), statistics.mean(c[1] for c in costs)
+
+
+def _training_bench_setup(args: argparse.Namespace, root: str):
+    """A throw-away run on the preset's data whose stage-1 teacher is the popularity baseline.
+
+    Trains in seconds, and its top-k lists give prompts as long as any teacher's, so the timed
+    steps cost what they cost in a real run.
+    """
+    from pathlib import Path
+
+    from .config import load_config, resolve_path
+    from .data import load_processed, prepare_dataset
+    from .llm import load_backbone_from_config
+    from .runner import RunPaths
+    from .teachers import run_teachers
+
+    config = load_config(args.preset, args.config)
+    data_root = resolve_path(config.data_dir)
+    prepare_dataset(config.data, data_root)
+    data = load_processed(data_root, config.data.dataset)
+    paths = RunPaths(Path(root))
+    run_teachers(replace(config.teachers, models=()), data, paths.teachers, progress=False)
+    config = replace(
+        config,
+        distill=replace(config.distill, prompts=("popularity",), heldout_users=4, max_steps=args.steps + 2,
+                        eval_every=None, warmup_steps=0),
+        finetune=replace(config.finetune, variants=("delrec-popularity",), valid_users=4, max_steps=args.steps + 2,
+                         eval_every=None, warmup_steps=0),
+    )  # fmt: skip
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+    peak = matmul_peak_gflops(torch.bfloat16)
+    print(f"bf16 matmul peak {peak:.0f} GFLOP/s")
+    backbone = load_backbone_from_config(config.llm)
+    return config, paths, data, backbone, peak
+
+
+def _training_row(stage: str, clock: _StepClock, examples_per_step: int, tokens: float, flops: float, peak: float) -> dict:
+    # Backward through a frozen trunk computes activation gradients only (no weight gradients for
+    # the frozen weights, LoRA's are negligible): about one more forward's worth of FLOPs.
+    secs = clock.step_seconds()
+    per_step = statistics.median(secs)
+    row = {
+        "stage": stage,
+        "timed_steps": len(secs),
+        "s_per_step": per_step,
+        "examples_per_step": examples_per_step,
+        "tokens_per_step": tokens,
+        "tokens_per_s": tokens / per_step,
+        "gflops": 2 * flops / per_step / 1e9,
+        "pct_bf16_peak": 100 * 2 * flops / per_step / 1e9 / peak,
+    }
+    print(
+        f"{stage}: {per_step:.2f} s/step (median of {len(secs)}), {examples_per_step} prompts/step, "
+        f"{tokens:.0f} tokens/step, {row['tokens_per_s']:.0f} tokens/s, ~{row['gflops']:.0f} GFLOP/s "
+        f"= {row['pct_bf16_peak']:.0f}% of the bf16 peak"
+    )
+    return row
+
+
+def _bench_distill_run(config, paths, data, backbone, peak) -> dict:
+    from .distill import run_distillation
+
+    cfg = config.distill
+    clock = _StepClock()
+    run_distillation(config, paths, data, backbone, "popularity", progress=False, callbacks=[clock])
+    task = clock.trainer.task
+    users = task.users[:64]
+    prompts = [task.prompt(task.train[t][u]) for u in users for t in task.tasks]
+    tokens, flops = _prompt_cost(FlopModel.of(backbone.model), backbone, prompts)
+    n = cfg.batch_size * cfg.grad_accum * len(task.tasks)  # users per step x (TA, RPS)
+    row = _training_row("distill", clock, n, tokens * n, flops * n, peak)
+    row["minutes_per_prompt"] = row["s_per_step"] * _preset_steps(config, "distill") / 60
+    print(f"  {_preset_steps(config, 'distill')} steps of the preset: {row['minutes_per_prompt']:.1f} min per soft prompt (evaluations excluded)")
+    return row
+
+
+def _preset_steps(config, stage: str) -> int:
+    from .config import preset_config
+
+    return getattr(preset_config(config.preset), stage).max_steps
+
+
+def bench_distill(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="delrec-bench-") as root:
+        return _bench_distill_run(*_training_bench_setup(args, root))
+
+
+def bench_finetune(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="delrec-bench-") as root:
+        return _bench_finetune_run(*_training_bench_setup(args, root))
+
+
+def _bench_finetune_run(config, paths, data, backbone, peak) -> dict:
+    from .distill import run_distillation
+    from .finetune import run_finetuning
+
+    # Stage 2 needs a soft prompt: a one-step stage 1 (its quality does not change the cost).
+    run_distillation(replace(config, distill=replace(config.distill, max_steps=1)), paths, data, backbone,
+                     "popularity", progress=False)  # fmt: skip
+    cfg = config.finetune
+    clock = _StepClock()
+    run_finetuning(config, paths, data, backbone, "delrec-popularity", progress=False, callbacks=[clock])
+    task = clock.trainer.task
+    prompts = [task.scorer.prompt(e) for e in task.train[:64]]
+    tokens, flops = _prompt_cost(FlopModel.of(backbone.model), backbone, prompts)
+    n = cfg.batch_size * cfg.grad_accum
+    row = _training_row("finetune", clock, n, tokens * n, flops * n, peak)
+    row["minutes_per_variant"] = row["s_per_step"] * _preset_steps(config, "finetune") / 60
+    print(f"  {_preset_steps(config, 'finetune')} steps of the preset: {row['minutes_per_variant']:.1f} min per variant (evaluations excluded)")
+    return row
+
+
 # name -> (argument setup, runner returning a JSON-able dict). Later stages add theirs here.
 BENCHMARKS: dict[
     str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]
 ] = {
+    "teachers": (_teachers_args, bench_teachers),
     "scoring": (_scoring_args, bench_scoring),
+    "distill": (_training_args, bench_distill),
+    "finetune": (_training_args, bench_finetune),
 }
+
+
+def _print_summary(results: dict) -> None:
+    """One line per stage: what the cpu preset's run of it costs on this machine."""
+    print("\n=== summary (cpu preset, this machine) ===")
+    for row in results.get("teachers", {}).get("rows", []):
+        print(f"teacher {row['teacher']}: {row['s_per_epoch']:.1f} s/epoch (early stopping decides the epochs)")
+    runs = results.get("scoring", {}).get("runs", [])
+    default = next((r for r in runs if r["path"] == "shared/packed"), None)
+    if default:
+        print(f"LLM scoring, 943 users x 20 candidates ({default['prompts']} prompts): "
+              f"{default['minutes_943_users']:.1f} min per method (best), {default['minutes_943_users_median']:.1f} (median)")  # fmt: skip
+    if "distill" in results:
+        print(f"stage 1: {results['distill']['s_per_step']:.1f} s/step, {results['distill']['minutes_per_prompt']:.1f} min per soft prompt")
+    if "finetune" in results:
+        print(f"stage 2: {results['finetune']['s_per_step']:.1f} s/step, {results['finetune']['minutes_per_variant']:.1f} min per variant")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,8 +574,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, (add_args, run) in BENCHMARKS.items():
             p = argparse.ArgumentParser()
             add_args(p)
-            print(f"=== {name} ===")
+            print(f"\n=== {name} ===", flush=True)
             results[name] = run(p.parse_args([]))
+        _print_summary(results)
     else:
         results = {args.name: BENCHMARKS[args.name][1](args)}
     if args.json:

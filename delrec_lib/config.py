@@ -320,6 +320,16 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        # A variant whose soft prompt this run never distils would otherwise fail an hour in,
+        # when notebook 04 looks for it.
+        for variant in self.finetune.variants:
+            if variant.startswith("delrec-") and variant.removeprefix("delrec-") not in self.distill.prompts:
+                raise ConfigError(
+                    f"finetune.variants: '{variant}' needs soft prompt '{variant.removeprefix('delrec-')}', "
+                    f"which distill.prompts {list(self.distill.prompts)} does not produce"
+                )
+
 
 # --------------------------------------------------------------------------------------------
 # Presets
@@ -341,8 +351,20 @@ def _cpu() -> RunConfig:
     return RunConfig(preset="cpu")
 
 
+# Stage-1 soft prompts and stage-2 variants of the ablation study: TA only, RPS only, and one
+# DELRec per teacher, each beside the no-soft-prompt LoRA variant.
+ABLATION_PROMPTS = ("sasrec", "sasrec-ta", "sasrec-rps", "gru4rec", "caser")
+ABLATION_VARIANTS = ("lora",) + tuple(f"delrec-{p}" for p in ABLATION_PROMPTS)
+
+
 def _cpu_ablations() -> RunConfig:
-    return replace(_cpu(), preset="cpu-ablations")
+    cpu = _cpu()
+    return replace(
+        cpu,
+        preset="cpu-ablations",
+        distill=replace(cpu.distill, prompts=ABLATION_PROMPTS),
+        finetune=replace(cpu.finetune, variants=ABLATION_VARIANTS),
+    )
 
 
 def _paper() -> RunConfig:
@@ -356,6 +378,9 @@ def _paper() -> RunConfig:
             list_candidates=True,
             max_prompt_tokens=1024,
         ),
+        distill=DistillConfig(prompts=ABLATION_PROMPTS, num_soft_tokens=100, max_steps=2000, batch_size=8, grad_accum=1, lr=1e-3, eval_every=200, heldout_users=200),
+        finetune=FinetuneConfig(variants=ABLATION_VARIANTS, method="adalora", max_steps=2000, batch_size=8, grad_accum=1, lr=1e-4, eval_every=200, valid_users=943, positions_per_user=5),
+        eval=EvalConfig(generation_users=None, shuffle_users=None),
     )
 
 

@@ -157,4 +157,22 @@ def run_series(
         print(f"[delrec] {nb.name} done in {elapsed:.0f} s", flush=True)
     summary = {"run_dir": str(root), "timings_s": timings}
     print(json.dumps(summary, indent=2))
+    print_outcome(paths)
     return root
+
+
+def print_outcome(paths: RunPaths) -> None:
+    """Where a run's results are: the results table (shown), the written reading, the figures."""
+    table = paths.eval / "results.md"
+    if table.is_file():
+        print(f"\n[delrec] results table: {table} (and results.csv beside it)\n")
+        print(table.read_text(encoding="utf-8"))
+    reading = paths.eval / "reading.md"
+    if reading.is_file():
+        print(f"[delrec] reading of the figures: {reading}")
+    figures = sorted(paths.figures.glob("*.png")) if paths.figures.is_dir() else []
+    if figures:
+        print(f"[delrec] figures ({len(figures)} PNG): {paths.figures}")
+        for f in figures:
+            print(f"  {f.name}")
+    print(f"[delrec] executed notebooks: {paths.notebooks}")

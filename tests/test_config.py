@@ -50,3 +50,19 @@ def test_config_file_errors(tmp_path):
     other.write_text('preset = "paper"\n')
     with pytest.raises(ConfigError, match="disagrees with the requested preset 'cpu'"):
         load_config("cpu", other)
+
+
+def test_ablation_presets_distil_every_prompt_their_variants_need():
+    for name in ("cpu-ablations", "paper"):
+        config = preset_config(name)
+        assert {"sasrec-ta", "sasrec-rps", "gru4rec", "caser"} <= set(config.distill.prompts)
+        assert {"lora", "delrec-sasrec-ta", "delrec-sasrec-rps", "delrec-gru4rec", "delrec-caser"} <= set(
+            config.finetune.variants
+        )
+    assert preset_config("paper").finetune.method == "adalora"
+    assert preset_config("paper").distill.num_soft_tokens == 100
+
+
+def test_variant_without_its_soft_prompt_is_rejected():
+    with pytest.raises(ConfigError, match="delrec-caser.*distill.prompts"):
+        load_config("cpu", finetune={"variants": ["lora", "delrec-caser"]})

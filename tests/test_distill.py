@@ -136,3 +136,26 @@ def test_mismatched_inputs_are_refused(world, tmp_path):
     other_data = synthetic_data(tmp_path / "data2", seed=5)
     with pytest.raises(StaleArtifactError, match="teacher 'sasrec' was made from another 'data'"):
         run_distillation(config(), paths, other_data, backbone, "sasrec", progress=False)
+
+
+@pytest.mark.parametrize("stage", ["distill", "finetune"])
+def test_training_benchmark_times_real_steps(world, tmp_path, stage):
+    """``python -m delrec_lib.bench distill|finetune`` on a tiny model: steps timed, costs counted."""
+    import json
+
+    from delrec_lib import bench
+
+    root, _, backbone = world
+    toml = tmp_path / "bench.toml"
+    toml.write_text(
+        f'data_dir = "{root / "data"}"\n[data]\ndataset = "toy"\nnum_negatives = 5\n'
+        f'[llm]\nbackbone = "{backbone.name}"\ndtype = "float32"\nhistory_len = 4\n'
+        "[distill]\nnum_soft_tokens = 4\nrps_top_k = 3\nrps_random = 3\nta_candidates = 6\n"
+        "[finetune]\nnum_negatives = 5\n"
+    )
+    out = tmp_path / "bench.json"
+    assert bench.main([stage, "--preset", "smoke", "--config", str(toml), "--steps", "2", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())[stage]
+    assert row["timed_steps"] == 2 and row["s_per_step"] > 0
+    assert row["examples_per_step"] == (8 if stage == "distill" else 2)  # smoke: 2 users x accum (2 | 1)
+    assert row["tokens_per_step"] > row["examples_per_step"] * 10 and row["pct_bf16_peak"] > 0

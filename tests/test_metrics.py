@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from delrec_lib.metrics import metrics_from_counts, paired_test, per_user_metrics, rank_counts, summarize
+from delrec_lib.metrics import bootstrap_ci, metrics_from_counts, paired_test, per_user_metrics, rank_counts, summarize
 
 
 def one(scores, target, valid=None):
@@ -86,3 +86,19 @@ def test_paired_test_noise_is_not_significant():
     rng = np.random.default_rng(1)
     a, b = rng.integers(0, 2, 300).astype(float), rng.integers(0, 2, 300).astype(float)
     assert paired_test(a, b)["p_value"] > 0.01
+
+
+def test_bootstrap_ci_matches_the_binomial_standard_error():
+    """A hit rate of 0.3 over 2,000 users: the 95% interval is 0.3 +- 1.96 sqrt(0.21 / 2000) = +- 0.020."""
+    values = np.zeros(2000)
+    values[:600] = 1.0
+    mean, low, high = bootstrap_ci(values, n_boot=2000, seed=3)
+    assert mean == 0.3
+    assert high - low == pytest.approx(2 * 1.96 * math.sqrt(0.21 / 2000), rel=0.1)
+    assert low < 0.3 < high
+
+
+def test_bootstrap_ci_of_identical_users_has_no_width():
+    assert bootstrap_ci(np.full(50, 0.25)) == (0.25, 0.25, 0.25)
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_ci(np.array([]))
