@@ -13,6 +13,7 @@ spacing, quotes and a trailing year).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -127,13 +128,38 @@ def generate_answers(scorer: RecommendationScorer, examples: list[RecExample], *
     return out
 
 
+# Bumped when the protocol changes, so cached evaluations are recomputed.
+GENERATION_PROTOCOL = "llara-v2: candidates listed in the prompt; valid = first line names exactly one candidate"
+
+
+def generation_scorer(scorer: RecommendationScorer) -> RecommendationScorer:
+    """The same model and soft prompt with the candidates listed in the prompt, as LLaRA asks.
+
+    Without the list a model cannot know what to name, whatever it learned; the cpu preset
+    scores with unlisted prompts (cheaper), so its fine-tuned variants meet the listed template
+    only here.
+    """
+    if scorer.llm.list_candidates:
+        return scorer
+    return RecommendationScorer(scorer.backbone, dataclasses.replace(scorer.llm, list_candidates=True), scorer.titles,
+                                scorer.soft, scorer.teacher)  # fmt: skip
+
+
+def named_candidates(answer: str, candidates: list[str]) -> list[int]:
+    """Indices of the candidates whose title occurs in the answer's first line (LLaRA's rule).
+
+    Small models often go on listing more titles after their answer, hence the first line.
+    """
+    first = " ".join(answer.strip().split("\n", 1)[0].lower().split())
+    return [i for i, t in enumerate(candidates) if normalise_title(t) and normalise_title(t) in first]
+
+
 def generation_metrics(scorer: RecommendationScorer, examples: list[RecExample], answers: list[str]) -> pd.DataFrame:
+    """Per user: the answer, the candidate it names (-1 unless exactly one), valid, hit."""
     rows = []
     for ex, answer in zip(examples, answers, strict=True):
-        shown = [normalise_title(t) for t in scorer.prompt(ex).candidates]
-        # The answer is its first line: small models often go on listing more titles after it.
-        a = normalise_title(answer.strip().split("\n", 1)[0])
-        matched = shown.index(a) if a in shown else -1
+        named = named_candidates(answer, list(scorer.prompt(ex).candidates))
+        matched = named[0] if len(named) == 1 else -1
         rows.append({"user_id": ex.user_id, "answer": answer, "matched": matched, "valid": matched >= 0,
                      "hit": matched == ex.label})  # fmt: skip
     return pd.DataFrame(rows)
@@ -162,7 +188,8 @@ def evaluate_method(
     """One method on the test candidate sets; cached in ``<run>/eval/<method>/`` with a manifest."""
     users = eval_users(data, config)
     inputs = _method_inputs(config, paths, data, method, kind, backbone)
-    stage_config = {"eval": config.eval, "llm": config.llm if kind == "llm" else None, "users": len(users)}
+    stage_config = {"eval": config.eval, "llm": config.llm if kind == "llm" else None, "users": len(users),
+                    "generation_protocol": GENERATION_PROTOCOL if kind == "llm" else None}  # fmt: skip
     out = paths.eval / method
     if is_complete(out, EVAL_KIND, inputs=inputs, config=stage_config):
         gen = out / "generations.parquet"
@@ -180,8 +207,9 @@ def evaluate_method(
         n_gen = len(examples) if config.eval.generation_users is None else min(config.eval.generation_users, len(examples))
         if n_gen:
             subset = examples[:n_gen]
-            answers = generate_answers(scorer, subset, max_new_tokens=config.eval.max_new_tokens)
-            generations = generation_metrics(scorer, subset, answers)
+            listed = generation_scorer(scorer)
+            answers = generate_answers(listed, subset, max_new_tokens=config.eval.max_new_tokens)
+            generations = generation_metrics(listed, subset, answers)
     with atomic_dir(out) as tmp:
         per_user.to_parquet(tmp / "per_user.parquet", index=False)
         if generations is not None:

@@ -10,6 +10,7 @@ from delrec_lib.analysis import shuffle_window
 from delrec_lib.evaluation import (
     MethodResult,
     from_candidate_scores,
+    named_candidates,
     paired_comparisons,
     per_user_frame,
     results_table,
@@ -55,3 +56,11 @@ def test_shuffle_window_permutes_only_the_visible_items():
     assert shuffled[:20] == history[:20]
     assert sorted(shuffled[20:]) == history[20:] and shuffled[20:] != history[20:]
     assert shuffle_window([5], 10, rng) == [5]
+
+
+def test_generation_answer_is_valid_only_when_it_names_exactly_one_candidate():
+    cands = ["Toy Story", "Fargo", "The Usual Suspects", "Babe"]
+    assert named_candidates('I recommend "Fargo (1996)".', cands) == [1]
+    assert named_candidates("the usual   suspects\nToy Story\nBabe", cands) == [2]  # first line only
+    assert named_candidates("Fargo or Toy Story", cands) == [0, 1]  # two: not a valid answer
+    assert named_candidates("Which movie will the user watch next?", cands) == []

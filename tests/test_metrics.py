@@ -3,7 +3,14 @@ import math
 import numpy as np
 import pytest
 
-from delrec_lib.metrics import bootstrap_ci, metrics_from_counts, paired_test, per_user_metrics, rank_counts, summarize
+from delrec_lib.metrics import (
+    bootstrap_ci,
+    metrics_from_counts,
+    paired_test,
+    per_user_metrics,
+    rank_counts,
+    summarize,
+)
 
 
 def one(scores, target, valid=None):
