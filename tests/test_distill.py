@@ -159,3 +159,16 @@ def test_training_benchmark_times_real_steps(world, tmp_path, stage):
     assert row["timed_steps"] == 2 and row["s_per_step"] > 0
     assert row["examples_per_step"] == (8 if stage == "distill" else 2)  # smoke: 2 users x accum (2 | 1)
     assert row["tokens_per_step"] > row["examples_per_step"] * 10 and row["pct_bf16_peak"] > 0
+
+
+@pytest.mark.parametrize("ablation, trained", [("sasrec-ta", {"ta"}), ("sasrec-rps", {"rps"})])
+def test_stage1_ablations_train_only_their_task(world, ablation, trained):
+    root, data, backbone = world
+    paths = paths_for(root, "ablation")
+    write_teacher_exports(paths.teachers / "sasrec", data)
+    cfg = config(max_steps=2, eval_every=2)
+    result = run_distillation(cfg, paths, data, backbone, ablation, progress=False)
+    assert set(result.metrics["tasks"]) == trained and result.metrics["teacher"] == "sasrec"
+    losses = {c.removeprefix("loss_") for c in result.train_log.columns if c.startswith("loss_")}
+    assert losses == trained
+    assert (paths.distill / ablation / "soft_prompt.safetensors").is_file()
