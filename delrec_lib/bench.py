@@ -18,8 +18,8 @@ computes activation gradients only); the preset's minutes per soft prompt / vari
 
 ``all``: every benchmark with its defaults, then a one-line-per-stage summary.
 
-The prompts use a built-in list of ML-100K titles (not the processed data set), so this runs
-before and independently of data preparation.
+The scoring benchmark's prompts use a built-in list of ML-100K titles (not the processed data
+set), so it runs before and independently of data preparation.
 """
 
 from __future__ import annotations
@@ -438,6 +438,7 @@ def _training_bench_setup(args: argparse.Namespace, root: str):
     from .teachers import run_teachers
 
     config = load_config(args.preset, args.config)
+    planned = {"distill": config.distill.max_steps, "finetune": config.finetune.max_steps}
     data_root = resolve_path(config.data_dir)
     prepare_dataset(config.data, data_root)
     data = load_processed(data_root, config.data.dataset)
@@ -454,7 +455,7 @@ def _training_bench_setup(args: argparse.Namespace, root: str):
     peak = matmul_peak_gflops(torch.bfloat16)
     print(f"bf16 matmul peak {peak:.0f} GFLOP/s")
     backbone = load_backbone_from_config(config.llm)
-    return config, paths, data, backbone, peak
+    return config, paths, data, backbone, peak, planned
 
 
 def _training_row(stage: str, clock: _StepClock, examples_per_step: int, tokens: float, flops: float, peak: float) -> dict:
@@ -480,7 +481,7 @@ def _training_row(stage: str, clock: _StepClock, examples_per_step: int, tokens:
     return row
 
 
-def _bench_distill_run(config, paths, data, backbone, peak) -> dict:
+def _bench_distill_run(config, paths, data, backbone, peak, planned) -> dict:
     from .distill import run_distillation
 
     cfg = config.distill
@@ -492,15 +493,9 @@ def _bench_distill_run(config, paths, data, backbone, peak) -> dict:
     tokens, flops = _prompt_cost(FlopModel.of(backbone.model), backbone, prompts)
     n = cfg.batch_size * cfg.grad_accum * len(task.tasks)  # users per step x (TA, RPS)
     row = _training_row("distill", clock, n, tokens * n, flops * n, peak)
-    row["minutes_per_prompt"] = row["s_per_step"] * _preset_steps(config, "distill") / 60
-    print(f"  {_preset_steps(config, 'distill')} steps of the preset: {row['minutes_per_prompt']:.1f} min per soft prompt (evaluations excluded)")
+    row["minutes_per_prompt"] = row["s_per_step"] * planned["distill"] / 60
+    print(f"  {planned['distill']} steps of the run: {row['minutes_per_prompt']:.1f} min per soft prompt (evaluations excluded)")
     return row
-
-
-def _preset_steps(config, stage: str) -> int:
-    from .config import preset_config
-
-    return getattr(preset_config(config.preset), stage).max_steps
 
 
 def bench_distill(args: argparse.Namespace) -> dict:
@@ -513,7 +508,7 @@ def bench_finetune(args: argparse.Namespace) -> dict:
         return _bench_finetune_run(*_training_bench_setup(args, root))
 
 
-def _bench_finetune_run(config, paths, data, backbone, peak) -> dict:
+def _bench_finetune_run(config, paths, data, backbone, peak, planned) -> dict:
     from .distill import run_distillation
     from .finetune import run_finetuning
 
@@ -528,8 +523,8 @@ def _bench_finetune_run(config, paths, data, backbone, peak) -> dict:
     tokens, flops = _prompt_cost(FlopModel.of(backbone.model), backbone, prompts)
     n = cfg.batch_size * cfg.grad_accum
     row = _training_row("finetune", clock, n, tokens * n, flops * n, peak)
-    row["minutes_per_variant"] = row["s_per_step"] * _preset_steps(config, "finetune") / 60
-    print(f"  {_preset_steps(config, 'finetune')} steps of the preset: {row['minutes_per_variant']:.1f} min per variant (evaluations excluded)")
+    row["minutes_per_variant"] = row["s_per_step"] * planned["finetune"] / 60
+    print(f"  {planned['finetune']} steps of the run: {row['minutes_per_variant']:.1f} min per variant (evaluations excluded)")
     return row
 
 
