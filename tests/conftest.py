@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # Tests run on CPU with few threads; keep BLAS from oversubscribing the two cores.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -33,3 +34,13 @@ def real_data(real_data_dir):
     from delrec_lib.data import load_processed
 
     return load_processed(real_data_dir, "ml-100k")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny models: their matmuls gain nothing from threads, and on a shared 2-core
+    machine an OpenMP team whose second thread is descheduled makes each one ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -285,6 +285,16 @@ def test_wheel_member_not_matching_record(tmp_path, monkeypatch):
         source.load(tmp_path / "raw")
 
 
+def test_truncated_wheel(tmp_path):
+    wheel = tmp_path / "raw" / "recbole-1.2.1-py3-none-any.whl"
+    write_recbole_wheel(wheel)
+    data = wheel.read_bytes()
+    wheel.write_bytes(data[: len(data) // 2])
+    source = MovieLens100K(recbole_sha256=sha256_file(wheel))  # pinned to the truncated bytes: the zip check speaks
+    with pytest.raises(DataError, match=r"py3-none-any\.whl: not a readable wheel/zip"):
+        source.load(tmp_path / "raw")
+
+
 def test_truncated_zip(tmp_path):
     zpath = write_grouplens_zip(tmp_path / "raw" / "ml-100k.zip")
     data = zpath.read_bytes()

@@ -23,14 +23,7 @@ from .llm_fixtures import TITLES, save_tiny_causal, save_tiny_t5
 ATOL = 1e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls gain nothing from threads, and on a shared 2-core machine an OpenMP team whose
-    # second thread is descheduled makes each one ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -270,12 +270,15 @@ def _wheel_member(zf: zipfile.ZipFile, wheel: Path, name: str) -> bytes:
     return data
 
 
-def load_recbole_ml100k(wheel: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+def _open_zip(path: Path, what: str) -> zipfile.ZipFile:
     try:
-        zf = zipfile.ZipFile(wheel)
+        return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(f"{wheel}: not a readable wheel/zip ({e}); it is truncated or corrupt") from e
-    with zf:
+        raise DataError(f"{path}: not a readable {what} ({e}); it is truncated or corrupt") from e
+
+
+def load_recbole_ml100k(wheel: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+    with _open_zip(wheel, "wheel/zip") as zf:
         inter_name, item_name = RECBOLE_ML100K + "ml-100k.inter", RECBOLE_ML100K + "ml-100k.item"
         inter_b, item_b = _wheel_member(zf, wheel, inter_name), _wheel_member(zf, wheel, item_name)
     where_i, where_t = f"{wheel}!{inter_name}", f"{wheel}!{item_name}"
@@ -312,11 +315,7 @@ def load_grouplens_dir(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[s
 
 
 def load_grouplens_zip(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(f"{path}: not a readable zip ({e}); the download is truncated or corrupt") from e
-    with zf:
+    with _open_zip(path, "zip") as zf:
         names = zf.namelist()
 
         def read(name: str, optional: bool = False) -> bytes | None:
