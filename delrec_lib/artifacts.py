@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +241,49 @@ def require_inputs(
                 f"(recorded {str(recorded.get(name))[:12]}, current {digest[:12]}). Re-run the stage that "
                 f"writes {directory}."
             )
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run's artifacts live (DESIGN.md, "Artifacts and contracts between notebooks").
+
+    Stages write under their own folder and read another stage's only through its artifact and
+    manifest."""
+
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def teachers(self) -> Path:
+        return self.root / "teachers"
+
+    @property
+    def distill(self) -> Path:
+        return self.root / "distill"
+
+    @property
+    def finetune(self) -> Path:
+        return self.root / "finetune"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    def figure(self, name: str) -> Path:
+        self.figures.mkdir(parents=True, exist_ok=True)
+        return self.figures / name

@@ -313,6 +313,9 @@ class RunConfig:
     # LLM stages and evaluation may be restricted to the first N users (smoke preset only);
     # None means every user.
     max_users: int | None = None
+    # Extra method families, "module:FamilyClass" (see delrec_lib/methods.py): a method added
+    # without editing the kit appears in every evaluation table and analysis figure.
+    plugins: tuple[str, ...] = ()
     data: DataConfig = field(default_factory=DataConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)

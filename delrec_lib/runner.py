@@ -12,58 +12,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_write_json, read_json
+from .artifacts import RunPaths, atomic_write_json, read_json
 from .config import RunConfig, config_to_dict, load_config, project_root, resolve_path
 from .errors import ConfigError, DelrecError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where a run's artifacts live (DESIGN.md, "Artifacts and contracts between notebooks")."""
-
-    root: Path
-
-    @property
-    def config_file(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def teachers(self) -> Path:
-        return self.root / "teachers"
-
-    @property
-    def distill(self) -> Path:
-        return self.root / "distill"
-
-    @property
-    def finetune(self) -> Path:
-        return self.root / "finetune"
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
-
-    @property
-    def figures(self) -> Path:
-        return self.root / "figures"
-
-    @property
-    def notebooks(self) -> Path:
-        return self.root / "notebooks"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics"
-
-    def figure(self, name: str) -> Path:
-        self.figures.mkdir(parents=True, exist_ok=True)
-        return self.figures / name
 
 
 def default_run_dir(preset: str) -> Path:
