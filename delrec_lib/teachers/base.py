@@ -55,6 +55,10 @@ class SequentialRecommender(nn.Module):
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------
+    def history_window(self) -> int:
+        """How many of the latest history items the model reads (Caser: its window)."""
+        return self.max_len
+
     def user_representation(self, items: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward(items, users)[:, -1]  # left padding: the latest item is the last column
 

@@ -45,6 +45,9 @@ class Caser(SequentialRecommender):
             self.user_emb.weight[0].zero_()
         nn.init.zeros_(self.out_bias.weight)
 
+    def history_window(self) -> int:
+        return self.window
+
     def user_representation(self, items: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         items = items[:, -self.window :]  # [B, L] the latest L items
         if items.shape[1] < self.window:
