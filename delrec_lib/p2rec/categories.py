@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from ..data import ProcessedData
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 UNCLUSTERED = -1  # category of an item that occurs in no user's train items
 
@@ -84,6 +84,8 @@ def user_targets(data: ProcessedData, users: Sequence[int], categories: LatentCa
     out = np.zeros((len(users), k), dtype=np.float64)
     for row, u in enumerate(users):
         items = data.train_items(int(u)) if scope == "train" else shown_items(data, int(u), history_len)
+        if not items:
+            raise DataError(f"user {u}: no train items, so no preference distribution")
         labels = categories.labels[np.asarray(items, dtype=np.int64)]
         if (labels == UNCLUSTERED).any():  # cannot happen when the clusters cover every train item
             raise ConfigError(f"user {u}: train items without a category; cluster every train item")

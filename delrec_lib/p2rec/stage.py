@@ -258,7 +258,7 @@ def run_sft(config: RunConfig, paths: RunPaths, data: ProcessedData, backbone: B
         pd.DataFrame({
             "user_id": np.array(train_users + held_users, dtype=np.int32),
             "role": ["train"] * len(train_users) + ["heldout"] * len(held_users),
-            "target": list(np.concatenate([train_t, held_t])) if train_users or held_users else [],
+            "target": [*train_t, *held_t],
             "prediction": [None] * len(train_users) + list(held_pred),
         }).to_parquet(tmp / "targets.parquet", index=False)  # fmt: skip
         history.to_csv(tmp / "history.csv", index=False)
