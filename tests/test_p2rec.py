@@ -363,7 +363,7 @@ def test_family_loads_full_catalogue_teachers_that_match_their_exports(trained, 
     assert rec.kind == "teacher" and rec.capabilities.full_catalogue
     cands = pd.read_parquet(paths.p2rec / "p2rec-sasrec" / "candidate_scores.parquet")
     cands = cands[cands["split"] == "valid"]
-    users = cands["user_id"].to_numpy()
+    users = cands["user_id"].to_numpy().copy()  # parquet columns are read-only arrays
     scores = rec.score(users, [data.history(int(u), "valid") for u in users], np.stack(cands["candidates"].to_list()))
     np.testing.assert_allclose(scores, np.stack(cands["scores"].to_list()), rtol=1e-5, atol=1e-6)
     full = model_scorer(rec.model)(users[:3], [data.history(int(u), "valid") for u in users[:3]])
