@@ -44,6 +44,7 @@ from .artifacts import (
     is_complete,
     read_json,
     read_manifest,
+    require_config,
     require_inputs,
     to_jsonable,
     verify_outputs,
@@ -53,15 +54,14 @@ from .config import RunConfig, parse_prompt_name
 from .data.processed import ProcessedData
 from .errors import ConfigError, DataError
 from .metrics import bootstrap_ci, per_user_metrics
-from .prompts import EncodedPrompt, PromptBuilder, TemporalExample, prompt_format_id
+from .prompts import TEACHER_DISPLAY, EncodedPrompt, PromptBuilder, TemporalExample, prompt_format_id
 from .scoring import rank_candidates
-from .soft_prompt import SoftPrompt, nearest_tokens
+from .soft_prompt import SOFT_PROMPT_KIND, SoftPrompt, distill_stage_config, nearest_tokens
+from .teachers import export_spec
 from .training import TrainConfig, Trainer, TrainingTask
 
 log = logging.getLogger(__name__)
 
-SOFT_PROMPT_KIND = "soft-prompt"
-TEACHER_DISPLAY = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser"}
 
 
 @dataclass(frozen=True)
@@ -290,11 +290,15 @@ class DistillResult:
     skipped: bool = False
 
 
-def read_teacher_topk(teacher_dir: Path, data: ProcessedData) -> pd.DataFrame:
-    """The teacher's top-k after each user's train items, refused unless made from this data."""
+def read_teacher_topk(teacher_dir: Path, data: ProcessedData, teachers_config: Any = None) -> pd.DataFrame:
+    """The teacher's top-k after each user's train items, refused unless made from this data (and,
+    given the run's ``TeachersConfig``, with this run's teacher settings)."""
     manifest = read_manifest(teacher_dir)
     verify_outputs(teacher_dir, manifest)
     require_inputs(f"teacher '{teacher_dir.name}'", manifest, {"data": data.data_id}, teacher_dir)
+    if teachers_config is not None:
+        require_config(f"teacher '{teacher_dir.name}'", manifest, export_spec(teacher_dir.name, teachers_config, data),
+                       teacher_dir, "Re-run the teacher stage (notebook 02 or `python -m delrec_lib teachers`).")  # fmt: skip
     path = teacher_dir / "topk_valid.parquet"
     if not path.is_file():
         raise DataError(f"{path}: missing; the teacher stage (notebook 02) exports it")
@@ -344,12 +348,11 @@ def run_distillation(
     """Stage 1 for one soft prompt (``name`` = "<teacher>" or an ablation "<teacher>-ta" / "-rps"):
     writes ``<run>/distill/<name>/``; skipped when already up to date."""
     teacher, tasks = parse_prompt_name(name)
-    # The hash covers what this soft prompt depends on, not the list of other prompts in the run.
-    cfg = dataclasses.replace(config.distill, prompts=(name,))
+    stage_config = distill_stage_config(config, name)
+    cfg = stage_config["distill"]
     teacher_dir = paths.teachers / teacher
-    topk = read_teacher_topk(teacher_dir, data)
+    topk = read_teacher_topk(teacher_dir, data, config.teachers)
     inputs = distill_inputs(data, teacher_dir, backbone, config.llm, cfg.num_soft_tokens)
-    stage_config = {"distill": cfg, "llm": config.llm, "max_users": config.max_users, "teacher": teacher, "tasks": tasks}
     out_dir = paths.distill / name
     if is_complete(out_dir, SOFT_PROMPT_KIND, inputs=inputs, config=stage_config):
         log.info("%s is up to date", out_dir)
@@ -422,20 +425,6 @@ def run_distillation(
     return DistillResult(name, out_dir, metrics, history, train_log, soft)
 
 
-def load_soft_prompt(
-    distill_dir: Path, backbone: Any, data: ProcessedData, llm_config: Any
-) -> tuple[SoftPrompt, dict[str, str]]:
-    """A stage-1 soft prompt, refused unless it was made for this backbone, prompt format and data."""
-    path = Path(distill_dir) / "soft_prompt.safetensors"
-    soft, _ = SoftPrompt.load(path)
-    expect = {
-        "backbone": backbone.identity,
-        "template": prompt_format_id(backbone, llm_config, soft.num_tokens),
-        "data": data.data_id,
-    }
-    return SoftPrompt.load(path, expect=expect)
-
-
 def describe_examples(examples: dict[str, DistillExample]) -> pd.DataFrame:
     return pd.DataFrame([dataclasses.asdict(e) for e in examples.values()])
 
@@ -444,7 +433,7 @@ def preview_prompts(config: RunConfig, paths: Any, data: ProcessedData, backbone
     """The TA and RPS prompts of the first held-out user, as stage 1 will render them."""
     teacher, _ = parse_prompt_name(name)
     cfg = config.distill
-    predictions = teacher_predictions(read_teacher_topk(paths.teachers / teacher, data), data)
+    predictions = teacher_predictions(read_teacher_topk(paths.teachers / teacher, data, config.teachers), data)
     _, held = split_users(data, cfg, config.max_users)
     ta, rps = build_examples(data, predictions, held, cfg)
     user = next(u for u in held if u in ta and u in rps)
