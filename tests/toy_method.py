@@ -1,8 +1,9 @@
 """A method registered as a plugin (``plugins = ["tests.toy_method:ToyFamily"]``), for the test that
 a new method appears in every table, figure and diagnostic of notebooks 07-08 without edits there.
 
-"Nearest id": candidates ranked by how close their item id is to the latest history item's. Cheap,
-deterministic, and it reads exactly one history item, so the order diagnostic must move it.
+"Nearest id": candidates ranked by how close their item id is to the latest history item's. Cheap and
+deterministic; it reads the last two items in order and uses the later one, so the order diagnostic
+(which swaps them half the time) must move it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class NearestId(Recommender):
         self.num_items = num_items
 
     def visible_history(self, history) -> int:
-        return min(len(history), 1)
+        return min(len(history), 2)
 
     def score_catalogue(self, users, histories, *, progress=False) -> np.ndarray:
         latest = np.array([h[-1] if len(h) else 0 for h in histories], dtype=np.float64)
