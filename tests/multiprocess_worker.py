@@ -6,7 +6,10 @@ trainable tensors after every optimizer step.
 --multi_gpu --num_processes 2`` with CUDA hidden: gloo on the CPU) and calls ``run_scenario``
 in-process for the one-process reference of the same global batch.
 
-    python tests/multiprocess_worker.py SCENARIO WORLD RUN_DIR RECORD_DIR
+    accelerate launch --multi_gpu --num_processes 2 tests/multiprocess_worker.py WORLD SCENARIO...
+
+runs each scenario in ``WORLD/<scenario>-multi/run`` (prepared by the test) and writes each
+process's record to ``WORLD/<scenario>-multi/records``.
 """
 
 from __future__ import annotations
@@ -218,10 +221,17 @@ def run_scenario(scenario: str, world: Path, run_dir: Path, record_dir: Path) ->
     return record
 
 
+def scenario_dir(world: Path, scenario: str, processes: str) -> Path:
+    """Where a scenario runs ("multi" or "single") and where its records go (``/records``)."""
+    return world / f"{scenario}-{processes}"
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    scenario, world, run_dir, record_dir = sys.argv[1], *map(Path, sys.argv[2:5])
-    if scenario == "trainer":
-        run_trainer_scenario(run_dir, record_dir)
-    else:
-        run_scenario(scenario, world, run_dir, record_dir)
+    world, scenarios = Path(sys.argv[1]), sys.argv[2:]
+    for name in scenarios:  # one launch for several scenarios: process start-up is most of the time
+        where = scenario_dir(world, name, "multi")
+        if name == "trainer":
+            run_trainer_scenario(where / "run", where / "records")
+        else:
+            run_scenario(name, world, where / "run", where / "records")

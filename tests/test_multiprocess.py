@@ -10,6 +10,7 @@ processes here talk over gloo instead of NCCL.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -26,7 +27,7 @@ from delrec_lib.distill import run_distillation
 from delrec_lib.llm import load_backbone
 
 from .llm_fixtures import save_tiny_causal
-from .multiprocess_worker import SCENARIOS, run_scenario, scenario_config
+from .multiprocess_worker import SCENARIOS, run_scenario, scenario_config, scenario_dir
 from .stage_fixtures import synthetic_data, write_teacher_exports
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -55,18 +56,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def new_run_dir(root: Path, name: str) -> RunPaths:
+def prepare_run(root: Path, scenario: str, processes: str) -> RunPaths:
     """A run folder holding the base run's teacher exports and, for stage 2, its soft prompt."""
-    paths = RunPaths(root / name)
+    paths = RunPaths(scenario_dir(root, scenario, processes) / "run")
     shutil.copytree(root / "base" / "teachers", paths.teachers)
-    shutil.copytree(root / "base" / "distill" / "sasrec", paths.distill / "sasrec")
+    if SCENARIOS[scenario]["stage"] == "finetune":
+        shutil.copytree(root / "base" / "distill" / "sasrec", paths.distill / "sasrec")
     return paths
 
 
-def launch(scenario: str, root: Path, run_dir: Path, record_dir: Path) -> list[dict]:
-    """Run the worker under ``PROCESSES`` processes; returns each process's record, by rank."""
-    import json
-
+def launch(root: Path, scenarios: list[str]) -> dict[str, list[dict]]:
+    """Run the worker's scenarios under ``PROCESSES`` processes; each one's records, by rank."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     # --multi_gpu selects torch.distributed's launcher; with no GPU visible the processes pick
@@ -75,18 +75,30 @@ def launch(scenario: str, root: Path, run_dir: Path, record_dir: Path) -> list[d
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(PROCESSES),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()),
-           str(REPO / "tests" / "multiprocess_worker.py"), scenario, str(root), str(run_dir), str(record_dir)]  # fmt: skip
+           str(REPO / "tests" / "multiprocess_worker.py"), str(root), *scenarios]  # fmt: skip
     try:
         proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"{PROCESSES} processes did not finish in {LAUNCH_TIMEOUT_S} s (deadlock?)\n{e.stdout}\n{e.stderr}")
     assert proc.returncode == 0, f"launch failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-    records = [json.loads((record_dir / f"rank{r}.json").read_text()) for r in range(PROCESSES)]
-    for r, rec in enumerate(records):
-        assert (rec["process_index"], rec["num_processes"]) == (r, PROCESSES), "the launch did not start two processes"
-        assert rec["backend"] == "gloo"
-        assert Path(rec["delrec_lib"]) == REPO / "delrec_lib", "the workers must import this checkout"
-    return records
+    out = {}
+    for scenario in scenarios:
+        folder = scenario_dir(root, scenario, "multi") / "records"
+        out[scenario] = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(PROCESSES)]
+        for r, rec in enumerate(out[scenario]):
+            assert (rec["process_index"], rec["num_processes"]) == (r, PROCESSES), "the launch did not start two processes"
+            assert rec["backend"] == "gloo"
+            assert Path(rec["delrec_lib"]) == REPO / "delrec_lib", "the workers must import this checkout"
+    return out
+
+
+@pytest.fixture(scope="module")
+def launched(world):
+    """Every scenario, trained by two processes in one launch (start-up is most of its time)."""
+    root, _, _ = world
+    for scenario in SCENARIOS:
+        prepare_run(root, scenario, "multi")
+    return launch(root, [*sorted(SCENARIOS), "trainer"])
 
 
 def states_by_step(path: Path) -> dict[int, dict[str, torch.Tensor]]:
@@ -104,22 +116,18 @@ def assert_close_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
 
 
 @pytest.fixture(scope="module", params=sorted(SCENARIOS))
-def runs(request, world):
+def runs(request, world, launched):
     """(scenario, two-process records, one-process record, their run folders)."""
     scenario = request.param
     root, _, _ = world
-    multi, single = new_run_dir(root, f"{scenario}-multi"), new_run_dir(root, f"{scenario}-single")
-    if SCENARIOS[scenario]["stage"] == "distill":  # stage 1 is what this run trains
-        shutil.rmtree(multi.distill)
-        shutil.rmtree(single.distill)
-    records = launch(scenario, root, multi.root, root / f"{scenario}-records-multi")
-    reference = run_scenario(scenario, root, single.root, root / f"{scenario}-records-single")
-    return scenario, records, reference, multi, single
+    single = prepare_run(root, scenario, "single")
+    reference = run_scenario(scenario, root, single.root, scenario_dir(root, scenario, "single") / "records")
+    return scenario, launched[scenario], reference, RunPaths(scenario_dir(root, scenario, "multi") / "run"), single
 
 
 def test_processes_hold_identical_weights_after_every_step(runs):
     scenario, records, _, multi, _ = runs
-    folder = multi.root.parent / f"{scenario}-records-multi"
+    folder = multi.root.parent / "records"
     per_rank = [states_by_step(folder / f"rank{r}.safetensors") for r in range(PROCESSES)]
     assert per_rank[0], "no optimizer step recorded"
     assert sorted(per_rank[0]) == sorted(per_rank[1]) == list(range(1, len(per_rank[0]) + 1))
@@ -151,8 +159,8 @@ def test_each_process_takes_its_share_of_every_global_batch(runs):
 def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(runs, world):
     scenario, records, reference, multi, single = runs
     root, data, backbone = world
-    ms = states_by_step(root / f"{scenario}-records-multi" / "rank0.safetensors")
-    ss = states_by_step(root / f"{scenario}-records-single" / "rank0.safetensors")
+    ms = states_by_step(multi.root.parent / "records" / "rank0.safetensors")
+    ss = states_by_step(single.root.parent / "records" / "rank0.safetensors")
     assert sorted(ms) == sorted(ss)
     for step in ss:
         assert_close_states(ms[step], ss[step], f"step {step}")
@@ -185,18 +193,18 @@ def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(ru
     assert not torch.allclose(a, base, atol=1e-3), "the adapter changed the scores (the comparison is not vacuous)"
 
 
-def test_an_interrupted_two_process_run_resumes_exactly(tmp_path):
+def test_an_interrupted_two_process_run_resumes_exactly(world, launched):
     """Checkpoints hold every process's RNG state (dropout draws from it); both processes stop
     early at the same step, from the main process's evaluations."""
-    records = launch("trainer", tmp_path, tmp_path / "run", tmp_path / "records")
+    records = launched["trainer"]
+    folder = scenario_dir(world[0], "trainer", "multi")
     for r, rec in enumerate(records):
         assert rec["resumed"] == rec["full"], f"process {r}: the resumed run's evaluations and losses differ"
-        tensors = load_file(str(tmp_path / "records" / f"rank{r}.safetensors"))
+        tensors = load_file(str(folder / "records" / f"rank{r}.safetensors"))
         for key in [k for k in tensors if k.startswith("full/")]:
             assert torch.equal(tensors[key], tensors[key.replace("full/", "resumed/")]), f"process {r}: {key}"
         assert rec["early"] == {"steps": 4, "stopped": "early stopping", "best_step": 1}
     assert records[0]["full"] == records[1]["full"], "the processes log the same (whole-batch) losses"
-    last = tmp_path / "run" / "cut" / "last"
-    rng = load_file(str(last / "rng.safetensors"))
+    rng = load_file(str(folder / "run" / "cut" / "last" / "rng.safetensors"))
     assert "torch" in rng and "process1/torch" in rng, "each process's RNG state is in the checkpoint"
     assert not torch.equal(rng["torch"], rng["process1/torch"]), "the processes draw from independent streams"
