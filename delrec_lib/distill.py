@@ -397,6 +397,7 @@ def run_distillation(
         "heldout_users": len(heldout["rps"]),
         "steps": result.steps,
         "best_step": result.best_step,
+        "processes": result.processes,  # the global batch is processes x batch_size
         "seconds": round(seconds, 1),
         "soft_prompt_moved": float((soft.embeddings.detach() - initial).norm() / initial.norm()),
     }

@@ -335,6 +335,7 @@ def run_finetuning(
         "valid_users": len(valid),
         "steps": result.steps,
         "best_step": result.best_step,
+        "processes": result.processes,  # the global batch is processes x batch_size
         "seconds": round(seconds, 1),
         "valid_before": summarize(before).to_dict(orient="index"),
         "valid_best": {m: float(best[m]) for m in ("HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR")},

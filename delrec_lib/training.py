@@ -78,6 +78,7 @@ class TrainResult:
     train_log: list[dict[str, Any]] = field(default_factory=list)  # one row per log_every steps
     stopped: str = "finished"
     seconds: float = 0.0
+    processes: int = 1  # processes that trained; each micro-batch held processes x batch_size examples
 
 
 class TrainingTask:
@@ -443,7 +444,7 @@ class Trainer:
         return TrainResult(
             steps=state["step"], epochs_completed=state["epoch"], best_step=state["best_step"],
             best_metric=state["best_metric"], history=state["history"], train_log=state["train_log"],
-            stopped=state["stopped"], seconds=state["seconds"],
+            stopped=state["stopped"], seconds=state["seconds"], processes=acc.num_processes,
         )  # fmt: skip
 
 

@@ -165,6 +165,7 @@ def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(ru
     for step in ss:
         assert_close_states(ms[step], ss[step], f"step {step}")
     assert records[0]["metrics"]["best_step"] == reference["metrics"]["best_step"]
+    assert (records[0]["metrics"]["processes"], reference["metrics"]["processes"]) == (PROCESSES, 1)
     for a, b in zip(records[0]["history"], reference["history"], strict=True):
         assert a.keys() == b.keys()
         for k in a:
@@ -183,12 +184,12 @@ def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(ru
     assert_close_states(load_file(str(out_multi / "adapter" / "adapter_model.safetensors")),
                         load_file(str(single.finetune / spec["variant"] / "adapter" / "adapter_model.safetensors")),
                         "saved adapter")  # fmt: skip
-    config = scenario_config(scenario, 1)
+    one, two = scenario_config(scenario, 1), scenario_config(scenario, PROCESSES)  # each run's own settings
     examples = split_examples(data, "test", data.user_ids(12).tolist())
     with torch.no_grad():
-        a = load_recommender(multi, spec["variant"], backbone, data, config).scores(examples)
-        b = load_recommender(single, spec["variant"], backbone, data, config).scores(examples)
-        base = load_recommender(single, spec["variant"], backbone, data, config, adapter=False).scores(examples)
+        a = load_recommender(multi, spec["variant"], backbone, data, two).scores(examples)
+        b = load_recommender(single, spec["variant"], backbone, data, one).scores(examples)
+        base = load_recommender(single, spec["variant"], backbone, data, one, adapter=False).scores(examples)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(a, base, atol=1e-3), "the adapter changed the scores (the comparison is not vacuous)"
 
