@@ -2,11 +2,11 @@
 each process did: the examples of every micro-batch with the weight its gradient got, and the
 trainable tensors after every optimizer step.
 
-``tests/test_multiprocess.py`` launches it with two processes (``accelerate launch
---multi_gpu --num_processes 2`` with CUDA hidden: gloo on the CPU) and calls ``run_scenario``
+``tests/test_multiprocess.py`` launches it with two processes (torchrun, which ``accelerate
+launch --multi_gpu`` runs, with CUDA hidden: gloo on the CPU) and calls ``run_scenario``
 in-process for the one-process reference of the same global batch.
 
-    accelerate launch --multi_gpu --num_processes 2 tests/multiprocess_worker.py WORLD SCENARIO...
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/multiprocess_worker.py WORLD SCENARIO...
 
 runs each scenario in ``WORLD/<scenario>-multi/run`` (prepared by the test) and writes each
 process's record to ``WORLD/<scenario>-multi/records``.
@@ -17,12 +17,32 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 
-import torch
 
-from delrec_lib.training import TrainingTask
+def exit_with_launcher(poll_s: float = 1.0) -> None:
+    """End this process when its launcher dies (killed on a test's timeout): a worker waiting in
+    a collective operation for a peer that is gone would otherwise wait on, orphaned."""
+    launcher = os.getppid()
+
+    def watch():
+        while os.getppid() == launcher and launcher != 1:
+            time.sleep(poll_s)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+if __name__ == "__main__":  # first, before the imports below take their seconds
+    exit_with_launcher()
+
+import torch  # noqa: E402
+
+from delrec_lib.training import TrainingTask  # noqa: E402
 
 GLOBAL_BATCH = 4  # examples per micro-batch over all processes; each process takes GLOBAL_BATCH / processes
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -50,12 +49,6 @@ def world(tmp_path_factory):
     return root, data, backbone
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def prepare_run(root: Path, scenario: str, processes: str) -> RunPaths:
     """A run folder holding the base run's teacher exports and, for stage 2, its soft prompt."""
     paths = RunPaths(scenario_dir(root, scenario, processes) / "run")
@@ -66,24 +59,32 @@ def prepare_run(root: Path, scenario: str, processes: str) -> RunPaths:
 
 
 def launch(root: Path, scenarios: list[str]) -> dict[str, list[dict]]:
-    """Run the worker's scenarios under ``PROCESSES`` processes; each one's records, by rank."""
+    """Run the worker's scenarios under ``PROCESSES`` processes; each one's records, by rank.
+
+    torchrun is what ``accelerate launch --multi_gpu`` runs; ``--standalone`` lets its rendezvous
+    bind a free port itself (a port chosen here could be taken by another program before the
+    launcher binds it, and the workers would wait for it forever). With no GPU visible the
+    processes use gloo on the CPU. (`accelerate launch --cpu --num_processes 2` would start one
+    process: accelerate hands multi-CPU launches to mpirun.)
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
-    # --multi_gpu selects torch.distributed's launcher; with no GPU visible the processes pick
-    # gloo on the CPU. (`--cpu --num_processes 2` would start one process: accelerate hands
-    # multi-CPU launches to mpirun.)
-    for _ in range(2):  # the free port may be taken by another program before the launcher binds it
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(PROCESSES),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()),
-               str(REPO / "tests" / "multiprocess_worker.py"), str(root), *scenarios]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+           "--nproc_per_node", str(PROCESSES), str(REPO / "tests" / "multiprocess_worker.py"), str(root), *scenarios]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # SIGTERM: torchrun stops its workers (they run in sessions of their own); the workers
+        # also exit by themselves once their launcher is gone (multiprocess_worker.exit_with_launcher).
+        proc.terminate()
         try:
-            proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
-        except subprocess.TimeoutExpired as e:
-            pytest.fail(f"{PROCESSES} processes did not finish in {LAUNCH_TIMEOUT_S} s (deadlock?)\n{e.stdout}\n{e.stderr}")
-        if proc.returncode == 0 or "address already in use" not in proc.stderr.lower():
-            break
-    assert proc.returncode == 0, f"launch failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        pytest.fail(f"{PROCESSES} processes did not finish in {LAUNCH_TIMEOUT_S} s (deadlock?)\n{stdout}\n{stderr}")
+    assert proc.returncode == 0, f"launch failed ({proc.returncode}):\n{stdout[-4000:]}\n{stderr[-8000:]}"
     out = {}
     for scenario in scenarios:
         folder = scenario_dir(root, scenario, "multi") / "records"
