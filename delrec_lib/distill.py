@@ -178,7 +178,6 @@ class DistillTask(TrainingTask):
         self.backbone = backbone
         self.builder = builder
         self.soft_prompt = soft_prompt
-        self._soft = soft_prompt
         self.titles = titles
         self.config = config
         self.teacher = TEACHER_DISPLAY.get(teacher, teacher)
@@ -218,9 +217,6 @@ class DistillTask(TrainingTask):
     def trainable_module(self) -> torch.nn.Module:
         return self.soft_prompt
 
-    def set_module(self, module: torch.nn.Module) -> None:
-        self._soft = module
-
     def num_examples(self) -> int:
         return len(self.users)
 
@@ -229,7 +225,7 @@ class DistillTask(TrainingTask):
         return {t: [self.train[t][u] for u in users] for t in self.tasks}
 
     def training_loss(self, batch):
-        soft = self._soft()
+        soft = self.soft_prompt()
         losses = {}
         for task, examples in batch.items():
             scores = self.scores(examples, soft)  # [B, C]
@@ -260,7 +256,7 @@ class DistillTask(TrainingTask):
         return {f"w_{t}": float(w) for t, w in zip(tasks, weights, strict=True)}
 
     def evaluate(self) -> dict[str, float]:
-        per_user = self.heldout_scores(self._soft(), tasks=("rps",))
+        per_user = self.heldout_scores(self.soft_prompt(), tasks=("rps",))
         return {"fidelity": float(per_user["rps"].mean()), "heldout_users": float(len(per_user["rps"]))}
 
     # -- held-out evaluation ---------------------------------------------------------------------
@@ -404,6 +400,7 @@ def run_distillation(
         "heldout_users": len(heldout["rps"]),
         "steps": result.steps,
         "best_step": result.best_step,
+        "processes": result.processes,  # the global batch is processes x batch_size
         "seconds": round(seconds, 1),
         "soft_prompt_moved": float((soft.embeddings.detach() - initial).norm() / initial.norm()),
     }
@@ -412,16 +409,18 @@ def run_distillation(
     if example_user in heldout["ta"]:
         examples_text["ta"] = task.prompt(heldout["ta"][example_user]).text
     meta = {**inputs, "teacher": teacher, "prompt": name, "tasks": ",".join(tasks), "kind": SOFT_PROMPT_KIND}
-    with atomic_dir(out_dir) as tmp:
-        soft.save(tmp / "soft_prompt.safetensors", meta)
-        history.to_csv(tmp / "history.csv", index=False)
-        train_log.to_csv(tmp / "train_log.csv", index=False)
-        per_user.to_parquet(tmp / "per_user.parquet", index=False)
-        (tmp / "metrics.json").write_text(_json(metrics))
-        (tmp / "examples.json").write_text(_json(examples_text))
-        (tmp / "nearest_tokens.json").write_text(_json(nearest_tokens(backbone, soft.embeddings)))
-        write_manifest(tmp, build_manifest(SOFT_PROMPT_KIND, tmp, inputs=inputs, config=stage_config,
-                                           extra={"teacher": teacher, "prompt": name}))  # fmt: skip
+    if trainer.is_main_process:  # every process holds the same soft prompt; one writes it
+        with atomic_dir(out_dir) as tmp:
+            soft.save(tmp / "soft_prompt.safetensors", meta)
+            history.to_csv(tmp / "history.csv", index=False)
+            train_log.to_csv(tmp / "train_log.csv", index=False)
+            per_user.to_parquet(tmp / "per_user.parquet", index=False)
+            (tmp / "metrics.json").write_text(_json(metrics))
+            (tmp / "examples.json").write_text(_json(examples_text))
+            (tmp / "nearest_tokens.json").write_text(_json(nearest_tokens(backbone, soft.embeddings)))
+            write_manifest(tmp, build_manifest(SOFT_PROMPT_KIND, tmp, inputs=inputs, config=stage_config,
+                                               extra={"teacher": teacher, "prompt": name}))  # fmt: skip
+    trainer.wait_for_everyone()
     return DistillResult(name, out_dir, metrics, history, train_log, soft)
 
 

@@ -93,7 +93,6 @@ class FinetuneTask(TrainingTask):
     def __init__(self, model, scorer: LLMRanker, train: list[RecExample], valid: list[RecExample],
                  cfg: FinetuneConfig, total_steps: int):  # fmt: skip
         self.model = model
-        self._module = model
         self.scorer = scorer
         self.train = train
         self.valid = valid
@@ -102,9 +101,6 @@ class FinetuneTask(TrainingTask):
 
     def trainable_module(self):
         return self.model
-
-    def set_module(self, module):
-        self._module = module
 
     def num_examples(self):
         return len(self.train)
@@ -290,19 +286,22 @@ def run_finetuning(
         "valid_users": len(valid),
         "steps": result.steps,
         "best_step": result.best_step,
+        "processes": result.processes,  # the global batch is processes x batch_size
         "seconds": round(seconds, 1),
         "valid_before": summarize(before).to_dict(orient="index"),
         "valid_best": {m: float(best[m]) for m in ("HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR")},
         "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
     }
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(str(tmp / "adapter"))
-        if soft is not None:
-            (tmp / "soft_prompt.safetensors").write_bytes((paths.distill / variant_soft_prompt(variant) / "soft_prompt.safetensors").read_bytes())
-        history.to_csv(tmp / "history.csv", index=False)
-        pd.DataFrame(result.train_log).to_csv(tmp / "train_log.csv", index=False)
-        (tmp / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2) + "\n")
-        write_manifest(tmp, build_manifest(ADAPTER_KIND, tmp, inputs=inputs, config=stage_config, extra={"variant": variant}))
+    if trainer.is_main_process:  # every process holds the same adapter; one writes it
+        with atomic_dir(out_dir) as tmp:
+            model.save_pretrained(str(tmp / "adapter"))
+            if soft is not None:
+                (tmp / "soft_prompt.safetensors").write_bytes((paths.distill / variant_soft_prompt(variant) / "soft_prompt.safetensors").read_bytes())
+            history.to_csv(tmp / "history.csv", index=False)
+            pd.DataFrame(result.train_log).to_csv(tmp / "train_log.csv", index=False)
+            (tmp / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2) + "\n")
+            write_manifest(tmp, build_manifest(ADAPTER_KIND, tmp, inputs=inputs, config=stage_config, extra={"variant": variant}))
+    trainer.wait_for_everyone()
     return FinetuneResult(variant, out_dir, metrics, history, pd.DataFrame(result.train_log))
 
 
