@@ -12,7 +12,12 @@ import logging
 import sys
 from collections.abc import Callable
 
+from .distributed import is_main_process, launched_processes
 from .errors import DelrecError
+
+# The commands that may run under ``accelerate launch`` / ``torchrun`` (several processes): the
+# others write their outputs from every process.
+MULTI_PROCESS_COMMANDS = ("distill", "finetune")
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {}
 
@@ -106,8 +111,9 @@ def _distill(args: argparse.Namespace) -> None:
     for name in args.only or config.distill.prompts:
         r = run_distillation(config, paths, data, backbone, name, progress=not args.no_progress)
         m = r.metrics
-        print(f"{name}: fidelity {m['fidelity_before']['mean']:.3f} -> {m['fidelity_after']['mean']:.3f} "
-              f"(chance {m['fidelity_chance']:.3f}) in {m['seconds']:.0f} s: {r.directory}")  # fmt: skip
+        if is_main_process():
+            print(f"{name}: fidelity {m['fidelity_before']['mean']:.3f} -> {m['fidelity_after']['mean']:.3f} "
+                  f"(chance {m['fidelity_chance']:.3f}) in {m['seconds']:.0f} s: {r.directory}")  # fmt: skip
 
 
 @command("finetune", "stage 2: LoRA fine-tuning with the frozen soft prompt, per variant")(_stage_args)
@@ -118,7 +124,8 @@ def _finetune(args: argparse.Namespace) -> None:
     for variant in args.only or config.finetune.variants:
         r = run_finetuning(config, paths, data, backbone, variant, progress=not args.no_progress)
         best = r.metrics["valid_best"]
-        print(f"{variant}: valid HR@1 {best['HR@1']:.3f} NDCG@5 {best['NDCG@5']:.3f} in {r.metrics['seconds']:.0f} s: {r.directory}")
+        if is_main_process():
+            print(f"{variant}: valid HR@1 {best['HR@1']:.3f} NDCG@5 {best['NDCG@5']:.3f} in {r.metrics['seconds']:.0f} s: {r.directory}")
 
 
 def _p2rec_args(p: argparse.ArgumentParser) -> None:
@@ -153,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         add_args(sub.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if launched_processes() > 1 and args.command not in MULTI_PROCESS_COMMANDS:
+        print(f"error: '{args.command}' runs in one process; launch only {' and '.join(MULTI_PROCESS_COMMANDS)} "
+              f"with accelerate launch / torchrun ({launched_processes()} processes were started)", file=sys.stderr)  # fmt: skip
+        return 2
     try:
         COMMANDS[args.command][2](args)
     except DelrecError as e:

@@ -1,24 +1,23 @@
-"""The analyses of notebook 06: where methods differ, whether DELRec follows its teacher, and
+"""The analyses of notebook 08: where methods differ, whether a student follows its teacher, and
 whether each method uses the order of the history at all.
 
-Every function takes the per-user results of notebook 05 (one row per user and method, joined on
-``user_id``) and returns a tidy table that the plots in ``plots.py`` draw.
+Every function takes the per-user results of notebook 07 (one row per user and method, joined on
+``user_id``) and returns a tidy table that the plots in ``plots.py`` draw. Methods are reached only
+through the registry (``delrec_lib.methods``), so every registered method is analysed.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
-from .artifacts import atomic_dir, build_manifest, is_complete, write_manifest
-from .config import RunConfig, parse_prompt_name
+from .artifacts import atomic_dir, build_manifest, is_complete, sha256_json, write_manifest
+from .config import RunConfig
 from .data.explore import item_popularity
 from .data.processed import ProcessedData
-from .evaluation import POPULARITY, MethodResult, _method_inputs, aligned, per_user_frame
-from .finetune import RecExample, load_recommender, split_examples
-from .metrics import paired_test
+from .evaluation import POPULARITY, MethodResult, aligned, split_inputs
+from .methods import Curve, MethodContext, families, family_of
+from .metrics import paired_test, per_user_frame
 
 SHUFFLE_KIND = "order-diagnostic"
 
@@ -28,31 +27,31 @@ SHUFFLE_KIND = "order-diagnostic"
 # --------------------------------------------------------------------------------------------
 
 
-def teacher_agreement(results: dict[str, MethodResult], student: str, teacher: str) -> pd.DataFrame:
-    """How often the student's top-1 candidate is the teacher's, split by whether the teacher was right."""
+def teacher_agreement(results: dict[str, MethodResult], student: str, teacher: str, num_candidates: int) -> pd.DataFrame:
+    """How often the student's top-1 candidate is the teacher's, split by whether the teacher was right.
+
+    Beside it, what needs no learning gets on the same users: the popularity ranking's agreement with
+    the same teacher (when the run has popularity) and chance (one candidate in C)."""
     frames = aligned({student: results[student], teacher: results[teacher]})
     s, t = frames[student], frames[teacher]
     teacher_right = t["top1"] == t["target_position"]
     same = s["top1"] == t["top1"]
     student_right = s["top1"] == s["target_position"]
+    pop_same = None
+    if POPULARITY in results and POPULARITY not in (student, teacher):
+        p = aligned({POPULARITY: results[POPULARITY], teacher: results[teacher]})[POPULARITY]
+        pop_same = p["top1"] == t["top1"]
+    chance = 1.0 / num_candidates
     rows = []
     for label, mask in (("teacher right", teacher_right), ("teacher wrong", ~teacher_right), ("all users", teacher_right | True)):
         rows.append({
             "student": student, "teacher": teacher, "group": label, "users": int(mask.sum()),
             "agreement": float(same[mask].mean()) if mask.any() else float("nan"),
+            "popularity agreement": float(pop_same[mask].mean()) if pop_same is not None and mask.any() else float("nan"),
+            "chance": chance,
             "student HR@1": float(student_right[mask].mean()) if mask.any() else float("nan"),
         })  # fmt: skip
     return pd.DataFrame(rows)
-
-
-def delrec_teacher_pairs(results: dict[str, MethodResult]) -> list[tuple[str, str]]:
-    pairs = []
-    for m in results:
-        if m.startswith("delrec-"):
-            teacher, _ = parse_prompt_name(m[len("delrec-") :])
-            if teacher in results:
-                pairs.append((m, teacher))
-    return pairs
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,43 +117,29 @@ def diagnostic_users(data: ProcessedData, config: RunConfig) -> list[int]:
     return sorted(int(u) for u in rng.choice(users, size=n, replace=False))
 
 
-def shuffled_results(
-    config: RunConfig, paths: Any, data: ProcessedData, method: str, kind: str, backbone, users: list[int]
-) -> pd.DataFrame:
-    """Per-user test results of ``method`` with every user's history order shuffled (cached)."""
-    inputs = _method_inputs(config, paths, data, method, kind, backbone)
-    stage_config = {"eval": config.eval, "llm": config.llm if kind == "llm" else None, "users": users}
-    out = paths.eval / "shuffled" / method
-    if is_complete(out, SHUFFLE_KIND, inputs=inputs, config=stage_config):
-        return pd.read_parquet(out / "per_user.parquet")
-    sets = data.candidate_sets("test").set_index("user_id").loc[users]
-    rngs = {u: np.random.default_rng([config.eval.seed, u, 17]) for u in users}
-    if kind == "llm":
-        scorer = load_recommender(paths, method, backbone, data, config)
-        window = config.llm.history_len
-        examples = [
-            RecExample(e.user_id, tuple(shuffle_window(list(e.history), window, rngs[e.user_id])), e.candidates, e.label)
-            for e in split_examples(data, "test", users)
-        ]
-        frame = scorer.evaluate(examples)
-    else:
-        from .teachers import load_teacher, popularity_scorer, read_exports
+def shuffled_histories(ctx: MethodContext, method: str, users: list[int]):
+    """(method loaded, users, shuffled test histories, candidates, targets): each user's history with the
+    items the method reads (``visible_history``) in a seeded random order, the rest untouched."""
+    rec = family_of(ctx.config, method).load(ctx, method)
+    ids, histories, candidates, targets = split_inputs(ctx.data, users)
+    shuffled = [shuffle_window(h, rec.visible_history(h), np.random.default_rng([ctx.config.eval.seed, int(u), 17]))
+                for u, h in zip(ids, histories, strict=True)]  # fmt: skip
+    return rec, ids, shuffled, candidates, targets
 
-        if kind == "baseline":  # popularity: scores from the exported train-split counts
-            read_exports(paths.teachers / method, data)  # checks the export belongs to this data
-            counts = pd.read_parquet(paths.teachers / method / "popularity.parquet")["count"].to_numpy()
-            score_fn, window = popularity_scorer(np.concatenate([[0], counts])), data.num_items
-        else:
-            teacher = load_teacher(paths.teachers / method, data, config.teachers)
-            score_fn, window = teacher.scorer(), teacher.model.max_len
-        histories = [shuffle_window(data.history(u, "test"), window, rngs[u]) for u in users]
-        full = score_fn(np.asarray(users), histories)
-        cands = np.stack(sets["candidates"].to_numpy()).astype(np.int64)
-        scores = np.take_along_axis(full, cands, axis=1).astype(np.float64)
-        frame = per_user_frame(users, scores, sets["target_position"].to_numpy())
+
+def shuffled_results(ctx: MethodContext, method: str, users: list[int]) -> pd.DataFrame:
+    """Per-user test results of ``method`` with every user's visible history shuffled (cached)."""
+    family = family_of(ctx.config, method)
+    inputs = family.identity(ctx, method)
+    settings = {"seed": ctx.config.eval.seed, "users": sha256_json(users), "window": "visible_history"}
+    out = ctx.paths.eval / "shuffled" / method
+    if is_complete(out, SHUFFLE_KIND, inputs=inputs, config=settings):
+        return pd.read_parquet(out / "per_user.parquet")
+    rec, ids, shuffled, candidates, targets = shuffled_histories(ctx, method, users)
+    frame = per_user_frame(ids, np.asarray(rec.score(ids, shuffled, candidates), dtype=np.float64), targets)
     with atomic_dir(out) as tmp:
         frame.to_parquet(tmp / "per_user.parquet", index=False)
-        write_manifest(tmp, build_manifest(SHUFFLE_KIND, tmp, inputs=inputs, config=stage_config, extra={"method": method}))
+        write_manifest(tmp, build_manifest(SHUFFLE_KIND, tmp, inputs=inputs, config=settings, extra={"method": method}))
     return frame
 
 
@@ -205,8 +190,13 @@ def reading(table: pd.DataFrame, paired: pd.DataFrame, agreement: pd.DataFrame |
         for (student, teacher), g in agreement.groupby(["student", "teacher"], sort=False):
             right = g[g["group"] == "teacher right"].iloc[0]
             wrong = g[g["group"] == "teacher wrong"].iloc[0]
-            lines.append(f"- **{student} follows {teacher}**: same top-1 for {right['agreement']:.1%} of users where the "
-                         f"teacher is right and {wrong['agreement']:.1%} where it is wrong.")  # fmt: skip
+            every = g[g["group"] == "all users"].iloc[0]
+            baseline = f"chance {every['chance']:.1%}"
+            if every["popularity agreement"] == every["popularity agreement"]:  # not NaN
+                baseline = f"the most popular candidate {every['popularity agreement']:.1%}, " + baseline
+            lines.append(f"- **{student} follows {teacher}**: same top-1 for {every['agreement']:.1%} of all users "
+                         f"({baseline}); {right['agreement']:.1%} where the teacher is right and "
+                         f"{wrong['agreement']:.1%} where it is wrong.")  # fmt: skip
     if order is not None and len(order):
         o = order[order["metric"] == metric]
         for row in o.itertuples(index=False):
@@ -216,23 +206,10 @@ def reading(table: pd.DataFrame, paired: pd.DataFrame, agreement: pd.DataFrame |
     return "\n".join(lines)
 
 
-def collect_curves(paths: Any, config: RunConfig) -> dict[str, dict[str, pd.DataFrame]]:
-    """Every stage's training curves as written by its notebook: {stage: {name: frame}}."""
-    out: dict[str, dict[str, pd.DataFrame]] = {"teachers": {}, "distill": {}, "finetune": {}}
-    for t in config.teachers.models:
-        f = paths.teachers / t / "curves.csv"
-        if f.is_file():
-            out["teachers"][t] = pd.read_csv(f)
-    for p in config.distill.prompts:
-        d = paths.distill / p
-        if (d / "history.csv").is_file():
-            out["distill"][p] = pd.read_csv(d / "history.csv").merge(
-                pd.read_csv(d / "train_log.csv"), on="step", how="outer", suffixes=("", "_train")
-            )
-    for v in config.finetune.variants:
-        d = paths.finetune / v
-        if (d / "history.csv").is_file():
-            out["finetune"][v] = pd.read_csv(d / "history.csv").merge(
-                pd.read_csv(d / "train_log.csv"), on="step", how="outer", suffixes=("", "_train")
-            )
+def collect_curves(ctx: MethodContext) -> dict[str, list[Curve]]:
+    """Every registered family's training curves in the run, grouped by stage (one panel each)."""
+    out: dict[str, list[Curve]] = {}
+    for family in families(ctx.config):
+        for curve in family.curves(ctx):
+            out.setdefault(curve.stage, []).append(curve)
     return out

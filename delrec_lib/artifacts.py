@@ -291,3 +291,27 @@ class RunPaths:
     def figure(self, name: str) -> Path:
         self.figures.mkdir(parents=True, exist_ok=True)
         return self.figures / name
+
+
+def config_differences(recorded: Any, expected: Any, prefix: str = "") -> list[str]:
+    """'dotted.field: recorded -> expected' for every leaf where two JSON-able configs differ."""
+    recorded, expected = to_jsonable(recorded), to_jsonable(expected)
+    if isinstance(recorded, dict) and isinstance(expected, dict):
+        out = []
+        for key in sorted(set(recorded) | set(expected)):
+            out += config_differences(recorded.get(key), expected.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [] if recorded == expected else [f"{prefix or '(config)'}: {recorded!r} -> {expected!r}"]
+
+
+def require_config(what: str, manifest: Mapping[str, Any], expected: Any, directory: str | os.PathLike, remedy: str) -> None:
+    """Refuse an artifact made with other settings than the run's, naming each differing field
+    (as recorded -> as the run has it) and what recomputes it."""
+    if manifest.get("config_hash") == sha256_json(expected):
+        return
+    diffs = config_differences(manifest.get("config"), expected)
+    shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+    raise StaleArtifactError(
+        f"{Path(directory) / MANIFEST_NAME}: {what} was made with other settings than this run's "
+        f"({shown or 'settings differ'}). {remedy}"
+    )

@@ -44,6 +44,7 @@ from .artifacts import (
     is_complete,
     read_json,
     read_manifest,
+    require_config,
     require_inputs,
     to_jsonable,
     verify_outputs,
@@ -53,15 +54,14 @@ from .config import RunConfig, parse_prompt_name
 from .data.processed import ProcessedData
 from .errors import ConfigError, DataError
 from .metrics import bootstrap_ci, per_user_metrics
-from .prompts import EncodedPrompt, PromptBuilder, TemporalExample, prompt_format_id
+from .prompts import TEACHER_DISPLAY, EncodedPrompt, PromptBuilder, TemporalExample, prompt_format_id
 from .scoring import rank_candidates
-from .soft_prompt import SoftPrompt, nearest_tokens
+from .soft_prompt import SOFT_PROMPT_KIND, SoftPrompt, distill_stage_config, nearest_tokens
+from .teachers import export_spec
 from .training import TrainConfig, Trainer, TrainingTask
 
 log = logging.getLogger(__name__)
 
-SOFT_PROMPT_KIND = "soft-prompt"
-TEACHER_DISPLAY = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser"}
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,6 @@ class DistillTask(TrainingTask):
         self.backbone = backbone
         self.builder = builder
         self.soft_prompt = soft_prompt
-        self._soft = soft_prompt
         self.titles = titles
         self.config = config
         self.teacher = TEACHER_DISPLAY.get(teacher, teacher)
@@ -218,9 +217,6 @@ class DistillTask(TrainingTask):
     def trainable_module(self) -> torch.nn.Module:
         return self.soft_prompt
 
-    def set_module(self, module: torch.nn.Module) -> None:
-        self._soft = module
-
     def num_examples(self) -> int:
         return len(self.users)
 
@@ -229,7 +225,7 @@ class DistillTask(TrainingTask):
         return {t: [self.train[t][u] for u in users] for t in self.tasks}
 
     def training_loss(self, batch):
-        soft = self._soft()
+        soft = self.soft_prompt()
         losses = {}
         for task, examples in batch.items():
             scores = self.scores(examples, soft)  # [B, C]
@@ -260,7 +256,7 @@ class DistillTask(TrainingTask):
         return {f"w_{t}": float(w) for t, w in zip(tasks, weights, strict=True)}
 
     def evaluate(self) -> dict[str, float]:
-        per_user = self.heldout_scores(self._soft(), tasks=("rps",))
+        per_user = self.heldout_scores(self.soft_prompt(), tasks=("rps",))
         return {"fidelity": float(per_user["rps"].mean()), "heldout_users": float(len(per_user["rps"]))}
 
     # -- held-out evaluation ---------------------------------------------------------------------
@@ -290,11 +286,15 @@ class DistillResult:
     skipped: bool = False
 
 
-def read_teacher_topk(teacher_dir: Path, data: ProcessedData) -> pd.DataFrame:
-    """The teacher's top-k after each user's train items, refused unless made from this data."""
+def read_teacher_topk(teacher_dir: Path, data: ProcessedData, teachers_config: Any = None) -> pd.DataFrame:
+    """The teacher's top-k after each user's train items, refused unless made from this data (and,
+    given the run's ``TeachersConfig``, with this run's teacher settings)."""
     manifest = read_manifest(teacher_dir)
     verify_outputs(teacher_dir, manifest)
     require_inputs(f"teacher '{teacher_dir.name}'", manifest, {"data": data.data_id}, teacher_dir)
+    if teachers_config is not None:
+        require_config(f"teacher '{teacher_dir.name}'", manifest, export_spec(teacher_dir.name, teachers_config, data),
+                       teacher_dir, "Re-run the teacher stage (notebook 02 or `python -m delrec_lib teachers`).")  # fmt: skip
     path = teacher_dir / "topk_valid.parquet"
     if not path.is_file():
         raise DataError(f"{path}: missing; the teacher stage (notebook 02) exports it")
@@ -344,12 +344,11 @@ def run_distillation(
     """Stage 1 for one soft prompt (``name`` = "<teacher>" or an ablation "<teacher>-ta" / "-rps"):
     writes ``<run>/distill/<name>/``; skipped when already up to date."""
     teacher, tasks = parse_prompt_name(name)
-    # The hash covers what this soft prompt depends on, not the list of other prompts in the run.
-    cfg = dataclasses.replace(config.distill, prompts=(name,))
+    stage_config = distill_stage_config(config, name)
+    cfg = stage_config["distill"]
     teacher_dir = paths.teachers / teacher
-    topk = read_teacher_topk(teacher_dir, data)
+    topk = read_teacher_topk(teacher_dir, data, config.teachers)
     inputs = distill_inputs(data, teacher_dir, backbone, config.llm, cfg.num_soft_tokens)
-    stage_config = {"distill": cfg, "llm": config.llm, "max_users": config.max_users, "teacher": teacher, "tasks": tasks}
     out_dir = paths.distill / name
     if is_complete(out_dir, SOFT_PROMPT_KIND, inputs=inputs, config=stage_config):
         log.info("%s is up to date", out_dir)
@@ -401,6 +400,7 @@ def run_distillation(
         "heldout_users": len(heldout["rps"]),
         "steps": result.steps,
         "best_step": result.best_step,
+        "processes": result.processes,  # the global batch is processes x batch_size
         "seconds": round(seconds, 1),
         "soft_prompt_moved": float((soft.embeddings.detach() - initial).norm() / initial.norm()),
     }
@@ -409,31 +409,19 @@ def run_distillation(
     if example_user in heldout["ta"]:
         examples_text["ta"] = task.prompt(heldout["ta"][example_user]).text
     meta = {**inputs, "teacher": teacher, "prompt": name, "tasks": ",".join(tasks), "kind": SOFT_PROMPT_KIND}
-    with atomic_dir(out_dir) as tmp:
-        soft.save(tmp / "soft_prompt.safetensors", meta)
-        history.to_csv(tmp / "history.csv", index=False)
-        train_log.to_csv(tmp / "train_log.csv", index=False)
-        per_user.to_parquet(tmp / "per_user.parquet", index=False)
-        (tmp / "metrics.json").write_text(_json(metrics))
-        (tmp / "examples.json").write_text(_json(examples_text))
-        (tmp / "nearest_tokens.json").write_text(_json(nearest_tokens(backbone, soft.embeddings)))
-        write_manifest(tmp, build_manifest(SOFT_PROMPT_KIND, tmp, inputs=inputs, config=stage_config,
-                                           extra={"teacher": teacher, "prompt": name}))  # fmt: skip
+    if trainer.is_main_process:  # every process holds the same soft prompt; one writes it
+        with atomic_dir(out_dir) as tmp:
+            soft.save(tmp / "soft_prompt.safetensors", meta)
+            history.to_csv(tmp / "history.csv", index=False)
+            train_log.to_csv(tmp / "train_log.csv", index=False)
+            per_user.to_parquet(tmp / "per_user.parquet", index=False)
+            (tmp / "metrics.json").write_text(_json(metrics))
+            (tmp / "examples.json").write_text(_json(examples_text))
+            (tmp / "nearest_tokens.json").write_text(_json(nearest_tokens(backbone, soft.embeddings)))
+            write_manifest(tmp, build_manifest(SOFT_PROMPT_KIND, tmp, inputs=inputs, config=stage_config,
+                                               extra={"teacher": teacher, "prompt": name}))  # fmt: skip
+    trainer.wait_for_everyone()
     return DistillResult(name, out_dir, metrics, history, train_log, soft)
-
-
-def load_soft_prompt(
-    distill_dir: Path, backbone: Any, data: ProcessedData, llm_config: Any
-) -> tuple[SoftPrompt, dict[str, str]]:
-    """A stage-1 soft prompt, refused unless it was made for this backbone, prompt format and data."""
-    path = Path(distill_dir) / "soft_prompt.safetensors"
-    soft, _ = SoftPrompt.load(path)
-    expect = {
-        "backbone": backbone.identity,
-        "template": prompt_format_id(backbone, llm_config, soft.num_tokens),
-        "data": data.data_id,
-    }
-    return SoftPrompt.load(path, expect=expect)
 
 
 def describe_examples(examples: dict[str, DistillExample]) -> pd.DataFrame:
@@ -444,7 +432,7 @@ def preview_prompts(config: RunConfig, paths: Any, data: ProcessedData, backbone
     """The TA and RPS prompts of the first held-out user, as stage 1 will render them."""
     teacher, _ = parse_prompt_name(name)
     cfg = config.distill
-    predictions = teacher_predictions(read_teacher_topk(paths.teachers / teacher, data), data)
+    predictions = teacher_predictions(read_teacher_topk(paths.teachers / teacher, data, config.teachers), data)
     _, held = split_users(data, cfg, config.max_users)
     ta, rps = build_examples(data, predictions, held, cfg)
     user = next(u for u in held if u in ta and u in rps)

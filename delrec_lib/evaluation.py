@@ -1,19 +1,23 @@
 """The study's evaluation: every method ranks the same test candidate sets, one table, paired tests.
 
-Methods of a run: the popularity floor and each teacher (their exported candidate scores), the
-zero-shot LLM, and each fine-tuned variant (``lora``, ``delrec-<soft prompt>``). Every method is
-reduced to one row per user (its rank of the target among the user's 20 candidates and the
-metrics derived from it); methods are compared by joining on ``user_id``, never by row order.
+The methods are whatever the run's configuration produces, found through the registry
+(``delrec_lib.methods``): the popularity floor, each teacher, the zero-shot LLM, each fine-tuned
+variant and every other registered method. Nothing here knows a method by name or imports the stage
+that trained it. Every method is reduced to one row per user (its rank of the target among the
+user's 20 candidates and the metrics derived from it); methods are compared by joining on
+``user_id``, never by row order.
 
-Secondary, LLaRA-compatible protocol for the LLM methods: the model greedily *generates* an
-answer after the same prompt; ValidRatio is the share of answers whose first line names one of
-the candidates, HR@1 the share that name the target (exact match after normalising case,
-spacing, quotes and a trailing year).
+Methods that score the whole catalogue (teachers, LLM-SRec, ...) are also ranked against every item
+the user has not interacted with (history masked, the kit's protocol) and against every item
+(unmasked, as RecBole reports sequential models).
+
+Secondary, LLaRA-compatible protocol for methods that generate: the model greedily *generates* an
+answer after the same prompt with the candidates listed; ValidRatio is the share of answers whose
+first line names exactly one of the candidates, HR@1 the share that name the target.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -22,53 +26,47 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .artifacts import (
-    artifact_id,
-    atomic_dir,
-    build_manifest,
-    is_complete,
-    read_manifest,
-    write_manifest,
-)
+from .artifacts import atomic_dir, atomic_write_text, build_manifest, is_complete, sha256_json, write_manifest
 from .config import RunConfig
 from .data.processed import ProcessedData
-from .finetune import RecExample, RecommendationScorer, load_recommender, split_examples
-from .metrics import METRICS, paired_test, per_user_metrics, summarize
-from .prompts import template_hash
-from .scoring import prompt_embeddings
+from .methods import MethodContext, Recommender, family_of, run_methods
+from .metrics import METRICS, metrics_from_counts, paired_test, per_user_frame, per_user_metrics, summarize
 
 log = logging.getLogger(__name__)
 
 EVAL_KIND = "method-evaluation"
 POPULARITY = "popularity"
 ZERO_SHOT = "zero-shot"
+# Bumped when the protocol changes, so cached evaluations are recomputed.
+GENERATION_PROTOCOL = "llara-v2: candidates listed in the prompt; valid = first line names exactly one candidate"
+CATALOGUE_PROTOCOLS = ("masked", "unmasked")
 
 
 @dataclass
 class MethodResult:
     method: str
     kind: str  # "baseline" | "teacher" | "llm"
-    per_user: pd.DataFrame  # user_id, rank, HR@1 ... MRR
-    generations: pd.DataFrame | None = None  # LLM methods: user_id, answer, matched, valid, hit
+    per_user: pd.DataFrame  # user_id, target_position, top1, rank, HR@1 ... MRR (the 20 candidates)
+    generations: pd.DataFrame | None = None  # generating methods: user_id, answer, matched, valid, hit
+    catalogue: pd.DataFrame | None = None  # full-catalogue methods: per user and protocol (masked/unmasked)
 
 
-def run_methods(config: RunConfig) -> list[tuple[str, str]]:
-    """(method, kind) of everything the run's preset produces, in table order."""
-    methods = [(POPULARITY, "baseline")] + [(t, "teacher") for t in config.teachers.models]
-    methods.append((ZERO_SHOT, "llm"))
-    methods += [(v, "llm") for v in config.finetune.variants]
-    return methods
+def method_context(config: RunConfig, paths: Any, data: ProcessedData, backbone=None) -> MethodContext:
+    """The context the registry's families load methods from (the backbone is loaded on first use)."""
+    return MethodContext(config, paths, data, backbone)
 
 
-def eval_users(data: ProcessedData, config: RunConfig) -> list[int]:
-    """Every user (the smoke preset's first ``max_users``): the test split is never shrunk otherwise."""
-    return data.user_ids(config.max_users).tolist()
+def split_inputs(data: ProcessedData, users: list[int], split: str = "test"):
+    """(users [U], histories, candidates [U, C], target positions [U]) of ``split``'s shared candidate sets."""
+    sets = data.candidate_sets(split).set_index("user_id").loc[users]
+    candidates = np.stack(sets["candidates"].to_numpy()).astype(np.int64)
+    histories = [data.history(int(u), split) for u in users]
+    return np.asarray(users, dtype=np.int64), histories, candidates, sets["target_position"].to_numpy(np.int64)
 
 
 def from_candidate_scores(frame: pd.DataFrame, users: list[int], split: str = "test") -> pd.DataFrame:
-    """Per-user metrics from a teacher's exported candidate scores (user_id, split, scores, target_position)."""
+    """Per-user metrics from exported candidate scores (user_id, split, scores, target_position)."""
     df = frame[frame["split"] == split].set_index("user_id")
     missing = [u for u in users if u not in df.index]
     if missing:
@@ -78,13 +76,16 @@ def from_candidate_scores(frame: pd.DataFrame, users: list[int], split: str = "t
     return per_user_frame(users, scores, df["target_position"].to_numpy())
 
 
-def per_user_frame(users: list[int], scores: np.ndarray, target_position: np.ndarray) -> pd.DataFrame:
-    """user_id, target_position, top1 (the candidate ranked first; the lowest index among ties), rank, metrics."""
-    per_user = per_user_metrics(scores, target_position)
-    per_user.insert(0, "user_id", np.asarray(users, dtype=np.int64))
-    per_user.insert(1, "target_position", np.asarray(target_position, dtype=np.int64))
-    per_user.insert(2, "top1", np.argmax(scores, axis=1))
-    return per_user
+def catalogue_frame(users: np.ndarray, scores: np.ndarray, histories, targets: np.ndarray) -> pd.DataFrame:
+    """Full-catalogue per-user metrics, history masked and unmasked (padding id 0 never ranks)."""
+    valid = np.ones(scores.shape, dtype=bool)
+    valid[:, 0] = False
+    frames = [per_user_metrics(scores, targets, valid).assign(user_id=users, protocol="unmasked")]
+    for row, hist in enumerate(histories):
+        valid[row, np.asarray(hist, dtype=np.int64)] = False
+    frames.insert(0, per_user_metrics(scores, targets, valid).assign(user_id=users, protocol="masked"))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["user_id", "protocol"] + [c for c in out.columns if c not in ("user_id", "protocol")]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,53 +99,6 @@ def normalise_title(text: str) -> str:
     return " ".join(text.split())
 
 
-def generate_answers(scorer: RecommendationScorer, examples: list[RecExample], *, max_new_tokens: int = 24,
-                     batch_size: int = 16) -> list[str]:  # fmt: skip
-    """Greedy generation after each example's prompt (soft prompt spliced in), decoded to text."""
-    bb = scorer.backbone
-    tok = bb.tokenizer
-    out: list[str] = []
-    stop = list(bb.answer_end_ids) + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start : start + batch_size]
-        embeds = [prompt_embeddings(bb, scorer.prompt(e), scorer.soft) for e in batch]
-        width = max(e.shape[0] for e in embeds)
-        hidden = embeds[0].shape[1]
-        inputs = torch.zeros(len(batch), width, hidden, dtype=embeds[0].dtype, device=embeds[0].device)
-        mask = torch.zeros(len(batch), width, dtype=torch.long, device=embeds[0].device)
-        for i, e in enumerate(embeds):
-            if bb.family == "causal":  # left padding: every prompt ends where generation starts
-                inputs[i, width - e.shape[0] :] = e
-                mask[i, width - e.shape[0] :] = 1
-            else:
-                inputs[i, : e.shape[0]] = e
-                mask[i, : e.shape[0]] = 1
-        with torch.no_grad(), bb.autocast():
-            ids = bb.model.generate(inputs_embeds=inputs, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                    do_sample=False, eos_token_id=stop, pad_token_id=tok.pad_token_id)  # fmt: skip
-        if bb.family == "causal" and ids.shape[1] > max_new_tokens:  # some versions return the prompt too
-            ids = ids[:, width:]
-        out += [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
-    return out
-
-
-# Bumped when the protocol changes, so cached evaluations are recomputed.
-GENERATION_PROTOCOL = "llara-v2: candidates listed in the prompt; valid = first line names exactly one candidate"
-
-
-def generation_scorer(scorer: RecommendationScorer) -> RecommendationScorer:
-    """The same model and soft prompt with the candidates listed in the prompt, as LLaRA asks.
-
-    Without the list a model cannot know what to name, whatever it learned; the cpu preset
-    scores with unlisted prompts (cheaper), so its fine-tuned variants meet the listed template
-    only here.
-    """
-    if scorer.llm.list_candidates:
-        return scorer
-    return RecommendationScorer(scorer.backbone, dataclasses.replace(scorer.llm, list_candidates=True), scorer.titles,
-                                scorer.soft, scorer.teacher)  # fmt: skip
-
-
 def named_candidates(answer: str, candidates: list[str]) -> list[int]:
     """Indices of the candidates whose title occurs in the answer's first line (LLaRA's rule).
 
@@ -154,14 +108,14 @@ def named_candidates(answer: str, candidates: list[str]) -> list[int]:
     return [i for i, t in enumerate(candidates) if normalise_title(t) and normalise_title(t) in first]
 
 
-def generation_metrics(scorer: RecommendationScorer, examples: list[RecExample], answers: list[str]) -> pd.DataFrame:
+def generation_metrics(users, answers: list[str], shown: list[list[str]], labels) -> pd.DataFrame:
     """Per user: the answer, the candidate it names (-1 unless exactly one), valid, hit."""
     rows = []
-    for ex, answer in zip(examples, answers, strict=True):
-        named = named_candidates(answer, list(scorer.prompt(ex).candidates))
+    for user, answer, titles, label in zip(users, answers, shown, labels, strict=True):
+        named = named_candidates(answer, titles)
         matched = named[0] if len(named) == 1 else -1
-        rows.append({"user_id": ex.user_id, "answer": answer, "matched": matched, "valid": matched >= 0,
-                     "hit": matched == ex.label})  # fmt: skip
+        rows.append({"user_id": int(user), "answer": answer, "matched": matched, "valid": matched >= 0,
+                     "hit": matched == int(label)})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -170,52 +124,66 @@ def generation_metrics(scorer: RecommendationScorer, examples: list[RecExample],
 # --------------------------------------------------------------------------------------------
 
 
-def _method_inputs(config: RunConfig, paths: Any, data: ProcessedData, method: str, kind: str, backbone) -> dict[str, str]:
-    inputs = {"data": data.data_id}
-    if kind in ("baseline", "teacher"):
-        inputs["model"] = artifact_id(read_manifest(paths.teachers / method))
-    else:
-        inputs["backbone"] = backbone.identity
-        inputs["template"] = template_hash()
-        if method != ZERO_SHOT:
-            inputs["model"] = artifact_id(read_manifest(paths.finetune / method))
-    return inputs
+def _eval_settings(ctx: MethodContext, users: list[int]) -> dict[str, Any]:
+    e = ctx.config.eval
+    return {"users": {"count": len(users), "ids": sha256_json(users)}, "generation_users": e.generation_users, "max_new_tokens": e.max_new_tokens,
+            "generation_protocol": GENERATION_PROTOCOL, "catalogue_protocols": list(CATALOGUE_PROTOCOLS)}  # fmt: skip
 
 
-def evaluate_method(
-    config: RunConfig, paths: Any, data: ProcessedData, method: str, kind: str, backbone=None, *, progress: bool = True
-) -> MethodResult:
-    """One method on the test candidate sets; cached in ``<run>/eval/<method>/`` with a manifest."""
-    users = eval_users(data, config)
-    inputs = _method_inputs(config, paths, data, method, kind, backbone)
-    stage_config = {"eval": config.eval, "llm": config.llm if kind == "llm" else None, "users": len(users),
-                    "generation_protocol": GENERATION_PROTOCOL if kind == "llm" else None}  # fmt: skip
-    out = paths.eval / method
-    if is_complete(out, EVAL_KIND, inputs=inputs, config=stage_config):
-        gen = out / "generations.parquet"
-        return MethodResult(method, kind, pd.read_parquet(out / "per_user.parquet"),
-                            pd.read_parquet(gen) if gen.is_file() else None)  # fmt: skip
-    generations = None
-    if kind in ("baseline", "teacher"):
-        from .teachers import read_exports
+def evaluate_method(ctx: MethodContext, method: str, *, progress: bool = True) -> MethodResult:
+    """One method on the test candidate sets (and, by its capabilities, the full catalogue and the
+    generation protocol); cached in ``<run>/eval/<method>/``, keyed by the method's identity."""
+    family = family_of(ctx.config, method)
+    users = ctx.users()
+    inputs = family.identity(ctx, method)
+    settings = _eval_settings(ctx, users)
+    out = ctx.paths.eval / method
+    kind = family.kind(method)
+    if is_complete(out, EVAL_KIND, inputs=inputs, config=settings):
+        def read(name):
+            return pd.read_parquet(out / name) if (out / name).is_file() else None
 
-        per_user = from_candidate_scores(read_exports(paths.teachers / method, data)["candidate_scores"], users)
-    else:
-        scorer = load_recommender(paths, method, backbone, data, config)
-        examples = split_examples(data, "test", users)
-        per_user = scorer.evaluate(examples, progress=progress)
-        n_gen = len(examples) if config.eval.generation_users is None else min(config.eval.generation_users, len(examples))
-        if n_gen:
-            subset = examples[:n_gen]
-            listed = generation_scorer(scorer)
-            answers = generate_answers(listed, subset, max_new_tokens=config.eval.max_new_tokens)
-            generations = generation_metrics(listed, subset, answers)
+        return MethodResult(method, kind, read("per_user.parquet"), read("generations.parquet"), read("catalogue.parquet"))
+    rec = family.load(ctx, method)
+    result = score_method(rec, ctx.data, users, kind, generation_users=ctx.config.eval.generation_users,
+                          max_new_tokens=ctx.config.eval.max_new_tokens, progress=progress)  # fmt: skip
     with atomic_dir(out) as tmp:
-        per_user.to_parquet(tmp / "per_user.parquet", index=False)
-        if generations is not None:
-            generations.to_parquet(tmp / "generations.parquet", index=False)
-        write_manifest(tmp, build_manifest(EVAL_KIND, tmp, inputs=inputs, config=stage_config, extra={"method": method, "kind": kind}))
-    return MethodResult(method, kind, per_user, generations)
+        result.per_user.to_parquet(tmp / "per_user.parquet", index=False)
+        if result.generations is not None:
+            result.generations.to_parquet(tmp / "generations.parquet", index=False)
+        if result.catalogue is not None:
+            result.catalogue.to_parquet(tmp / "catalogue.parquet", index=False)
+        write_manifest(tmp, build_manifest(EVAL_KIND, tmp, inputs=inputs, config=settings,
+                                           extra={"method": method, "kind": kind}))  # fmt: skip
+    return result
+
+
+def score_method(rec: Recommender, data: ProcessedData, users: list[int], kind: str, *, generation_users: int | None,
+                 max_new_tokens: int, progress: bool = False) -> MethodResult:  # fmt: skip
+    """Everything the evaluation measures of one loaded method on the test split."""
+    ids, histories, candidates, targets = split_inputs(data, users)
+    scores = np.asarray(rec.score(ids, histories, candidates, progress=progress), dtype=np.float64)
+    if scores.shape != candidates.shape:
+        raise ValueError(f"method '{rec.name}': score() returned {scores.shape}, expected {candidates.shape}")
+    per_user = per_user_frame(ids, scores, targets)
+    catalogue = generations = None
+    if rec.capabilities.full_catalogue:
+        full = np.asarray(rec.score_catalogue(ids, histories, progress=progress), dtype=np.float64)
+        if full.shape != (len(ids), data.num_items + 1):
+            raise ValueError(f"method '{rec.name}': score_catalogue() returned {full.shape}, expected "
+                             f"{(len(ids), data.num_items + 1)}")  # fmt: skip
+        test_targets = np.array([data.target(int(u), "test") for u in ids], dtype=np.int64)
+        catalogue = catalogue_frame(ids, full, histories, test_targets)
+    n_gen = len(ids) if generation_users is None else min(generation_users, len(ids))
+    if rec.capabilities.generation and n_gen:
+        g = rec.generate(ids[:n_gen], histories[:n_gen], candidates[:n_gen], max_new_tokens=max_new_tokens)
+        generations = generation_metrics(ids[:n_gen], g.answers, g.shown, targets[:n_gen])
+    return MethodResult(rec.name, kind, per_user, generations, catalogue)
+
+
+def evaluate_all(ctx: MethodContext, *, progress: bool = True) -> dict[str, MethodResult]:
+    """Every method of the run, in table order."""
+    return {m: evaluate_method(ctx, m, progress=progress) for m in run_methods(ctx.config)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,19 +240,26 @@ def paired_comparisons(results: dict[str, MethodResult], pairs: list[tuple[str, 
     return pd.DataFrame(rows)
 
 
-def comparison_pairs(config: RunConfig) -> list[tuple[str, str]]:
-    """DELRec against its own teacher and against the no-soft-prompt variant."""
-    from .config import parse_prompt_name
+def chance_table(num_candidates: int, digits: int = 4) -> pd.DataFrame:
+    """What a random ranking gets in expectation among ``num_candidates`` (a row for the results table)."""
+    m = metrics_from_counts(np.array([0]), np.array([num_candidates - 1]))
+    return pd.DataFrame({k: [f"{float(m[k].iloc[0]):.{digits}f}"] for k in METRICS},
+                        index=pd.Index(["chance (expected)"], name="method"))  # fmt: skip
 
-    pairs = []
-    for v in config.finetune.variants:
-        if v.startswith("delrec-"):
-            teacher, _ = parse_prompt_name(v[len("delrec-") :])
-            pairs.append((v, teacher))
-            if "lora" in config.finetune.variants:
-                pairs.append((v, "lora"))
-            pairs.append((v, ZERO_SHOT))
-    return pairs
+
+def catalogue_table(results: dict[str, MethodResult], protocol: str = "masked", *, n_boot: int = 1000,
+                    ci: float = 0.95, seed: int = 0) -> pd.DataFrame:  # fmt: skip
+    """Full-catalogue ranking of the methods that score every item, like ``results_table``.
+
+    ``protocol``: "masked" ranks the target among items the user never interacted with (the kit's
+    protocol), "unmasked" among every item (RecBole's for sequential models)."""
+    if protocol not in CATALOGUE_PROTOCOLS:
+        raise ValueError(f"protocol must be one of {CATALOGUE_PROTOCOLS}, got {protocol!r}")
+    frames = {m: MethodResult(m, r.kind, r.catalogue[r.catalogue["protocol"] == protocol].drop(columns="protocol"))
+              for m, r in results.items() if r.catalogue is not None}  # fmt: skip
+    if not frames:
+        return pd.DataFrame()
+    return results_table(frames, n_boot=n_boot, ci=ci, seed=seed)
 
 
 def generation_table(results: dict[str, MethodResult]) -> pd.DataFrame:
@@ -297,10 +272,10 @@ def generation_table(results: dict[str, MethodResult]) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
-def write_tables(paths: Any, table: pd.DataFrame, paired: pd.DataFrame, generation: pd.DataFrame) -> dict[str, Path]:
-    """results.csv / results.md (and the paired tests and generation protocol) under ``<run>/eval/``."""
-    from .artifacts import atomic_write_text
-
+def write_tables(paths: Any, table: pd.DataFrame, paired: pd.DataFrame, generation: pd.DataFrame,
+                 catalogue: dict[str, pd.DataFrame] | None = None, chance: pd.DataFrame | None = None) -> dict[str, Path]:  # fmt: skip
+    """results.csv / results.md (and the paired tests, the generation protocol and the full-catalogue
+    tables per protocol) under ``<run>/eval/``."""
     flat = table.copy()
     flat.columns = [f"{m} {c}" for m, c in flat.columns]
     files = {
@@ -310,9 +285,14 @@ def write_tables(paths: Any, table: pd.DataFrame, paired: pd.DataFrame, generati
         "generation_csv": paths.eval / "generation_protocol.csv",
     }
     atomic_write_text(files["results_csv"], flat.to_csv())
-    atomic_write_text(files["results_md"], markdown_table(format_table(table)))
+    shown = format_table(table) if chance is None else pd.concat([format_table(table), chance])
+    atomic_write_text(files["results_md"], markdown_table(shown))
     atomic_write_text(files["paired_csv"], paired.to_csv(index=False))
     atomic_write_text(files["generation_csv"], generation.to_csv())
+    for protocol, frame in (catalogue or {}).items():
+        if len(frame):
+            files[f"catalogue_{protocol}_md"] = paths.eval / f"catalogue_{protocol}.md"
+            atomic_write_text(files[f"catalogue_{protocol}_md"], markdown_table(format_table(frame)))
     return files
 
 

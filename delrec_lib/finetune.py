@@ -36,35 +36,25 @@ from .artifacts import (
     is_complete,
     read_json,
     read_manifest,
+    require_config,
+    require_inputs,
     to_jsonable,
+    verify_outputs,
     write_manifest,
 )
 from .config import FinetuneConfig, RunConfig, parse_prompt_name
 from .data.processed import ProcessedData
-from .distill import TEACHER_DISPLAY, load_soft_prompt
 from .errors import ConfigError, DataError
+from .llm_ranker import ZERO_SHOT, LLMRanker, LLMRecommender, RecExample, llm_identity, split_examples
+from .methods import Curve, MethodContext, MethodFamily, Recommender
 from .metrics import summarize
-from .prompts import EncodedPrompt, PromptBuilder, prompt_format_id
-from .scoring import rank_candidates
+from .prompts import TEACHER_DISPLAY, prompt_format_id
+from .soft_prompt import load_run_soft_prompt
 from .training import TrainConfig, Trainer, TrainingTask
 
 log = logging.getLogger(__name__)
 
 ADAPTER_KIND = "finetuned-adapter"
-
-
-@dataclass(frozen=True)
-class RecExample:
-    """A recommendation example in item ids: which of ``candidates`` comes after ``history``."""
-
-    user_id: int
-    history: tuple[int, ...]
-    candidates: tuple[int, ...]
-    label: int
-
-    @property
-    def target(self) -> int:
-        return self.candidates[self.label]
 
 
 def training_examples(data: ProcessedData, users: list[int], cfg: FinetuneConfig) -> list[RecExample]:
@@ -88,17 +78,6 @@ def training_examples(data: ProcessedData, users: list[int], cfg: FinetuneConfig
     return out
 
 
-def split_examples(data: ProcessedData, split: str, users: list[int]) -> list[RecExample]:
-    """The shared candidate sets of ``split`` for ``users`` (history = the split's history)."""
-    sets = data.candidate_sets(split).set_index("user_id")
-    out = []
-    for uid in users:
-        row = sets.loc[uid]
-        out.append(RecExample(int(uid), tuple(data.history(uid, split)), tuple(int(c) for c in row["candidates"]),
-                              int(row["target_position"])))  # fmt: skip
-    return out
-
-
 def select_users(data: ProcessedData, cfg: FinetuneConfig, max_users: int | None) -> tuple[list[int], list[int]]:
     """(training users, validation users). Validation users are a seeded subset; training uses
     every user's train positions (their valid targets are never seen by training either way)."""
@@ -110,45 +89,10 @@ def select_users(data: ProcessedData, cfg: FinetuneConfig, max_users: int | None
     return train, valid
 
 
-class RecommendationScorer:
-    """Scores recommendation examples with a (possibly peft-wrapped) backbone and an optional frozen soft prompt."""
-
-    def __init__(self, backbone, llm_config, titles: list[str], soft_prompt: torch.Tensor | None, teacher: str | None):
-        self.backbone = backbone
-        self.llm = llm_config
-        self.titles = titles
-        self.soft = None if soft_prompt is None else soft_prompt.detach()
-        k = 0 if soft_prompt is None else int(soft_prompt.shape[0])
-        self.builder = PromptBuilder(backbone, llm_config, num_soft_tokens=k)
-        self.teacher = teacher
-        self._prompts: dict[tuple, EncodedPrompt] = {}
-
-    def prompt(self, ex: RecExample) -> EncodedPrompt:
-        key = (ex.user_id, ex.history[-self.llm.history_len :] if self.llm.history_len else (), ex.candidates)
-        if key not in self._prompts:
-            t = self.titles
-            self._prompts[key] = self.builder.recommendation([t[i] for i in ex.history], [t[i] for i in ex.candidates],
-                                                             teacher=self.teacher)  # fmt: skip
-        return self._prompts[key]
-
-    def scores(self, examples: list[RecExample], progress: bool = False) -> torch.Tensor:
-        return rank_candidates(self.backbone, [self.prompt(e) for e in examples], soft_prompt=self.soft,
-                               normalize=self.llm.normalize, batch_size=self.llm.score_batch_size, progress=progress)  # fmt: skip
-
-    def evaluate(self, examples: list[RecExample], progress: bool = False) -> pd.DataFrame:
-        """Per-example metrics (one row per user): rank, HR@k, NDCG@k, MRR."""
-        from .evaluation import per_user_frame
-
-        with torch.no_grad():
-            scores = self.scores(examples, progress).float().cpu().numpy()
-        return per_user_frame([e.user_id for e in examples], scores, np.array([e.label for e in examples]))
-
-
 class FinetuneTask(TrainingTask):
-    def __init__(self, model, scorer: RecommendationScorer, train: list[RecExample], valid: list[RecExample],
+    def __init__(self, model, scorer: LLMRanker, train: list[RecExample], valid: list[RecExample],
                  cfg: FinetuneConfig, total_steps: int):  # fmt: skip
         self.model = model
-        self._module = model
         self.scorer = scorer
         self.train = train
         self.valid = valid
@@ -157,9 +101,6 @@ class FinetuneTask(TrainingTask):
 
     def trainable_module(self):
         return self.model
-
-    def set_module(self, module):
-        self._module = module
 
     def num_examples(self):
         return len(self.train)
@@ -261,16 +202,22 @@ def variant_soft_prompt(variant: str) -> str | None:
     return name
 
 
-def load_variant_parts(paths: Any, variant: str, backbone, data: ProcessedData, llm_config: Any):
-    """(soft prompt tensor or None, teacher display name or None, soft prompt manifest id or None)."""
+def load_variant_parts(config: RunConfig, paths: Any, variant: str, backbone, data: ProcessedData):
+    """(soft prompt tensor or None, teacher display name or None, soft prompt artifact id or None),
+    the soft prompt checked against this run's stage-1 settings, backbone, prompt format and data."""
     name = variant_soft_prompt(variant)
     if name is None:
         return None, None, None
-    directory = paths.distill / name
-    soft, meta = load_soft_prompt(directory, backbone, data, llm_config)
+    soft, soft_id = load_run_soft_prompt(config, paths, data, backbone, name)
     soft.requires_grad_(False)
     teacher, _ = parse_prompt_name(name)
-    return soft.embeddings.detach(), TEACHER_DISPLAY.get(teacher, teacher), artifact_id(read_manifest(directory))
+    return soft.embeddings.detach(), TEACHER_DISPLAY.get(teacher, teacher), soft_id
+
+
+def finetune_stage_config(config: RunConfig, variant: str) -> dict[str, Any]:
+    """The settings a stage-2 variant depends on (its manifest's config)."""
+    cfg = dataclasses.replace(config.finetune, variants=(variant,))
+    return {"finetune": cfg, "llm": config.llm, "max_users": config.max_users, "variant": variant}
 
 
 def finetune_inputs(data: ProcessedData, backbone, llm_config: Any, soft: torch.Tensor | None, soft_id: str | None) -> dict[str, str]:
@@ -294,10 +241,10 @@ def run_finetuning(
     """Stage 2 for one variant: writes ``<run>/finetune/<variant>/`` (skipped when up to date)."""
     from peft import get_peft_model
 
-    cfg = dataclasses.replace(config.finetune, variants=(variant,))
-    soft, teacher, soft_id = load_variant_parts(paths, variant, backbone, data, config.llm)
+    stage_config = finetune_stage_config(config, variant)
+    cfg = stage_config["finetune"]
+    soft, teacher, soft_id = load_variant_parts(config, paths, variant, backbone, data)
     inputs = finetune_inputs(data, backbone, config.llm, soft, soft_id)
-    stage_config = {"finetune": cfg, "llm": config.llm, "max_users": config.max_users, "variant": variant}
     out_dir = paths.finetune / variant
     if is_complete(out_dir, ADAPTER_KIND, inputs=inputs, config=stage_config):
         log.info("%s is up to date", out_dir)
@@ -314,7 +261,7 @@ def run_finetuning(
     torch.manual_seed(cfg.seed)
     model = get_peft_model(copy.deepcopy(backbone.model), peft_config_for(backbone, cfg, tcfg.max_steps))
     tuned = backbone.with_model(model)
-    scorer = RecommendationScorer(tuned, config.llm, data.titles, soft, teacher)
+    scorer = LLMRanker(tuned, config.llm, data.titles, soft, teacher)
     task = FinetuneTask(model, scorer, train, valid, cfg, tcfg.max_steps)
 
     start = time.perf_counter()
@@ -339,47 +286,98 @@ def run_finetuning(
         "valid_users": len(valid),
         "steps": result.steps,
         "best_step": result.best_step,
+        "processes": result.processes,  # the global batch is processes x batch_size
         "seconds": round(seconds, 1),
         "valid_before": summarize(before).to_dict(orient="index"),
         "valid_best": {m: float(best[m]) for m in ("HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR")},
         "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
     }
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(str(tmp / "adapter"))
-        if soft is not None:
-            (tmp / "soft_prompt.safetensors").write_bytes((paths.distill / variant_soft_prompt(variant) / "soft_prompt.safetensors").read_bytes())
-        history.to_csv(tmp / "history.csv", index=False)
-        pd.DataFrame(result.train_log).to_csv(tmp / "train_log.csv", index=False)
-        (tmp / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2) + "\n")
-        write_manifest(tmp, build_manifest(ADAPTER_KIND, tmp, inputs=inputs, config=stage_config, extra={"variant": variant}))
+    if trainer.is_main_process:  # every process holds the same adapter; one writes it
+        with atomic_dir(out_dir) as tmp:
+            model.save_pretrained(str(tmp / "adapter"))
+            if soft is not None:
+                (tmp / "soft_prompt.safetensors").write_bytes((paths.distill / variant_soft_prompt(variant) / "soft_prompt.safetensors").read_bytes())
+            history.to_csv(tmp / "history.csv", index=False)
+            pd.DataFrame(result.train_log).to_csv(tmp / "train_log.csv", index=False)
+            (tmp / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2) + "\n")
+            write_manifest(tmp, build_manifest(ADAPTER_KIND, tmp, inputs=inputs, config=stage_config, extra={"variant": variant}))
+    trainer.wait_for_everyone()
     return FinetuneResult(variant, out_dir, metrics, history, pd.DataFrame(result.train_log))
 
 
 def load_recommender(
     paths: Any, variant: str, backbone, data: ProcessedData, config: RunConfig, *, adapter: bool = True
-) -> RecommendationScorer:
-    """A fine-tuned variant ready to score candidates; "zero-shot" is the untouched backbone, and
-    ``adapter=False`` gives the variant's prompt (and soft prompt) on the base model, i.e. before stage 2."""
-    if variant == "zero-shot":
-        return RecommendationScorer(backbone, config.llm, data.titles, None, None)
+) -> LLMRanker:
+    """A fine-tuned variant ready to rank candidates, checked against this run's data and settings;
+    "zero-shot" is the untouched backbone, and ``adapter=False`` gives the variant's prompt (and soft
+    prompt) on the base model, i.e. before stage 2."""
+    if variant == ZERO_SHOT:
+        return LLMRanker(backbone, config.llm, data.titles, None, None)
+    soft, teacher, soft_id = load_variant_parts(config, paths, variant, backbone, data)
     if not adapter:
-        soft, teacher, _ = load_variant_parts(paths, variant, backbone, data, config.llm)
-        return RecommendationScorer(backbone, config.llm, data.titles, soft, teacher)
+        return LLMRanker(backbone, config.llm, data.titles, soft, teacher)
     from peft import PeftModel
 
     directory = paths.finetune / variant
-    manifest = read_manifest(directory, ADAPTER_KIND)
-    soft, teacher, soft_id = load_variant_parts(paths, variant, backbone, data, config.llm)
-    expected = finetune_inputs(data, backbone, config.llm, soft, soft_id)
-    from .artifacts import require_inputs
-
-    require_inputs(f"fine-tuned '{variant}'", manifest, expected, directory)
+    check_adapter(config, paths, variant, backbone, data, soft, soft_id)
     model = PeftModel.from_pretrained(copy.deepcopy(backbone.model), str(directory / "adapter"))
     model.eval()
-    return RecommendationScorer(backbone.with_model(model), config.llm, data.titles, soft, teacher)
+    return LLMRanker(backbone.with_model(model), config.llm, data.titles, soft, teacher)
 
 
-def worked_example(scorers: dict[str, RecommendationScorer], example: RecExample, titles: list[str]) -> pd.DataFrame:
+def check_adapter(config: RunConfig, paths: Any, variant: str, backbone, data: ProcessedData, soft, soft_id) -> dict:
+    """The variant's manifest, refused unless made from these inputs with this run's stage-2 settings."""
+    directory = paths.finetune / variant
+    manifest = read_manifest(directory, ADAPTER_KIND)
+    verify_outputs(directory, manifest)
+    require_inputs(f"fine-tuned '{variant}'", manifest, finetune_inputs(data, backbone, config.llm, soft, soft_id), directory)
+    require_config(f"fine-tuned '{variant}'", manifest, finetune_stage_config(config, variant), directory,
+                   "Re-run stage 2 (notebook 04 or `python -m delrec_lib finetune`) with this run's settings.")  # fmt: skip
+    return manifest
+
+
+class FinetunedFamily(MethodFamily):
+    """DELRec's stage-2 variants: ``lora`` (no soft prompt) and ``delrec-<soft prompt>``."""
+
+    def names(self, config: RunConfig) -> list[str]:
+        return list(config.finetune.variants)
+
+    def identity(self, ctx: MethodContext, name: str) -> dict[str, str]:
+        soft, _, soft_id = load_variant_parts(ctx.config, ctx.paths, name, ctx.backbone, ctx.data)
+        manifest = check_adapter(ctx.config, ctx.paths, name, ctx.backbone, ctx.data, soft, soft_id)
+        k = 0 if soft is None else int(soft.shape[0])
+        return {**llm_identity(ctx, k), "model": artifact_id(manifest)}
+
+    def load(self, ctx: MethodContext, name: str) -> Recommender:
+        return LLMRecommender(name, load_recommender(ctx.paths, name, ctx.backbone, ctx.data, ctx.config))
+
+    def comparisons(self, config: RunConfig, name: str) -> list[str]:
+        prompt = variant_soft_prompt(name)
+        if prompt is None:
+            return [ZERO_SHOT]
+        teacher, _ = parse_prompt_name(prompt)
+        return [teacher, "lora", ZERO_SHOT]
+
+    def teacher(self, name: str) -> str | None:
+        prompt = variant_soft_prompt(name)
+        return None if prompt is None else parse_prompt_name(prompt)[0]
+
+    def curves(self, ctx: MethodContext) -> list[Curve]:
+        out = []
+        prompts = dict.fromkeys(p for v in self.names(ctx.config) if (p := variant_soft_prompt(v)))
+        for p in [*ctx.config.distill.prompts, *prompts]:
+            f = ctx.paths.distill / p / "history.csv"
+            if f.is_file() and not any(c.label == p for c in out):
+                out.append(Curve("03 soft-prompt distillation", p, pd.read_csv(f), "step", "fidelity", "held-out fidelity"))
+        metric = ctx.config.finetune.select_metric
+        for v in self.names(ctx.config):
+            f = ctx.paths.finetune / v / "history.csv"
+            if f.is_file():
+                out.append(Curve("04 LLM fine-tuning", v, pd.read_csv(f), "step", metric, f"valid {metric} (candidates)"))
+        return out
+
+
+def worked_example(scorers: dict[str, LLMRanker], example: RecExample, titles: list[str]) -> pd.DataFrame:
     """One example's candidates with each scorer's score and rank (1 = recommended first)."""
     rows = pd.DataFrame({"candidate": [titles[i] for i in example.candidates],
                          "target": ["<- next item" if i == example.label else "" for i in range(len(example.candidates))]})  # fmt: skip

@@ -32,6 +32,7 @@ import torch
 
 from .artifacts import atomic_dir, atomic_path, build_manifest, read_manifest, sha256_file, write_manifest
 from .config import resolve_path
+from .distributed import default_device
 from .errors import ConfigError, DataError, StaleArtifactError
 
 Family = Literal["causal", "seq2seq"]
@@ -330,11 +331,8 @@ def load_backbone(
     """Load an LLM backbone by embedded name, local directory or Hugging Face id ``org/name``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    device = (
-        torch.device(device)
-        if device is not None
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    # Default: this process's device (under a launcher each process owns one GPU).
+    device = torch.device(device) if device is not None else default_device()
     compute_dtype = resolve_dtype(dtype, device)
     cache_dir = resolve_path(cache_dir)
 

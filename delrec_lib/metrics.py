@@ -77,6 +77,19 @@ def per_user_metrics(scores: np.ndarray, target_index: np.ndarray, valid: np.nda
     return df
 
 
+def per_user_frame(users, scores: np.ndarray, target_position: np.ndarray) -> pd.DataFrame:
+    """user_id, target_position, top1 (the candidate ranked first; the lowest index among ties), rank, metrics.
+
+    The one place where a method's candidate scores become its per-user results: row i of ``scores``
+    belongs to ``users[i]``, and methods are later compared by joining on ``user_id``.
+    """
+    per_user = per_user_metrics(scores, target_position)
+    per_user.insert(0, "user_id", np.asarray(users, dtype=np.int64))
+    per_user.insert(1, "target_position", np.asarray(target_position, dtype=np.int64))
+    per_user.insert(2, "top1", np.argmax(scores, axis=1))
+    return per_user
+
+
 def bootstrap_ci(
     values: np.ndarray, *, n_boot: int = 1000, ci: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:

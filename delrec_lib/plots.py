@@ -111,10 +111,33 @@ def plot_order_diagnostic(order, metric: str = "NDCG@10", ax: plt.Axes | None = 
 
 
 def plot_agreement(agreement, ax: plt.Axes | None = None) -> plt.Axes:
+    """Student-teacher top-1 agreement per group, with the popularity ranking's agreement and chance as marks."""
     ax = ax or plt.gca()
-    a = agreement[agreement["group"] != "all users"]
+    a = agreement[agreement["group"] != "all users"].reset_index(drop=True)
     labels = [f"{r.student}\nvs {r.teacher}\n{r.group} (n={r.users})" for r in a.itertuples()]
-    ax.bar(range(len(a)), a["agreement"], color=["#55A868" if "right" in g else "#C44E52" for g in a["group"]])
-    ax.set_xticks(range(len(a)), labels, fontsize=8)
-    ax.set(ylim=(0, 1), ylabel="share of users with the same top-1", title="Does DELRec follow its teacher?")
+    x = np.arange(len(a))
+    ax.bar(x, a["agreement"], color=["#55A868" if "right" in g else "#C44E52" for g in a["group"]], label="student")
+    if "popularity agreement" in a and a["popularity agreement"].notna().any():
+        ax.scatter(x, a["popularity agreement"], marker="_", s=900, color="#555555", zorder=3, label="most popular candidate")
+    if "chance" in a:
+        ax.scatter(x, a["chance"], marker="_", s=900, color="#AAAAAA", zorder=3, label="chance")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set(ylim=(0, 1), ylabel="share of users with the teacher's top-1", title="Does each student follow its teacher?")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_stage_curves(stage: str, curves, ax: plt.Axes | None = None) -> plt.Axes:
+    """One stage's training curves (``methods.Curve``), one line per method or soft prompt."""
+    ax = ax or plt.gca()
+    ylabel = ""
+    for c in curves:
+        f = c.frame.dropna(subset=[c.y]) if c.y in c.frame else None
+        if f is None or f.empty:
+            continue
+        ax.plot(f[c.x], f[c.y], marker="o", ms=3, label=c.label)
+        ylabel = ylabel or c.ylabel or c.y
+    ax.set(xlabel=curves[0].x if curves else "", ylabel=ylabel, title=stage)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return ax

@@ -17,8 +17,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .artifacts import atomic_path
+from .artifacts import artifact_id, atomic_path, read_manifest, require_config, verify_outputs
+from .config import RunConfig, parse_prompt_name
 from .errors import ConfigError, DataError, StaleArtifactError
+from .prompts import prompt_format_id
+
+SOFT_PROMPT_KIND = "soft-prompt"
 
 DEFAULT_INIT_TEXT = (
     "{teacher} recommends the next movie from the order of the movies the user watched, "
@@ -104,3 +108,45 @@ def nearest_tokens(backbone: Any, vectors: torch.Tensor, k: int = 3) -> list[lis
     tok = backbone.tokenizer
     return [[tok.convert_tokens_to_string([tok.convert_ids_to_tokens(int(i))]).strip() or repr(tok.convert_ids_to_tokens(int(i)))
              for i in row] for row in top]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# The stage-1 artifact: what stage 2 (and anything else) reads of stage 1
+# --------------------------------------------------------------------------------------------
+
+
+def distill_stage_config(config: RunConfig, name: str) -> dict[str, Any]:
+    """The settings a stage-1 soft prompt ``name`` depends on (its manifest's config): the stage's own,
+    not the list of other soft prompts the run distils."""
+    import dataclasses
+
+    teacher, tasks = parse_prompt_name(name)
+    cfg = dataclasses.replace(config.distill, prompts=(name,))
+    return {"distill": cfg, "llm": config.llm, "max_users": config.max_users, "teacher": teacher, "tasks": tasks}
+
+
+def load_soft_prompt(
+    distill_dir: str | os.PathLike, backbone: Any, data: Any, llm_config: Any
+) -> tuple[SoftPrompt, dict[str, str]]:
+    """A stage-1 soft prompt, refused unless it was made for this backbone, prompt format and data."""
+    path = Path(distill_dir) / "soft_prompt.safetensors"
+    soft, _ = SoftPrompt.load(path)
+    expect = {
+        "backbone": backbone.identity,
+        "template": prompt_format_id(backbone, llm_config, soft.num_tokens),
+        "data": data.data_id,
+    }
+    return SoftPrompt.load(path, expect=expect)
+
+
+def load_run_soft_prompt(config: RunConfig, paths: Any, data: Any, backbone: Any, name: str) -> tuple[SoftPrompt, str]:
+    """Soft prompt ``name`` of this run, checked against the run's stage-1 settings as well as its
+    backbone, prompt format and data; returns it with its artifact id."""
+    directory = Path(paths.distill) / name
+    manifest = read_manifest(directory, SOFT_PROMPT_KIND)
+    verify_outputs(directory, manifest)
+    require_config(f"soft prompt '{name}'", manifest, distill_stage_config(config, name), directory,
+                   "Re-run stage 1 (notebook 03 or `python -m delrec_lib distill`) with this run's settings.")  # fmt: skip
+    soft, _ = load_soft_prompt(directory, backbone, data, config.llm)
+    return soft, artifact_id(manifest)
+

@@ -4,8 +4,17 @@ In the style of Hugging Face's example scripts: a plain loop over shuffled micro
 gradient accumulation, optional bf16 autocast, gradient clipping, a learning-rate schedule,
 periodic evaluation with early stopping and best-model selection, a tqdm progress bar, and
 checkpoints that resume exactly. ``accelerate`` provides the device and process layout, so
-the same code runs on one CPU and, under ``accelerate launch``, on several GPUs (each process
-takes its share of every global batch; DDP averages the gradients).
+the same code runs on one CPU and, under ``accelerate launch``, on several processes:
+
+- every process starts from the main process's trainable weights and takes a disjoint,
+  balanced share of every global batch (``batch_size`` examples per process); its loss is
+  weighted by the size of its share, and the loop averages the gradients over processes
+  before clipping (``distributed.average_gradients``), so P processes with ``batch_size`` b
+  take the optimizer steps of one process with ``batch_size`` P x b (tests/test_multiprocess.py);
+- only the main process evaluates (the metrics are broadcast, so every process takes the same
+  early-stopping and best-step decisions) and writes checkpoints; each process's RNG state is
+  saved and restored with them;
+- ``load_best`` waits for the main process's file, then loads it in every process.
 
 A stage plugs in by implementing ``TrainingTask``. Checkpoints hold no pickles: tensors go to
 safetensors, counters and RNG states to JSON.
@@ -29,6 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from . import distributed
 from .artifacts import atomic_dir, sha256_json, to_jsonable
 from .errors import ConfigError, StaleArtifactError
 
@@ -68,17 +78,15 @@ class TrainResult:
     train_log: list[dict[str, Any]] = field(default_factory=list)  # one row per log_every steps
     stopped: str = "finished"
     seconds: float = 0.0
+    processes: int = 1  # processes that trained; each micro-batch held processes x batch_size examples
 
 
 class TrainingTask:
     """What a stage provides to the loop. Subclasses implement the four abstract methods."""
 
     def trainable_module(self) -> torch.nn.Module:
-        """The module holding every trainable parameter (wrapped for DDP on several processes)."""
+        """The module holding every trainable parameter."""
         raise NotImplementedError
-
-    def set_module(self, module: torch.nn.Module) -> None:
-        """Receive the (possibly DDP-wrapped) module back; forward passes should go through it."""
 
     def num_examples(self) -> int:
         raise NotImplementedError
@@ -92,9 +100,11 @@ class TrainingTask:
         raise NotImplementedError
 
     def backward(self, loss: torch.Tensor, accelerator, scale: float) -> dict[str, float] | None:
-        """Backpropagate ``loss * scale`` (scale = 1 / micro-batches per step). Override for tasks
-        that combine per-task gradients themselves (dynamic loss weighting); scalars returned
-        are logged."""
+        """Backpropagate ``loss * scale``: scale = 1 / micro-batches per step, times this process's
+        share of the micro-batch x processes (0 for a stand-in example, see ``Trainer``). Override
+        for tasks that combine per-task gradients themselves (dynamic loss weighting; such an
+        override must make the same collective calls in every process); scalars returned are
+        logged."""
         accelerator.backward(loss * scale)
         return None
 
@@ -125,10 +135,6 @@ class TrainingTask:
                 params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
 
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return getattr(module, "module", module)
-
-
 def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < config.warmup_steps:
@@ -148,6 +154,30 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def process_seed(seed: int, process_index: int) -> int:
+    """The main process keeps ``seed`` (one process runs as before); the others get independent
+    streams, so that dropout masks and sampled negatives differ between their examples."""
+    if process_index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+
+
+def share_of(batch: np.ndarray, process_index: int, num_processes: int) -> tuple[np.ndarray, float]:
+    """This process's examples of a micro-batch of the global batch, and the weight of its mean loss.
+
+    Shares are disjoint, balanced (sizes differ by at most one) and together the whole batch.
+    The weight ``len(share) * processes / len(batch)`` makes the mean over processes of the
+    weighted losses (and gradients) equal the mean over the whole batch when shares differ in
+    size. A process whose share is empty (a batch shorter than the number of processes) gets
+    the batch's first example with weight 0: it still runs the forward and backward passes
+    and so takes part in every collective operation, but contributes nothing.
+    """
+    mine = batch[process_index::num_processes]
+    if len(mine) == 0:
+        return batch[:1], 0.0
+    return mine, len(mine) * num_processes / len(batch)
 
 
 def autocast_context(enabled: bool, device: torch.device):
@@ -186,26 +216,42 @@ class Trainer:
         self.desc = desc
         self.progress = progress
         self.callbacks = list(callbacks)
-        # What the checkpoint must match to be resumed: the config plus what the stage adds
-        # (its data and model hashes), so a checkpoint of another run is never picked up.
-        self.identity = sha256_json({"train": config, "task": identity})
+        distributed.process_state()  # refuses a launch that accelerate did not set up as launched
         # Autocast is applied by the loop itself (accelerate's mixed-precision state is
         # process-global and cannot differ between stages run in one process).
         self.accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
         self.device = self.accelerator.device
+        # What the checkpoint must match to be resumed: the config plus what the stage adds
+        # (its data and model hashes), so a checkpoint of another run is never picked up. The
+        # number of processes sets the global batch, so it is part of it (when there are several:
+        # one-process identities stay as they were).
+        processes = self.accelerator.num_processes
+        self.identity = sha256_json({"train": config, "task": identity, **({"processes": processes} if processes > 1 else {})})
+
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this process writes the stage's outputs (the only process when not launched)."""
+        return self.accelerator.is_main_process
+
+    def wait_for_everyone(self) -> None:
+        """Barrier between the processes (a no-op in one process)."""
+        self.accelerator.wait_for_everyone()
 
     # -- checkpoints -----------------------------------------------------------------------
 
     def _save_checkpoint(self, state: dict[str, Any], optimizer, scheduler) -> None:
-        if self.checkpoint_dir is None or not self.accelerator.is_main_process:
+        """Called in every process: each one's RNG state goes into the main process's checkpoint."""
+        if self.checkpoint_dir is None:
+            return
+        rngs = distributed.gather_objects(_rng_state())
+        if not self.accelerator.is_main_process:
             return
         with atomic_dir(self.checkpoint_dir / "last") as tmp:
             save_file(self.task.trainable_state(), str(tmp / "params.safetensors"))
             opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-            rng = {"torch": torch.get_rng_state()}
-            if torch.cuda.is_available():
-                rng["cuda"] = torch.cuda.get_rng_state()
+            # Process 0's under the names one process uses, the others' prefixed "process<i>/".
+            rng = {f"process{i}/{k}" if i else k: v for i, (tensors, _) in enumerate(rngs) for k, v in tensors.items()}
             save_file(rng, str(tmp / "rng.safetensors"))
             extra = {k: v.detach().cpu().contiguous() for k, v in self.task.checkpoint_tensors().items()}
             if extra:
@@ -215,8 +261,8 @@ class Trainer:
                 "identity": self.identity,
                 "optimizer": opt_meta,
                 "scheduler": to_jsonable(scheduler.state_dict()),
-                "python_rng": _py_rng_to_json(random.getstate()),
-                "numpy_rng": to_jsonable(np.random.get_state(legacy=False)),
+                **rngs[0][1],
+                "process_rng": [meta for _, meta in rngs[1:]],
             }
             (tmp / "state.json").write_text(json.dumps(to_jsonable(meta), indent=1))
 
@@ -237,14 +283,11 @@ class Trainer:
         scheduler.load_state_dict(meta["scheduler"])
         if (last / "task.safetensors").is_file():
             self.task.restore_checkpoint_tensors(load_file(str(last / "task.safetensors")))
-        rng = load_file(str(last / "rng.safetensors"))
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
-        random.setstate(_py_rng_from_json(meta["python_rng"]))
-        np_state = meta["numpy_rng"]
-        np_state["state"]["key"] = np.array(np_state["state"]["key"], dtype=np.uint32)
-        np.random.set_state(np_state)
+        index = self.accelerator.process_index
+        prefix = f"process{index}/" if index else ""
+        rng = {k.removeprefix(prefix): v for k, v in load_file(str(last / "rng.safetensors")).items()
+               if k.startswith(prefix) and (prefix or "/" not in k)}  # fmt: skip
+        _set_rng_state(rng, meta["process_rng"][index - 1] if index else meta)
         log.info("%s: resumed from step %d", self.desc, meta["step"])
         return meta
 
@@ -255,7 +298,11 @@ class Trainer:
             save_file(self.task.trainable_state(), str(tmp / "params.safetensors"))
 
     def load_best(self) -> bool:
-        """Load the best evaluated state into the task; False if none was saved."""
+        """Load the best evaluated state into the task; False if none was saved.
+
+        Under several processes every process must call it: it waits until the main process
+        has written the file."""
+        self.accelerator.wait_for_everyone()
         path = None if self.checkpoint_dir is None else self.checkpoint_dir / "best" / "params.safetensors"
         if path is None or not path.is_file():
             return False
@@ -264,9 +311,15 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    def _batch_mean(self, values: dict[str, float], fraction: float) -> dict[str, float]:
+        """Logged scalars over the whole micro-batch: each process's weighted by its share of it."""
+        keys = sorted(values)
+        t = torch.tensor([values[k] * fraction for k in keys], dtype=torch.float64, device=self.device)
+        return dict(zip(keys, distributed.all_reduce_sum(t).tolist(), strict=True))
+
     def train(self) -> TrainResult:
         cfg, acc, task = self.config, self.accelerator, self.task
-        set_seed(cfg.seed)
+        set_seed(process_seed(cfg.seed, acc.process_index))
         module = task.trainable_module().to(self.device)
         params = [p for p in module.parameters() if p.requires_grad]
         if not params:
@@ -290,18 +343,19 @@ class Trainer:
         if resumed:
             # (.get: checkpoints written before "stopped" was recorded)
             state.update({k: resumed.get(k, state[k]) for k in state})
-        if acc.num_processes > 1:
-            module = acc.prepare_model(module)
-            task.set_module(module)
+        # Every process starts from the main process's weights (a resumed run: from the same file).
+        distributed.broadcast_parameters(params)
         start_time = time.perf_counter() - state["seconds"]
 
         def evaluate(step: int) -> bool:
             """Evaluate, track the best state; returns True when early stopping triggers."""
             module.eval()
-            with torch.no_grad(), autocast_context(cfg.bf16, self.device):
-                metrics = task.evaluate() if acc.is_main_process else {}
+            metrics = {}
+            if acc.is_main_process:
+                with torch.no_grad(), autocast_context(cfg.bf16, self.device):
+                    metrics = {k: float(v) for k, v in task.evaluate().items()}
             module.train()
-            metrics = {k: float(v) for k, v in metrics.items()}
+            metrics = distributed.broadcast_object(metrics)  # every process decides best and stopping alike
             if cfg.metric not in metrics:
                 raise ConfigError(f"{self.desc}: evaluation returned {sorted(metrics)}, no '{cfg.metric}' to select on")
             value = metrics[cfg.metric]
@@ -319,7 +373,8 @@ class Trainer:
                 state["stopped"] = "early stopping"
             return stop
 
-        bar = tqdm(total=total_steps, initial=state["step"], desc=self.desc, disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(total=total_steps, initial=state["step"], desc=self.desc, dynamic_ncols=True,
+                   disable=not self.progress or not acc.is_main_process)  # fmt: skip
         if cfg.eval_at_start and state["step"] == 0 and not state["history"]:
             evaluate(0)
         module.train()
@@ -333,13 +388,17 @@ class Trainer:
             while b < len(batches) and state["step"] < total_steps:
                 group = batches[b : b + cfg.grad_accum]
                 for micro in group:
-                    mine = micro[acc.process_index :: acc.num_processes]
+                    mine, weight = share_of(micro, acc.process_index, acc.num_processes)
                     batch = task.make_batch(mine.tolist())
                     with autocast_context(cfg.bf16, self.device):
                         loss, logs = task.training_loss(batch)
-                    extra = task.backward(loss, acc, 1.0 / len(group)) or {}
-                    for k, v in {"loss": float(loss.detach()), **logs, **extra}.items():
+                    extra = task.backward(loss, acc, weight / len(group)) or {}
+                    values = {"loss": float(loss.detach()), **logs, **extra}
+                    if acc.num_processes > 1:  # the whole micro-batch's values, as one process logs them
+                        values = self._batch_mean(values, weight / acc.num_processes)
+                    for k, v in values.items():
                         running.setdefault(k, []).append(float(v))
+                distributed.average_gradients(params)
                 if cfg.max_grad_norm is not None:
                     acc.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
@@ -381,12 +440,11 @@ class Trainer:
         if state["history"] and state["history"][-1]["step"] != state["step"]:
             evaluate(state["step"])
         self._save_checkpoint(state, optimizer, scheduler)
-        if acc.num_processes > 1:
-            task.set_module(_unwrap(module))
+        acc.wait_for_everyone()
         return TrainResult(
             steps=state["step"], epochs_completed=state["epoch"], best_step=state["best_step"],
             best_metric=state["best_metric"], history=state["history"], train_log=state["train_log"],
-            stopped=state["stopped"], seconds=state["seconds"],
+            stopped=state["stopped"], seconds=state["seconds"], processes=acc.num_processes,
         )  # fmt: skip
 
 
@@ -408,6 +466,25 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's RNG states: (tensors for safetensors, JSON values)."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    return tensors, {"python_rng": _py_rng_to_json(random.getstate()),
+                     "numpy_rng": to_jsonable(np.random.get_state(legacy=False))}  # fmt: skip
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
+    random.setstate(_py_rng_from_json(meta["python_rng"]))
+    np_state = meta["numpy_rng"]
+    np_state["state"]["key"] = np.array(np_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(np_state)
 
 
 def _py_rng_to_json(state: tuple) -> list:

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 
 from delrec_lib.artifacts import atomic_dir, build_manifest, write_manifest
-from delrec_lib.config import DataConfig
+from delrec_lib.config import DataConfig, TeachersConfig
 from delrec_lib.data import load_processed, prepare_dataset
+from delrec_lib.teachers import export_spec
 
 NUM_USERS, NUM_ITEMS, NEVER_SEEN = 40, 30, 27  # items 28..30 nobody interacts with
 FIXED_PREDICTION = 30
@@ -53,5 +54,7 @@ def write_teacher_exports(directory: Path, data, *, fixed: int | None = FIXED_PR
         rows.append({"user_id": int(uid), "items": np.array(items, np.int32), "scores": np.linspace(1, 0, len(items)).astype(np.float32)})
     with atomic_dir(directory) as tmp:
         pd.DataFrame(rows).to_parquet(tmp / "topk_valid.parquet", index=False)
-        write_manifest(tmp, build_manifest("teacher", tmp, inputs={"data": data.data_id}, extra={"fake": True}))
+        # recorded with the default teacher settings, which the tests' run configs use
+        spec = export_spec(directory.name, TeachersConfig(), data)
+        write_manifest(tmp, build_manifest("teacher", tmp, inputs={"data": data.data_id}, config=spec, extra={"fake": True}))
     return directory

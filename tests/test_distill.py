@@ -12,7 +12,6 @@ from delrec_lib.config import DistillConfig, LLMConfig, RunConfig
 from delrec_lib.distill import (
     build_examples,
     forbidden_items,
-    load_soft_prompt,
     read_teacher_topk,
     run_distillation,
     split_users,
@@ -21,6 +20,7 @@ from delrec_lib.distill import (
 from delrec_lib.errors import StaleArtifactError
 from delrec_lib.llm import load_backbone
 from delrec_lib.runner import RunPaths
+from delrec_lib.soft_prompt import load_soft_prompt
 
 from .llm_fixtures import save_tiny_causal
 from .stage_fixtures import FIXED_PREDICTION, synthetic_data, write_teacher_exports

@@ -15,10 +15,10 @@ from delrec_lib.finetune import (
     load_recommender,
     run_finetuning,
     select_users,
-    split_examples,
     training_examples,
 )
 from delrec_lib.llm import load_backbone
+from delrec_lib.llm_ranker import split_examples
 from delrec_lib.runner import RunPaths
 
 from .llm_fixtures import save_tiny_causal

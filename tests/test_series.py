@@ -83,12 +83,12 @@ def test_04_llm_finetuning_metrics(smoke_run):
         assert (smoke_run.finetune / variant / "adapter" / "adapter_config.json").is_file()
 
 
-def test_05_evaluation_metrics(smoke_run):
+def test_07_evaluation_metrics(smoke_run):
     from delrec_lib.config import preset_config
 
     cfg = preset_config("smoke")
-    m = read_metrics(smoke_run, "05_evaluation")
-    expected = {"popularity", "zero-shot", *cfg.teachers.models, *cfg.finetune.variants}
+    m = read_metrics(smoke_run, "07_evaluation")
+    expected = {"popularity", "zero-shot", *cfg.teachers.models, *cfg.finetune.variants, *cfg.p2rec.variants}
     assert set(m["methods"]) == expected
     assert m["users"] == cfg.max_users
     for method, r in m["methods"].items():
@@ -98,14 +98,18 @@ def test_05_evaluation_metrics(smoke_run):
     assert {(p["method"], p["versus"]) for p in m["paired"]} >= {("delrec-sasrec", "sasrec"), ("delrec-sasrec", "lora")}
     assert all(0 < p["p_value"] <= 1 for p in m["paired"])
     assert set(m["generation"]) == {"zero-shot", *cfg.finetune.variants}
+    assert {("p2rec-sasrec", "sasrec"), ("p2rec-sasrec-nosft", "p2rec-sasrec")} <= {(p["method"], p["versus"]) for p in m["paired"]}
+    for protocol in ("masked", "unmasked"):  # full-catalogue methods: popularity, the teachers, P2Rec's teachers
+        assert set(m["catalogue"][protocol]) == {"popularity", *cfg.teachers.models, *cfg.p2rec.variants}
+    assert m["chance"]["HR@1"] == 1 / 20
     for name in ("results.csv", "results.md", "paired_tests.csv", "generation_protocol.csv"):
         assert (smoke_run.eval / name).is_file()
 
 
-def test_06_analysis_metrics(smoke_run):
-    m = read_metrics(smoke_run, "06_analysis_plots")
-    assert {"06_metrics.png", "06_training_curves.png", "06_agreement.png", "06_segments.png",
-            "06_order_diagnostic.png"} <= set(m["figures"])  # fmt: skip
+def test_08_analysis_metrics(smoke_run):
+    m = read_metrics(smoke_run, "08_analysis")
+    assert {"08_metrics.png", "08_training_curves.png", "08_agreement.png", "08_segments.png",
+            "08_order_diagnostic.png"} <= set(m["figures"])  # fmt: skip
     popularity = [r for r in m["order"] if r["method"] == "popularity"]
     assert popularity and all(r["drop"] == 0.0 and r["original"] == r["shuffled"] for r in popularity)
     assert "Best method" in m["reading"]
@@ -137,3 +141,34 @@ def test_06_p2rec_metrics(smoke_run):
     assert m["minutes"] > 0
     for f in ("06_p2rec_sft.png", "06_p2rec_predictions.png", "06_p2rec_teacher_curves.png"):
         assert (smoke_run.figures / f).is_file(), f
+
+
+def test_a_registered_method_appears_in_every_table_figure_and_diagnostic(smoke_run, tmp_path):
+    """A toy method registered as a plugin (tests/toy_method.py), nothing else changed: notebooks 07 and
+    08 show it in the results, full-catalogue and paired tables, the agreement, segment and order
+    diagnostics and the curves page."""
+    import shutil
+
+    from .toy_method import TOY
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run.root, run)
+    config = tmp_path / "toy.toml"
+    data_dir = json.loads((smoke_run.root / "config.json").read_text())["data_dir"]
+    config.write_text(f'preset = "smoke"\ndata_dir = "{data_dir}"\nplugins = ["tests.toy_method:ToyFamily"]\n')
+    run_series("smoke", run, config_file=config, only=["07", "08"], progress=False)
+    paths = RunPaths(run)
+    ev = read_metrics(paths, "07_evaluation")
+    assert TOY in ev["methods"] and TOY in ev["catalogue"]["masked"] and TOY in ev["catalogue"]["unmasked"]
+    assert (TOY, "popularity") in {(p["method"], p["versus"]) for p in ev["paired"]}
+    assert TOY in (paths.eval / "results.md").read_text()
+    an = read_metrics(paths, "08_analysis")
+    assert TOY in an["methods"] and TOY in an["segments"]
+    assert {r["method"] for r in an["order"] if r["method"] == TOY} == {TOY}
+    toy_order = [r for r in an["order"] if r["method"] == TOY and r["metric"] == "NDCG@10"][0]
+    assert toy_order["original"] != toy_order["shuffled"]  # it reads the latest item: shuffling moves it
+    assert (TOY, "sasrec") in {(r["student"], r["teacher"]) for r in an["agreement"]}
+    assert TOY in an["curves"]["toy training"]
+    # the methods the smoke run had are unchanged: their cached evaluations were reused as they were
+    before = read_metrics(smoke_run, "07_evaluation")["methods"]
+    assert {m: ev["methods"][m] for m in before} == before

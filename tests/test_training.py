@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from delrec_lib.errors import StaleArtifactError
-from delrec_lib.training import TrainConfig, Trainer, TrainingTask
+from delrec_lib.training import TrainConfig, Trainer, TrainingTask, process_seed, share_of
 
 
 class Regression(TrainingTask):
@@ -119,3 +119,26 @@ def test_a_run_that_stopped_early_stays_stopped_when_resumed(tmp_path):
     again = Trainer(cfg, task, tmp_path / "ckpt", progress=False).train()  # e.g. the process died while exporting
     assert again.stopped == "early stopping" and again.steps == first.steps == 4
     assert again.history == first.history and task.seen == [], "no further training after the early stop"
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 8])
+@pytest.mark.parametrize("processes", [1, 2, 3, 4])
+def test_process_shares_partition_every_batch_and_weigh_it_like_one_process(size, processes):
+    batch = np.arange(100, 100 + size)
+    shares = [share_of(batch, i, processes) for i in range(processes)]
+    real = [set(mine.tolist()) for mine, weight in shares if weight > 0]
+    assert set().union(*real) == set(batch.tolist()) and sum(len(r) for r in real) == size, "disjoint, whole batch"
+    assert max(len(r) for r in real) - min(len(r) for r in real) <= 1, "balanced"
+    # the mean over processes of (weight x mean loss of the share) is the mean over the batch
+    losses = {int(i): float(i) ** 2 for i in batch}
+    combined = np.mean([w * np.mean([losses[int(i)] for i in mine]) for mine, w in shares])
+    assert combined == pytest.approx(np.mean(list(losses.values())))
+    for mine, weight in shares:
+        assert len(mine) >= 1, "every process runs a forward pass (it takes part in every collective)"
+        assert weight > 0 or len(batch) < processes
+
+
+def test_one_process_keeps_the_configured_seed_and_others_get_their_own():
+    assert process_seed(7, 0) == 7
+    assert len({process_seed(7, i) for i in range(8)}) == 8
+    assert process_seed(7, 1) == process_seed(7, 1) != process_seed(8, 1)

@@ -1,7 +1,8 @@
 """Benchmark of P2Rec on this machine: SFT examples/s, augmentation items/s, % of the bf16 matmul peak,
 and the minutes the preset's P2Rec stage costs.
 
-``python -m delrec_lib.p2rec.bench [--preset cpu] [--steps 4] [--items 256] [--json FILE]``
+``python -m delrec_lib.bench p2rec [--preset cpu] [--steps 4] [--items 256]`` (or ``python -m
+delrec_lib.p2rec.bench``; ``python -m delrec_lib.bench all`` runs it with the others).
 
 - SFT: ``steps`` optimizer steps (after one warm-up step) of the preset's real task (its users' prompts,
   batch and LoRA), forward + backward + AdamW, no evaluation; FLOPs count a step as two forwards of the
@@ -29,48 +30,16 @@ import torch
 from ..config import load_config, parse_p2rec_variant, resolve_path
 from ..data import load_processed, prepare_dataset
 from ..llm import load_backbone_from_config
+from ..perf import FlopModel, matmul_peak_gflops
 from .categories import shown_items
 from .sft import PreferenceModel, PreferencePrompts, common_prefix, item_states, pad_right, preference_loss
 from .stage import peft_model, split_users, states_name
 
-# The two helpers below mirror delrec_lib/bench.py's (matmul peak, FLOP model); they are repeated here so
-# that this stage's benchmark imports no other benchmark (the kit's entry point lists every stage's).
 
-
-def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` GFLOP/s of an n x n x n matrix product (the machine's practical peak)."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b  # warm-up: thread pool, kernel selection
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
-
-
-class TrunkFlops:
-    """Forward FLOPs of a decoder trunk: 2 per weight per token plus attention (LM head excluded: P2Rec
-    reads the final hidden state and never runs it)."""
-
-    def __init__(self, model):
-        cfg = model.config
-        emb = model.get_input_embeddings().weight.numel()
-        self.trunk = sum(p.numel() for p in model.parameters()) - emb
-        out = model.get_output_embeddings()
-        if out is not None and not getattr(cfg, "tie_word_embeddings", False):
-            self.trunk -= out.weight.numel()
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.attn_width, self.layers = cfg.num_attention_heads * head_dim, cfg.num_hidden_layers
-
-    def tokens(self, n_tokens: int, attended_pairs: int) -> float:
-        # QK^T and AV: 2 x 2 x width FLOPs per (query, visible key) pair and layer.
-        return 2 * self.trunk * n_tokens + 4 * self.attn_width * attended_pairs * self.layers
-
-
-def forward_flops(fm: TrunkFlops, lengths: list[int]) -> float:
-    """Forward FLOPs of right-padded prompts of these lengths (padding not counted)."""
-    return sum(fm.tokens(n, n * (n + 1) // 2) for n in lengths)
+def forward_flops(fm: FlopModel, lengths: list[int]) -> float:
+    """Forward FLOPs of right-padded prompts of these lengths through the trunk (padding not counted; no LM
+    head: P2Rec reads the final hidden state and never runs it)."""
+    return sum(fm.tokens(n, n * (n + 1) // 2, 0) for n in lengths)
 
 
 def bench_p2rec(preset: str = "cpu", config_file: str | None = None, steps: int = 4, items: int = 256,
@@ -83,7 +52,7 @@ def bench_p2rec(preset: str = "cpu", config_file: str | None = None, steps: int 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}", flush=True)
     peak = matmul_peak_gflops(torch.bfloat16)
     backbone = load_backbone_from_config(config.llm)
-    fm = TrunkFlops(backbone.model)
+    fm = FlopModel.of(backbone.model)
     prompts = PreferencePrompts(backbone, config.llm, data.titles, cfg.history_len)
     train_users, held_users = split_users(config, data)
     users_per_step = cfg.batch_size * cfg.grad_accum
@@ -125,7 +94,7 @@ def bench_p2rec(preset: str = "cpu", config_file: str | None = None, steps: int 
     # What actually ran: the shared prefix once, then each item's own tokens attending to it.
     shared = common_prefix(item_ids) if backbone.family == "causal" else 0
     own = [len(r) - shared for r in item_ids]
-    aug_flops = forward_flops(fm, [shared]) + sum(fm.tokens(n, n * shared + n * (n + 1) // 2) for n in own)
+    aug_flops = forward_flops(fm, [shared]) + sum(fm.tokens(n, n * shared + n * (n + 1) // 2, 0) for n in own)
     aug = {"items": n_items, "items_per_s": n_items / seconds, "mean_prompt_tokens": float(np.mean([len(r) for r in item_ids])),
            "shared_prefix_tokens": shared,
            "gflops": aug_flops / seconds / 1e9, "pct_bf16_peak": 100 * aug_flops / seconds / 1e9 / peak}  # fmt: skip
@@ -166,17 +135,35 @@ def bench_p2rec(preset: str = "cpu", config_file: str | None = None, steps: int 
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m delrec_lib.p2rec.bench", description=__doc__.split("\n\n")[0])
+def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu")
-    p.add_argument("--config", default=None)
+    p.add_argument("--config", default=None, help="TOML/JSON overrides of the preset")
     p.add_argument("--steps", type=int, default=4, help="SFT optimizer steps timed (after a warm-up step)")
     p.add_argument("--items", type=int, default=256, help="items fed through the LLM for the augmentation timing")
     p.add_argument("--teacher-epochs", type=int, default=16, help="epochs per teacher training assumed by the plan "
                    "(early stopping decides; the cpu preset's six SASRec trainings took 10-25, 16 on average)")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict:
+    return bench_p2rec(args.preset, args.config, args.steps, args.items, args.teacher_epochs)
+
+
+def summary(result: dict) -> list[str]:
+    sft, aug, plan = result["sft"], result["augmentation"], result["plan"]
+    return [
+        f"P2Rec SFT: {sft['s_per_step']:.1f} s/step, {sft['examples_per_s']:.2f} examples/s ({sft['pct_bf16_peak']:.0f}% of "
+        f"the bf16 peak); item states {aug['items_per_s']:.1f} items/s; {result['preset']} preset "
+        f"~{plan['total_minutes']:.0f} min (SFT {plan['sft_minutes']:.1f}, items {plan['augmentation_minutes']:.1f}, "
+        f"teachers {plan['teacher_minutes']:.1f})"
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m delrec_lib.p2rec.bench", description=__doc__.split("\n\n")[0])
+    add_args(p)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
-    result = bench_p2rec(args.preset, args.config, args.steps, args.items, args.teacher_epochs)
+    result = run(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

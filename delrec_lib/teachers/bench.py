@@ -90,21 +90,35 @@ def _bench(config, names, epochs, repeats, verbose) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m delrec_lib.teachers.bench", description=__doc__.split("\n\n")[0])
+def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu")
-    p.add_argument("--config", default=None)
+    p.add_argument("--config", default=None, help="TOML/JSON overrides of the preset")
     p.add_argument("--models", nargs="*", default=None)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=2, help="training epochs timed per teacher")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the preset's teachers.threads)")
-    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
     df = bench_teachers(args.preset, args.models, args.epochs, args.repeats, args.config, threads=args.threads)
     print(df.to_string(index=False))
+    return {"rows": df.to_dict(orient="records")}
+
+
+def summary(result: dict) -> list[str]:
+    return [f"teacher {row['teacher']}: {row['s_per_epoch']:.1f} s/epoch (early stopping decides the epochs)"
+            for row in result.get("rows", [])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m delrec_lib.teachers.bench", description=__doc__.split("\n\n")[0])
+    add_args(p)
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = p.parse_args(argv)
+    result = run(args)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(df.to_dict(orient="records"), f, indent=2)
+            json.dump(result["rows"], f, indent=2)
     return 0
 
 

@@ -101,6 +101,16 @@ def teacher_spec(name: str, config: TeachersConfig, data: ProcessedData) -> dict
     }
 
 
+def popularity_spec(config: TeachersConfig, data: ProcessedData) -> dict[str, Any]:
+    """What the popularity export depends on (its manifest's config)."""
+    return {"teacher": POPULARITY, "counted_on": "train items", "top_k": config.top_k, "num_items": data.num_items}
+
+
+def export_spec(name: str, config: TeachersConfig, data: ProcessedData) -> dict[str, Any]:
+    """The manifest config of ``teachers/<name>/`` under the run's settings (a teacher or popularity)."""
+    return popularity_spec(config, data) if name == POPULARITY else teacher_spec(name, config, data)
+
+
 def build_model(spec: dict[str, Any]) -> SequentialRecommender:
     """A freshly initialised teacher (seeded by the spec) from a spec. The caller's RNG is untouched."""
     name = spec["teacher"]
@@ -284,7 +294,7 @@ def _train_and_export(name, spec, data, teachers_dir, out, inputs, progress, cal
 def export_popularity(data: ProcessedData, teachers_dir: str | Path, top: int = 20) -> TeacherResult:
     """The popularity floor through the same evaluation and exports (``teachers/popularity/``)."""
     out = Path(teachers_dir) / POPULARITY
-    spec = {"teacher": POPULARITY, "counted_on": "train items", "top_k": top, "num_items": data.num_items}
+    spec = popularity_spec(TeachersConfig(top_k=top), data)
     inputs = {"data": data.data_id}
     if is_complete(out, POPULARITY_KIND, inputs=inputs, config=spec):
         return TeacherResult(POPULARITY, out, read_json(out / "metrics.json"), skipped=True)

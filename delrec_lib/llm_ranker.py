@@ -1,0 +1,183 @@
+"""An LLM ranking a user's candidates with the recommendation template, and the zero-shot method.
+
+``LLMRanker`` renders the recommendation prompt (history titles, an optional frozen soft prompt,
+optionally the candidates listed) and ranks the candidates by the likelihood of their titles
+(``scoring.rank_candidates``). Stage 2 trains through it, and every LLM method of the study that
+ranks this way (zero-shot, ``lora``, ``delrec-<prompt>``) is an ``LLMRecommender`` around one.
+
+It also generates: greedy decoding after the same prompt with the candidates listed, for the
+LLaRA-style protocol of the evaluation notebook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .artifacts import sha256_json
+from .config import LLMConfig, RunConfig
+from .data.processed import ProcessedData
+from .methods import Capabilities, Generations, MethodContext, MethodFamily, Recommender
+from .metrics import per_user_frame
+from .prompts import EncodedPrompt, PromptBuilder, prompt_format_id
+from .scoring import prompt_embeddings, rank_candidates
+
+ZERO_SHOT = "zero-shot"
+
+
+@dataclass(frozen=True)
+class RecExample:
+    """A recommendation example in item ids: which of ``candidates`` comes after ``history``.
+
+    ``label`` indexes ``candidates`` (-1 when unknown: ranking needs no label)."""
+
+    user_id: int
+    history: tuple[int, ...]
+    candidates: tuple[int, ...]
+    label: int = -1
+
+    @property
+    def target(self) -> int:
+        return self.candidates[self.label]
+
+
+def split_examples(data: ProcessedData, split: str, users: list[int]) -> list[RecExample]:
+    """The shared candidate sets of ``split`` for ``users`` (history = the split's history)."""
+    sets = data.candidate_sets(split).set_index("user_id")
+    out = []
+    for uid in users:
+        row = sets.loc[uid]
+        out.append(RecExample(int(uid), tuple(data.history(uid, split)), tuple(int(c) for c in row["candidates"]),
+                              int(row["target_position"])))  # fmt: skip
+    return out
+
+
+class LLMRanker:
+    """Ranks recommendation examples with a (possibly peft-wrapped) backbone and an optional frozen soft prompt."""
+
+    def __init__(self, backbone, llm_config: LLMConfig, titles: list[str], soft_prompt: torch.Tensor | None,
+                 teacher: str | None):  # fmt: skip
+        self.backbone = backbone
+        self.llm = llm_config
+        self.titles = titles
+        self.soft = None if soft_prompt is None else soft_prompt.detach()
+        k = 0 if soft_prompt is None else int(soft_prompt.shape[0])
+        self.builder = PromptBuilder(backbone, llm_config, num_soft_tokens=k)
+        self.teacher = teacher
+        self._prompts: dict[tuple, EncodedPrompt] = {}
+
+    def prompt(self, ex: RecExample) -> EncodedPrompt:
+        key = (ex.user_id, ex.history[-self.llm.history_len :] if self.llm.history_len else (), ex.candidates)
+        if key not in self._prompts:
+            t = self.titles
+            self._prompts[key] = self.builder.recommendation([t[i] for i in ex.history], [t[i] for i in ex.candidates],
+                                                             teacher=self.teacher)  # fmt: skip
+        return self._prompts[key]
+
+    def scores(self, examples: list[RecExample], progress: bool = False) -> torch.Tensor:
+        return rank_candidates(self.backbone, [self.prompt(e) for e in examples], soft_prompt=self.soft,
+                               normalize=self.llm.normalize, batch_size=self.llm.score_batch_size, progress=progress)  # fmt: skip
+
+    def evaluate(self, examples: list[RecExample], progress: bool = False) -> pd.DataFrame:
+        """Per-example metrics (one row per user): rank, HR@k, NDCG@k, MRR."""
+        with torch.no_grad():
+            scores = self.scores(examples, progress).float().cpu().numpy()
+        return per_user_frame([e.user_id for e in examples], scores, np.array([e.label for e in examples]))
+
+    def listed(self) -> LLMRanker:
+        """The same model and soft prompt with the candidates listed in the prompt, as LLaRA's generation
+        protocol needs (a model cannot name a candidate it was not shown)."""
+        if self.llm.list_candidates:
+            return self
+        return LLMRanker(self.backbone, dataclasses.replace(self.llm, list_candidates=True), self.titles, self.soft,
+                         self.teacher)  # fmt: skip
+
+    def generate(self, examples: list[RecExample], *, max_new_tokens: int = 24, batch_size: int = 16) -> list[str]:
+        """Greedy generation after each example's prompt (soft prompt spliced in), decoded to text."""
+        bb = self.backbone
+        tok = bb.tokenizer
+        out: list[str] = []
+        stop = list(bb.answer_end_ids) + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            embeds = [prompt_embeddings(bb, self.prompt(e), self.soft) for e in batch]
+            width = max(e.shape[0] for e in embeds)
+            hidden = embeds[0].shape[1]
+            inputs = torch.zeros(len(batch), width, hidden, dtype=embeds[0].dtype, device=embeds[0].device)
+            mask = torch.zeros(len(batch), width, dtype=torch.long, device=embeds[0].device)
+            for i, e in enumerate(embeds):
+                if bb.family == "causal":  # left padding: every prompt ends where generation starts
+                    inputs[i, width - e.shape[0] :] = e
+                    mask[i, width - e.shape[0] :] = 1
+                else:
+                    inputs[i, : e.shape[0]] = e
+                    mask[i, : e.shape[0]] = 1
+            with torch.no_grad(), bb.autocast():
+                ids = bb.model.generate(inputs_embeds=inputs, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                        do_sample=False, eos_token_id=stop, pad_token_id=tok.pad_token_id)  # fmt: skip
+            if bb.family == "causal" and ids.shape[1] > max_new_tokens:  # some versions return the prompt too
+                ids = ids[:, width:]
+            out += [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+        return out
+
+
+class LLMRecommender(Recommender):
+    """An ``LLMRanker`` as a method of the study: scores candidates, generates answers."""
+
+    kind = "llm"
+    capabilities = Capabilities(generation=True)
+
+    def __init__(self, name: str, ranker: LLMRanker):
+        self.name = name
+        self.ranker = ranker
+
+    def visible_history(self, history: Sequence[int]) -> int:
+        # The prompt shows the latest history_len titles. (A prompt over llm.max_prompt_tokens drops
+        # its oldest titles too; no preset comes near that budget.)
+        return min(len(history), self.ranker.llm.history_len)
+
+    def _examples(self, users, histories, candidates) -> list[RecExample]:
+        return [RecExample(int(u), tuple(int(i) for i in h), tuple(int(c) for c in cands))
+                for u, h, cands in zip(users, histories, np.asarray(candidates), strict=True)]  # fmt: skip
+
+    def score(self, users, histories, candidates, *, progress=False) -> np.ndarray:
+        with torch.no_grad():
+            scores = self.ranker.scores(self._examples(users, histories, candidates), progress)
+        return scores.float().cpu().numpy().astype(np.float64)
+
+    def generate(self, users, histories, candidates, *, max_new_tokens: int) -> Generations:
+        listed = self.ranker.listed()
+        examples = self._examples(users, histories, candidates)
+        answers = listed.generate(examples, max_new_tokens=max_new_tokens)
+        return Generations(answers, [list(listed.prompt(e).candidates) for e in examples])
+
+
+def llm_identity(ctx: MethodContext, num_soft_tokens: int) -> dict[str, str]:
+    """What an LLM method's scores depend on besides its trained parts: data, weights, prompt format."""
+    return {
+        "data": ctx.data.data_id,
+        "backbone": ctx.backbone.identity,
+        "template": prompt_format_id(ctx.backbone, ctx.config.llm, num_soft_tokens),
+        "llm": sha256_json(ctx.config.llm),  # scoring settings (normalisation, dtype, batch) as well
+    }
+
+
+class ZeroShotFamily(MethodFamily):
+    """The untouched backbone with the recommendation template: what titles alone give."""
+
+    def names(self, config: RunConfig) -> list[str]:
+        return [ZERO_SHOT]
+
+    def identity(self, ctx: MethodContext, name: str) -> dict[str, str]:
+        return llm_identity(ctx, 0)
+
+    def load(self, ctx: MethodContext, name: str) -> Recommender:
+        return LLMRecommender(ZERO_SHOT, LLMRanker(ctx.backbone, ctx.config.llm, ctx.data.titles, None, None))
+
+    def comparisons(self, config: RunConfig, name: str) -> list[str]:
+        return ["popularity"]
