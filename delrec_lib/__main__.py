@@ -128,6 +128,30 @@ def _finetune(args: argparse.Namespace) -> None:
             print(f"{variant}: valid HR@1 {best['HR@1']:.3f} NDCG@5 {best['NDCG@5']:.3f} in {r.metrics['seconds']:.0f} s: {r.directory}")
 
 
+def _p2rec_args(p: argparse.ArgumentParser) -> None:
+    _stage_args(p)
+    p.add_argument("--no-seeds", action="store_true", help="skip the seed study (extra teacher seeds)")
+
+
+@command("p2rec", "P2Rec: user-level SFT of the LLM, then teachers initialised from its item embeddings")(_p2rec_args)
+def _p2rec(args: argparse.Namespace) -> None:
+    from .p2rec import run_p2rec
+    from .p2rec.report import seed_study, validation_table
+
+    config, paths, data, backbone = _llm_stage(args)
+    run = run_p2rec(config, paths, data, backbone, variants=tuple(args.only) if args.only else None,
+                    seed_study=not args.no_seeds, progress=not args.no_progress)  # fmt: skip
+    for name, r in run.sft.items():
+        m = r.metrics
+        if "heldout_best" in m:
+            print(f"{name}: held-out {m['loss']} {m['heldout_best'][m['loss']]:.5f} (mean distribution "
+                  f"{m['heldout_prior'][m['loss']]:.5f}) in {m['train_seconds']:.0f} s: {r.directory}")  # fmt: skip
+    print(validation_table(paths, config).to_string())
+    study = seed_study(paths, config)
+    if not study.empty:
+        print(study.to_string(index=False))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m delrec_lib", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")

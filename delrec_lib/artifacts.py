@@ -269,6 +269,10 @@ class RunPaths:
         return self.root / "finetune"
 
     @property
+    def p2rec(self) -> Path:
+        return self.root / "p2rec"
+
+    @property
     def eval(self) -> Path:
         return self.root / "eval"
 

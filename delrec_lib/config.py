@@ -283,6 +283,122 @@ class FinetuneConfig:
                 raise ConfigError(f"finetune.{name}: expected an integer >= 1, got {getattr(self, name)}")
 
 
+P2REC_PREFIX = "p2rec-"
+
+
+@dataclass(frozen=True)
+class P2RecVariant:
+    """A P2Rec method name, parsed: which teacher is enhanced, with which tuned LLM."""
+
+    name: str
+    teacher: str
+    sft: bool  # False: the item embeddings come from the LLM as it is (the no-SFT ablation)
+    num_categories: int | None  # K of the SFT (None: P2RecConfig.num_categories); None when not sft
+
+
+def parse_p2rec_variant(name: str) -> P2RecVariant:
+    """"p2rec-sasrec" -> SASRec enhanced by the tuned LLM (K from the config); "p2rec-sasrec-k8" -> K = 8;
+    "p2rec-gru4rec-nosft" -> GRU4Rec initialised from the LLM without the SFT stage."""
+    parts = name.removeprefix(P2REC_PREFIX).split("-") if name.startswith(P2REC_PREFIX) else []
+    teacher, rest = (parts[0], parts[1:]) if parts else ("", [])
+    sft, k = True, None
+    if rest == ["nosft"]:
+        sft = False
+    elif len(rest) == 1 and rest[0].startswith("k") and rest[0][1:].isdigit() and int(rest[0][1:]) >= 2:
+        k = int(rest[0][1:])
+    elif rest:
+        teacher = ""
+    if teacher not in TEACHER_NAMES:
+        raise ConfigError(
+            f"p2rec.variants: '{name}' is not 'p2rec-<teacher>', 'p2rec-<teacher>-k<K>' (K >= 2) or "
+            f"'p2rec-<teacher>-nosft' with a teacher among {', '.join(TEACHER_NAMES)}"
+        )
+    return P2RecVariant(name, teacher, sft, k)
+
+
+@dataclass(frozen=True)
+class P2RecConfig:
+    """P2Rec (Liu et al., arXiv 2406.00333; notebook 06): the LLM learns, per user, the distribution of
+    their train items over latent item categories (user-level SFT), then each item fed to it alone gives
+    an embedding that initialises a fresh teacher, trained as the plain one is.
+
+    Only the abstract is public: every choice below is the kit's reading (``delrec_lib/p2rec/__init__.py``
+    says why each default is what it is).
+    """
+
+    # Methods: "p2rec-<teacher>" (tuned LLM, K = num_categories), "p2rec-<teacher>-k<K>" (K sweep),
+    # "p2rec-<teacher>-nosft" (LLM without the SFT: does the SFT matter?). The random-initialisation
+    # ablation is the plain teacher of notebook 02 (same spec and seed), so it has no name here.
+    variants: tuple[str, ...] = ("p2rec-sasrec", "p2rec-sasrec-nosft")
+    # Latent categories: k-means over the L2-normalised item embeddings of this run's trained teacher.
+    source_teacher: str = "sasrec"
+    num_categories: int = 16
+    kmeans_restarts: int = 10
+    # The target of a user: frequencies of their categories over all train items ("train"), or over the
+    # train items the prompt shows ("shown": the latest history_len).
+    target_scope: Literal["train", "shown"] = "train"
+    history_len: int = 20  # latest train titles in the SFT prompt
+    loss: Literal["mse", "kl"] = "mse"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    heldout_users: int = 100  # never trained on; their loss selects the SFT step
+    max_train_users: int | None = None  # None: every other user
+    seed: int = 2024
+    epochs: int = 1  # one example per user per epoch
+    max_steps: int | None = None  # when set, the number of optimizer steps whatever the epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_steps: int = 5
+    eval_every: int = 25
+    item_batch_size: int = 32  # one-item prompts per forward pass of the augmentation
+    # Projection of the LLM's item states to the teacher's width: PCA, optionally whitened, rescaled so the
+    # table's standard deviation is that of the fresh teacher's own initialisation ("init") or kept ("pca").
+    whiten: bool = False
+    scale: Literal["init", "pca"] = "init"
+    # Caser has an input table (read by its convolutions) and an output table (scored against); which the
+    # LLM initialises. SASRec and GRU4Rec score against their input table, so they have one.
+    caser_table: Literal["input", "output", "both"] = "input"
+    # Seed study: these methods and their plain teachers are trained again with each extra seed (the
+    # run's teachers.seed is the first pair: notebook 02's teacher and the method itself). None: every
+    # main method ("p2rec-<teacher>") among the variants.
+    seed_variants: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] = (1, 2)
+
+    def seed_study_variants(self) -> tuple[str, ...]:
+        if self.seed_variants is not None:
+            return self.seed_variants
+        return tuple(v for v in self.variants if v == P2REC_PREFIX + parse_p2rec_variant(v).teacher)
+
+    def __post_init__(self) -> None:
+        for name in self.variants:
+            parse_p2rec_variant(name)
+        if self.source_teacher not in TEACHER_NAMES:
+            raise ConfigError(f"p2rec.source_teacher: expected one of {', '.join(TEACHER_NAMES)}, got '{self.source_teacher}'")
+        for name in ("num_categories",):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"p2rec.{name}: expected an integer >= 2, got {getattr(self, name)}")
+        for name in ("kmeans_restarts", "history_len", "lora_r", "heldout_users", "epochs", "batch_size", "grad_accum",
+                     "eval_every", "item_batch_size"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ConfigError(f"p2rec.{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"p2rec.max_steps: expected an integer >= 1 (or None), got {self.max_steps}")
+        if self.max_train_users is not None and self.max_train_users < 1:
+            raise ConfigError(f"p2rec.max_train_users: expected an integer >= 1 (or None), got {self.max_train_users}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"p2rec.lora_dropout: expected a number in [0, 1), got {self.lora_dropout}")
+        if self.lr <= 0:
+            raise ConfigError(f"p2rec.lr: expected a positive number, got {self.lr}")
+        for name in self.seed_variants or ():
+            if name not in self.variants:
+                raise ConfigError(f"p2rec.seed_variants: '{name}' is not among p2rec.variants {list(self.variants)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"p2rec.seeds: each seed once, got {list(self.seeds)}")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation and analysis (notebooks 05 and 06)."""
@@ -321,6 +437,7 @@ class RunConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    p2rec: P2RecConfig = field(default_factory=P2RecConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
@@ -332,6 +449,21 @@ class RunConfig:
                     f"finetune.variants: '{variant}' needs soft prompt '{variant.removeprefix('delrec-')}', "
                     f"which distill.prompts {list(self.distill.prompts)} does not produce"
                 )
+        # P2Rec clusters the item embeddings of a teacher this run trains, and compares every enhanced
+        # teacher with the plain one (same spec and seed).
+        variants = [parse_p2rec_variant(v) for v in self.p2rec.variants]
+        needed = {v.teacher for v in variants} | ({self.p2rec.source_teacher} if any(v.sft for v in variants) else set())
+        missing = sorted(needed - set(self.teachers.models))
+        if missing:
+            raise ConfigError(
+                f"p2rec: variants {list(self.p2rec.variants)} (source teacher '{self.p2rec.source_teacher}') need the "
+                f"teachers {missing}, which teachers.models {list(self.teachers.models)} does not train"
+            )
+        if self.p2rec.seeds and self.teachers.seed in self.p2rec.seeds:
+            raise ConfigError(
+                f"p2rec.seeds: {self.teachers.seed} is teachers.seed, already the seed study's first pair; "
+                f"got {list(self.p2rec.seeds)}"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,6 +479,9 @@ def _smoke() -> RunConfig:
         teachers=TeachersConfig(max_epochs=1),
         distill=DistillConfig(heldout_users=8, max_train_users=16, max_steps=4, eval_every=2, warmup_steps=0),
         finetune=FinetuneConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, warmup_steps=0, grad_accum=1),
+        # P2Rec: a few SFT steps, both item-embedding sources, one extra seed (every code path, in seconds
+        # apart from one pass of the 1,682 items through the LLM per source).
+        p2rec=P2RecConfig(heldout_users=8, max_train_users=16, max_steps=4, eval_every=2, warmup_steps=0, seeds=(1,)),
     )
 
 
@@ -358,6 +493,9 @@ def _cpu() -> RunConfig:
 # DELRec per teacher, each beside the no-soft-prompt LoRA variant.
 ABLATION_PROMPTS = ("sasrec", "sasrec-ta", "sasrec-rps", "gru4rec", "caser")
 ABLATION_VARIANTS = ("lora",) + tuple(f"delrec-{p}" for p in ABLATION_PROMPTS)
+# P2Rec's ablation study: every teacher enhanced, each beside its no-SFT twin, and the K sweep 8/16/32 on
+# SASRec; the seed study (by default) on every teacher's main method.
+P2REC_ABLATION_VARIANTS = tuple(f"p2rec-{t}{a}" for t in TEACHER_NAMES for a in ("", "-nosft")) + ("p2rec-sasrec-k8", "p2rec-sasrec-k32")
 
 
 def _cpu_ablations() -> RunConfig:
@@ -367,6 +505,7 @@ def _cpu_ablations() -> RunConfig:
         preset="cpu-ablations",
         distill=replace(cpu.distill, prompts=ABLATION_PROMPTS),
         finetune=replace(cpu.finetune, variants=ABLATION_VARIANTS),
+        p2rec=replace(cpu.p2rec, variants=P2REC_ABLATION_VARIANTS),
     )
 
 
@@ -383,6 +522,11 @@ def _paper() -> RunConfig:
         ),
         distill=DistillConfig(prompts=ABLATION_PROMPTS, num_soft_tokens=100, max_steps=2000, batch_size=8, grad_accum=1, lr=1e-3, eval_every=200, heldout_users=200),
         finetune=FinetuneConfig(variants=ABLATION_VARIANTS, method="adalora", max_steps=2000, batch_size=8, grad_accum=1, lr=1e-4, eval_every=200, valid_users=943, positions_per_user=5),
+        # P2Rec: the kit's choice for a first GPU run (the paper's settings are not public): longer
+        # histories, three SFT epochs, five seeds.
+        p2rec=P2RecConfig(variants=P2REC_ABLATION_VARIANTS, history_len=50,
+                          epochs=3, heldout_users=200, batch_size=16, lr=5e-4, eval_every=50, item_batch_size=128,
+                          seeds=(1, 2, 3, 4)),
         eval=EvalConfig(generation_users=None, shuffle_users=None),
     )
 

@@ -178,6 +178,7 @@ FAMILIES: dict[str, str] = {
     "teachers": "delrec_lib.teachers.methods:TeacherFamily",
     "zero-shot": "delrec_lib.llm_ranker:ZeroShotFamily",
     "finetuned": "delrec_lib.finetune:FinetunedFamily",
+    "p2rec": "delrec_lib.p2rec.methods:P2RecFamily",
 }
 
 _loaded: dict[str, MethodFamily] = {}

@@ -88,7 +88,7 @@ def test_07_evaluation_metrics(smoke_run):
 
     cfg = preset_config("smoke")
     m = read_metrics(smoke_run, "07_evaluation")
-    expected = {"popularity", "zero-shot", *cfg.teachers.models, *cfg.finetune.variants}
+    expected = {"popularity", "zero-shot", *cfg.teachers.models, *cfg.finetune.variants, *cfg.p2rec.variants}
     assert set(m["methods"]) == expected
     assert m["users"] == cfg.max_users
     for method, r in m["methods"].items():
@@ -98,8 +98,9 @@ def test_07_evaluation_metrics(smoke_run):
     assert {(p["method"], p["versus"]) for p in m["paired"]} >= {("delrec-sasrec", "sasrec"), ("delrec-sasrec", "lora")}
     assert all(0 < p["p_value"] <= 1 for p in m["paired"])
     assert set(m["generation"]) == {"zero-shot", *cfg.finetune.variants}
-    for protocol in ("masked", "unmasked"):  # full-catalogue methods: popularity and the teachers
-        assert set(m["catalogue"][protocol]) == {"popularity", *cfg.teachers.models}
+    assert {("p2rec-sasrec", "sasrec"), ("p2rec-sasrec-nosft", "p2rec-sasrec")} <= {(p["method"], p["versus"]) for p in m["paired"]}
+    for protocol in ("masked", "unmasked"):  # full-catalogue methods: popularity, the teachers, P2Rec's teachers
+        assert set(m["catalogue"][protocol]) == {"popularity", *cfg.teachers.models, *cfg.p2rec.variants}
     assert m["chance"]["HR@1"] == 1 / 20
     for name in ("results.csv", "results.md", "paired_tests.csv", "generation_protocol.csv"):
         assert (smoke_run.eval / name).is_file()
@@ -112,6 +113,34 @@ def test_08_analysis_metrics(smoke_run):
     popularity = [r for r in m["order"] if r["method"] == "popularity"]
     assert popularity and all(r["drop"] == 0.0 and r["original"] == r["shuffled"] for r in popularity)
     assert "Best method" in m["reading"]
+
+
+def test_06_p2rec_metrics(smoke_run):
+    from delrec_lib.config import parse_p2rec_variant, preset_config
+
+    cfg = preset_config("smoke")
+    m = read_metrics(smoke_run, "06_p2rec")
+    assert m["variants"] == list(cfg.p2rec.variants)
+    assert set(m["methods"]) == set(cfg.p2rec.variants)
+    sft = f"sft-{cfg.p2rec.source_teacher}-k{cfg.p2rec.num_categories}"
+    assert m["sft"][sft]["steps"] == cfg.p2rec.max_steps and m["sft"][sft]["k"] == cfg.p2rec.num_categories
+    assert 0 <= m["sft"][sft]["heldout_loss"] and 0 <= m["sft"][sft]["heldout_prior_loss"]
+    assert m["sft"]["llm-base"]["seconds"] == 0.0  # the no-SFT ablation trains nothing
+    for name, r in m["methods"].items():
+        v = parse_p2rec_variant(name)
+        assert r["teacher"] == v.teacher and r["init"] == (sft if v.sft else "llm-base")
+        for key in ("valid_full_NDCG@10", "valid_candidates_NDCG@10", "plain_valid_full_NDCG@10"):
+            assert 0 < r[key] <= 1, (name, key)
+        for f in ("model.safetensors", "init.safetensors", "metrics.json", "per_user.parquet", "topk_valid.parquet",
+                  "candidate_scores.parquet", "curves.csv", "manifest.json"):  # fmt: skip
+            assert (smoke_run.p2rec / name / f).is_file(), f"{name}: {f} missing"
+    seeds = [cfg.teachers.seed, *cfg.p2rec.seeds]
+    assert [(r["method"], r["seed"]) for r in m["seed_study"]] == [(n, s) for n in cfg.p2rec.seed_study_variants() for s in seeds]
+    first = m["seed_study"][0]  # the run's own seed: notebook 02's teacher and the method itself
+    assert first["plain full"] == m["methods"][first["method"]]["plain_valid_full_NDCG@10"]
+    assert m["minutes"] > 0
+    for f in ("06_p2rec_sft.png", "06_p2rec_predictions.png", "06_p2rec_teacher_curves.png"):
+        assert (smoke_run.figures / f).is_file(), f
 
 
 def test_a_registered_method_appears_in_every_table_figure_and_diagnostic(smoke_run, tmp_path):

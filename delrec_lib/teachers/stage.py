@@ -253,27 +253,39 @@ def fit(
     return result, examples
 
 
+def export_model(
+    model: SequentialRecommender, spec: dict[str, Any], data: ProcessedData, directory: Path, result: TrainResult,
+    examples: Examples,
+) -> dict[str, Any]:
+    """Write a trained teacher's weights, config, exports, curves and metrics into ``directory`` and
+    return the metrics; the caller writes the manifest. Every teacher-shaped model (P2Rec's enhanced
+    teachers too) goes through this, so they all have the same files and metrics."""
+    start = time.perf_counter()
+    directory = Path(directory)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
+    atomic_write_json(directory / "config.json", {"spec": spec, "data_id": data.data_id, "class": type(model).__name__})
+    summary = _export_scores(model_scorer(model), data, directory, spec["top_k"])
+    _curves(result).to_csv(directory / "curves.csv", index=False)
+    best = next((h for h in result.history if h["step"] == result.best_step), {})
+    metrics = {
+        "teacher": spec["teacher"], **summary,
+        "epochs": result.epochs_completed, "best_epoch": best.get("epoch"), "steps": result.steps,
+        "stopped": result.stopped, "train_examples": len(examples),
+        "train_seconds": round(result.seconds, 2),
+        "seconds_per_epoch": round(result.seconds / max(1, result.epochs_completed), 3),
+        "export_seconds": round(time.perf_counter() - start, 2),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }  # fmt: skip
+    atomic_write_json(directory / "metrics.json", metrics)
+    return metrics
+
+
 def _train_and_export(name, spec, data, teachers_dir, out, inputs, progress, callbacks) -> TeacherResult:
     model = build_model(spec)
     ckpt = checkpoint_dir(teachers_dir, name, spec, data)
     result, examples = fit(model, spec, data, ckpt, progress=progress, callbacks=callbacks)
-    start = time.perf_counter()
     with atomic_dir(out) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        atomic_write_json(tmp / "config.json", {"spec": spec, "data_id": data.data_id, "class": type(model).__name__})
-        summary = _export_scores(model_scorer(model), data, tmp, spec["top_k"])
-        _curves(result).to_csv(tmp / "curves.csv", index=False)
-        best = next((h for h in result.history if h["step"] == result.best_step), {})
-        metrics = {
-            "teacher": name, **summary,
-            "epochs": result.epochs_completed, "best_epoch": best.get("epoch"), "steps": result.steps,
-            "stopped": result.stopped, "train_examples": len(examples),
-            "train_seconds": round(result.seconds, 2),
-            "seconds_per_epoch": round(result.seconds / max(1, result.epochs_completed), 3),
-            "export_seconds": round(time.perf_counter() - start, 2),
-            "parameters": sum(p.numel() for p in model.parameters()),
-        }  # fmt: skip
-        atomic_write_json(tmp / "metrics.json", metrics)
+        metrics = export_model(model, spec, data, tmp, result, examples)
         write_manifest(tmp, build_manifest(TEACHER_KIND, tmp, inputs=inputs, config=spec, extra={"teacher": name}))
     shutil.rmtree(ckpt, ignore_errors=True)
     return TeacherResult(name, out, metrics)
