@@ -99,10 +99,16 @@ def build_tables(raw: RawDataset, seed: int, num_negatives: int) -> ProcessedTab
     num_items = len(item_order)
 
     inter = raw.interactions.copy()
+    if inter.empty:
+        raise DataError(f"{raw.interactions_file}: no interactions")
     unknown = ~inter["item"].isin(item_index)
     if unknown.any():
         row = int(np.flatnonzero(unknown.to_numpy())[0])
-        raise DataError(f"{raw.name}: interaction row {row + 1} names item {inter['item'].iloc[row]!r}, which is not in the item table")
+        where = f"{raw.interactions_file} line {int(inter['line'].iloc[row])}" if "line" in inter else raw.interactions_file
+        raise DataError(
+            f"{where}: item {inter['item'].iloc[row]!r} is not in {raw.items_file} "
+            f"({int(unknown.sum())} interaction(s) name an unknown item)"
+        )
     inter["row"] = np.arange(len(inter))
     inter["item_id"] = inter["item"].map(item_index).astype(np.int32)
     # Stable chronological order: ties keep the original file order.
@@ -110,6 +116,11 @@ def build_tables(raw: RawDataset, seed: int, num_negatives: int) -> ProcessedTab
     n_before = len(inter)
     inter = inter.drop_duplicates(["user", "item_id"], keep="first")
     duplicates = n_before - len(inter)
+    if duplicates:
+        log.warning(
+            "%s: dropped %d repeated interaction(s) of a user with an item already in their sequence "
+            "(the earliest is kept)", raw.interactions_file, duplicates,
+        )  # fmt: skip
     counts = inter.groupby("user", sort=False).size()
     short = counts.index[counts < MIN_INTERACTIONS]
     if len(short):
@@ -182,7 +193,7 @@ def build_tables(raw: RawDataset, seed: int, num_negatives: int) -> ProcessedTab
             "user_id": pa.array(cand_rows["user_id"], pa.int32()),
             "split": pa.array(cand_rows["split"], pa.string()),
             "target": pa.array(cand_rows["target"], pa.int32()),
-            "target_position": pa.array(cand_rows["target_position"], pa.int8()),
+            "target_position": pa.array(cand_rows["target_position"], pa.int32()),
             "candidates": pa.array([c.tolist() for c in cand_rows["candidates"]], pa.list_(pa.int32())),
         }
     )
