@@ -271,7 +271,8 @@ def test_shared_prefix_equals_naive_seq2seq(t5, normalize):
 
 
 def test_end_token_separates_a_title_from_its_sequel(causal):
-    prompt = PromptBuilder(causal, LLMConfig()).recommendation(TITLES[:3], ["Toy Story", "Toy Story 2"])
+    # the history holds neither film: two different titles shown alike are refused
+    prompt = PromptBuilder(causal, LLMConfig()).recommendation(TITLES[2:5], ["Toy Story", "Toy Story 2"])
     with torch.no_grad():
         scores = rank_candidates(causal, [prompt], normalize="sum")
     assert scores[0, 0] != scores[0, 1]
