@@ -364,7 +364,7 @@ def run_distillation(
         raise DataError("stage 1: no held-out user has an RPS example; raise distill.heldout_users")
 
     display = TEACHER_DISPLAY.get(teacher, teacher)
-    builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens)
+    builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
     if cfg.init == "text":
         soft = SoftPrompt.from_text(backbone, cfg.init_text.format(teacher=display), cfg.num_soft_tokens)
     else:
@@ -436,7 +436,7 @@ def preview_prompts(config: RunConfig, paths: Any, data: ProcessedData, backbone
     _, held = split_users(data, cfg, config.max_users)
     ta, rps = build_examples(data, predictions, held, cfg)
     user = next(u for u in held if u in ta and u in rps)
-    builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens)
+    builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
     task = DistillTask(backbone, builder, SoftPrompt(torch.zeros(cfg.num_soft_tokens, backbone.hidden_size)),
                        data.titles, {"ta": ta, "rps": rps}, {}, cfg, teacher, config.llm)  # fmt: skip
     return {"ta": task.prompt(ta[user]), "rps": task.prompt(rps[user])}

@@ -99,13 +99,33 @@ def normalise_title(text: str) -> str:
     return " ".join(text.split())
 
 
-def named_candidates(answer: str, candidates: list[str]) -> list[int]:
-    """Indices of the candidates whose title occurs in the answer's first line (LLaRA's rule).
+def _occurrences(text: str, title: str) -> list[tuple[int, int]]:
+    """Spans where ``title`` occurs in ``text`` as whole words (not inside a longer word)."""
+    pattern = r"(?<!\w)" + re.escape(title) + r"(?!\w)"
+    return [m.span() for m in re.finditer(pattern, text)]
 
-    Small models often go on listing more titles after their answer, hence the first line.
+
+def named_candidates(answer: str, candidates: list[str]) -> list[int]:
+    """Indices of the candidates whose whole title occurs in the answer's first line (LLaRA's rule,
+    made strict).
+
+    Small models often go on listing more titles after their answer, hence the first line. A
+    title counts where it stands as whole words and is not part of a longer candidate's title
+    there: "Babe: Pig in the City" names that film, not "Babe" as well. A candidate's year may be
+    left out unless another candidate has the same title without it ("Hamlet (1948)", "Hamlet
+    (1996)").
     """
     first = " ".join(answer.strip().split("\n", 1)[0].lower().split())
-    return [i for i, t in enumerate(candidates) if normalise_title(t) and normalise_title(t) in first]
+    full = [" ".join(t.strip().lower().split()) for t in candidates]
+    short = [normalise_title(t) for t in candidates]
+    forms = [{f, s} if short.count(s) == 1 else {f} for f, s in zip(full, short, strict=True)]
+    spans = [[sp for form in fs if form for sp in _occurrences(first, form)] for fs in forms]
+
+    def inside_longer(span: tuple[int, int], i: int) -> bool:
+        return any(a <= span[0] and span[1] <= b and (b - a) > (span[1] - span[0])
+                   for j, other in enumerate(spans) if j != i for a, b in other)  # fmt: skip
+
+    return [i for i, own in enumerate(spans) if any(not inside_longer(sp, i) for sp in own)]
 
 
 def generation_metrics(users, answers: list[str], shown: list[list[str]], labels) -> pd.DataFrame:

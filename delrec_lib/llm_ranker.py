@@ -67,7 +67,7 @@ class LLMRanker:
         self.titles = titles
         self.soft = None if soft_prompt is None else soft_prompt.detach()
         k = 0 if soft_prompt is None else int(soft_prompt.shape[0])
-        self.builder = PromptBuilder(backbone, llm_config, num_soft_tokens=k)
+        self.builder = PromptBuilder(backbone, llm_config, num_soft_tokens=k, catalogue=titles)
         self.teacher = teacher
         self._prompts: dict[tuple, EncodedPrompt] = {}
 

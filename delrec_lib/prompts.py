@@ -25,13 +25,14 @@ there, and the scorer splices the K soft-prompt vectors between the two parts' e
 
 from __future__ import annotations
 
-import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .artifacts import sha256_json
 from .config import LLMConfig
+from .data.titles import item_tagged, require_unique, untagged, without_year, year_less_titles
 from .errors import ConfigError, DataError
 
 SOFT_PROMPT_MARKER = "<|soft_prompt|>"
@@ -76,8 +77,6 @@ PATTERN_SIMULATING_TEMPLATE = (
 PLAIN_FRAME = "{system}\n{body}\nAnswer:"
 LIST_SEPARATOR = "\n"
 EMPTY_LIST = "(none)"
-
-_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
 
 
 def template_hash() -> str:
@@ -150,7 +149,14 @@ class PromptBuilder:
     against ``max_prompt_tokens``.
     """
 
-    def __init__(self, backbone: Any, config: LLMConfig | None = None, *, num_soft_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        backbone: Any,
+        config: LLMConfig | None = None,
+        *,
+        num_soft_tokens: int = 0,
+        catalogue: Sequence[str] | None = None,
+    ) -> None:
         config = config or LLMConfig()
         if num_soft_tokens < 0:
             raise ConfigError(f"num_soft_tokens: expected an integer >= 0, got {num_soft_tokens}")
@@ -169,7 +175,11 @@ class PromptBuilder:
             longest_answer = config.title_max_tokens + len(getattr(backbone, "answer_end_ids", ()))
             self.max_prompt_tokens = min(self.max_prompt_tokens, n_positions - longest_answer)
         self._affixes = ([], []) if self.chat else _special_affixes(self.tokenizer)
-        self._titles: dict[str, str] = {}
+        self._titles: dict[str, str] = {}  # title as given -> as shown
+        self._shown_as: dict[str, str] = {}  # as shown -> title as given: no two items shown alike
+        self._catalogued = catalogue is not None
+        if catalogue is not None:
+            self._show_catalogue(catalogue)
 
     def fingerprint(self) -> str:
         """Identity of what this builder renders, for manifests: templates plus every setting used."""
@@ -192,18 +202,73 @@ class PromptBuilder:
 
     # ---- titles -----------------------------------------------------------------------------
 
+    # Why the builder is given the catalogue (``ProcessedData.titles``, indexed by item id) rather
+    # than styling one title at a time: the processed titles are unique with their year, but
+    # dropping the year ("Cape Fear (1962)", "Cape Fear (1991)") or cutting a title to
+    # ``title_max_tokens`` can make two items read alike, and whether a title can lose its year
+    # or its tail depends on every other title. With the catalogue the builder decides that once,
+    # for all items, with the data step's own rule (``year_less_titles``, so prompts show the
+    # processed ``title_no_year`` column), and tells cut titles apart by their item id. Without
+    # it (unit tests, benchmarks on a title sample) titles are styled one by one and two titles
+    # shown alike are refused. The fingerprint leaves the catalogue out: the titles are part of
+    # the processed data, whose id every artifact records.
+
+    def _cut(self, text: str, budget: int) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= budget:
+            return text
+        # A cut inside a multi-byte character decodes to U+FFFD; drop it.
+        return self.tokenizer.decode(ids[:budget]).replace("\ufffd", "").strip()
+
+    def _cut_tagged(self, text: str, item_id: int) -> str:
+        """``text`` cut so that it still fits the budget with its item tag, "<cut> [item 12]"."""
+        budget = self.config.title_max_tokens
+        for keep in range(budget - 1, 0, -1):
+            shown = item_tagged(self._cut(untagged(text), keep), item_id)
+            if len(self.tokenizer(shown, add_special_tokens=False)["input_ids"]) <= budget:
+                return shown
+        raise ConfigError(
+            f"llm.title_max_tokens={budget} is too small to tell item {item_id} ({text!r}) apart from another "
+            "title cut to the same text; raise llm.title_max_tokens"
+        )
+
+    def _show_catalogue(self, catalogue: Sequence[str]) -> None:
+        ids = [i for i, t in enumerate(catalogue) if t]  # index 0 is the padding slot
+        given = [" ".join(str(catalogue[i]).split()) for i in ids]
+        require_unique(given, ids)
+        styled = year_less_titles(given, ids) if self.config.title_style == "no_year" else given
+        shown = [self._cut(t, self.config.title_max_tokens) for t in styled]
+        counts = Counter(shown)
+        shown = [self._cut_tagged(t, i) if counts[c] > 1 else c for t, c, i in zip(styled, shown, ids, strict=True)]
+        for i, raw, text in zip(ids, (catalogue[i] for i in ids), shown, strict=True):
+            if text in self._shown_as:
+                raise ConfigError(
+                    f"llm.title_max_tokens={self.config.title_max_tokens}: {raw!r} (item {i}) and "
+                    f"{self._shown_as[text]!r} are both shown as {text!r}; raise llm.title_max_tokens"
+                )
+            self._titles[raw] = text
+            self._shown_as[text] = raw
+
     def title(self, raw: str) -> str:
-        """A title as prompts show it and the scorer scores it: year per style, cut to the budget."""
+        """A title as prompts show it and the scorer scores it: year per style, cut to the budget,
+        unique among the titles this builder shows."""
         if raw in self._titles:
             return self._titles[raw]
+        if self._catalogued:
+            raise DataError(f"title {raw!r} is not in the catalogue this prompt builder was given")
         text = " ".join(str(raw).split())
         if self.config.title_style == "no_year":
-            text = _YEAR.sub("", text) or text
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > self.config.title_max_tokens:
-            # A cut inside a multi-byte character decodes to U+FFFD; drop it.
-            text = self.tokenizer.decode(ids[: self.config.title_max_tokens]).replace("\ufffd", "").strip()
+            text = without_year(text)
+        text = self._cut(text, self.config.title_max_tokens)
+        other = self._shown_as.get(text)
+        if other is not None and other != raw:
+            raise DataError(
+                f"titles {other!r} and {raw!r} are both shown as {text!r} (llm.title_style={self.config.title_style!r}, "
+                f"llm.title_max_tokens={self.config.title_max_tokens}); give the prompt builder the catalogue "
+                "(catalogue=data.titles), which tells them apart"
+            )
         self._titles[raw] = text
+        self._shown_as[text] = raw
         return text
 
     def titles(self, raws: Sequence[str]) -> list[str]:

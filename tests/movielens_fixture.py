@@ -28,11 +28,26 @@ ITEMS = [
     ("Cérémonie, La (1995)", ["Drama"]),
     ("Good, The Bad and The Ugly, The (1966)", ["Action", "Western"]),
     ("Nightmare on Elm Street, A (1984)", ["Horror"]),
-] + [(f"Movie Number {i} (19{50 + i})", ["Drama"]) for i in range(10, 40)]
+] + [(f"Movie Number {i} (19{50 + i})", ["Drama"]) for i in range(10, 40)] + [
+    # Titles MovieLens gives several items (items 41..47): one film under two ids, remakes that
+    # share a name, and both at once.
+    ("Chasing Amy (1997)", ["Comedy"]),
+    ("Chasing Amy (1997)", ["Comedy"]),
+    ("Cape Fear (1962)", ["Thriller"]),
+    ("Cape Fear (1991)", ["Thriller"]),
+    ("That Darn Cat! (1997)", ["Comedy"]),
+    ("That Darn Cat! (1997)", ["Comedy"]),
+    ("That Darn Cat! (1965)", ["Comedy"]),
+]
 NUM_USERS = 8
 
 
-def make_ratings(seed: int = 0) -> list[tuple[int, int, int, int]]:
+def with_filler(num_items: int) -> list[tuple[str, list[str]]]:
+    """ITEMS plus filler films up to ``num_items`` (a catalogue large enough for many negatives)."""
+    return ITEMS + [(f"Filler Film {i} (2001)", ["Drama"]) for i in range(len(ITEMS) + 1, num_items + 1)]
+
+
+def make_ratings(seed: int = 0, num_items: int = len(ITEMS)) -> list[tuple[int, int, int, int]]:
     """(user, item, rating, timestamp) rows with timestamp ties, users interleaved at random.
 
     Each user's rows appear in the file in the intended chronological order, and equal
@@ -43,7 +58,7 @@ def make_ratings(seed: int = 0) -> list[tuple[int, int, int, int]]:
     per_user = []
     for user in range(1, NUM_USERS + 1):
         n = int(rng.integers(5, 12))
-        items = rng.choice(np.arange(1, len(ITEMS) + 1), size=n, replace=False)
+        items = rng.choice(np.arange(1, num_items + 1), size=n, replace=False)
         t0 = 880_000_000 - user * 100_000
         per_user.append([(user, int(item), int(rng.integers(1, 6)), t0 + (k // 2) * 60) for k, item in enumerate(items)])
     # a random interleaving that keeps each user's own order
@@ -68,9 +83,9 @@ def udata_text(rows) -> str:
     return "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows)
 
 
-def uitem_text() -> str:
+def uitem_text(items=ITEMS) -> str:
     lines = []
-    for idx, (title, genres) in enumerate(ITEMS, start=1):
+    for idx, (title, genres) in enumerate(items, start=1):
         flags = "|".join("1" if g in genres else "0" for g in ML_GENRES)
         if title == "unknown":
             lines.append(f"{idx}|unknown||||{flags}")
@@ -79,31 +94,31 @@ def uitem_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_grouplens(folder: Path, rows=None, info: bool = True) -> Path:
+def write_grouplens(folder: Path, rows=None, info: bool = True, items=ITEMS) -> Path:
     rows = rows if rows is not None else make_ratings()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "u.data").write_bytes(udata_text(rows).encode("latin-1"))
-    (folder / "u.item").write_bytes(uitem_text().encode("latin-1"))
+    (folder / "u.item").write_bytes(uitem_text(items).encode("latin-1"))
     if info:
         users = len({r[0] for r in rows})
-        (folder / "u.info").write_text(f"{users} users\n{len(ITEMS)} items\n{len(rows)} ratings\n")
+        (folder / "u.info").write_text(f"{users} users\n{len(items)} items\n{len(rows)} ratings\n")
     return folder
 
 
-def write_grouplens_zip(path: Path, rows=None) -> Path:
+def write_grouplens_zip(path: Path, rows=None, items=ITEMS) -> Path:
     rows = rows if rows is not None else make_ratings()
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("ml-100k/u.data", udata_text(rows).encode("latin-1"))
-        zf.writestr("ml-100k/u.item", uitem_text().encode("latin-1"))
+        zf.writestr("ml-100k/u.item", uitem_text(items).encode("latin-1"))
     return path
 
 
-def recbole_texts(rows=None) -> tuple[str, str]:
+def recbole_texts(rows=None, items=ITEMS) -> tuple[str, str]:
     rows = rows if rows is not None else make_ratings()
     inter = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + udata_text(rows)
     lines = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
-    for idx, (title, genres) in enumerate(ITEMS, start=1):
+    for idx, (title, genres) in enumerate(items, start=1):
         if title == "unknown":
             name, year = "unkonwn", "unkonwn"  # as the real recbole copy spells it
         else:
@@ -112,9 +127,9 @@ def recbole_texts(rows=None) -> tuple[str, str]:
     return inter, "\n".join(lines) + "\n"
 
 
-def write_recbole_wheel(path: Path, rows=None, tamper: bool = False) -> str:
+def write_recbole_wheel(path: Path, rows=None, tamper: bool = False, items=ITEMS) -> str:
     """A zip laid out like the recbole wheel, with a RECORD; returns its sha256."""
-    inter, item = recbole_texts(rows)
+    inter, item = recbole_texts(rows, items)
     files = {RECBOLE_ML100K + "ml-100k.inter": inter.encode(), RECBOLE_ML100K + "ml-100k.item": item.encode()}
     record = []
     for name, data in files.items():

@@ -12,6 +12,7 @@ from delrec_lib.artifacts import read_manifest, sha256_file
 from delrec_lib.config import DataConfig, load_config
 from delrec_lib.data import (
     MovieLens100K,
+    build_tables,
     front_article,
     load_processed,
     parse_movielens_title,
@@ -19,12 +20,18 @@ from delrec_lib.data import (
     processed_dir,
 )
 from delrec_lib.data.checks import protocol_violations
+from delrec_lib.data.explore import timestamp_ties, title_collisions
+from delrec_lib.data.sources import parse_interaction_lines
+from delrec_lib.data.titles import unique_titles, year_less_titles
 from delrec_lib.errors import ConfigError, DataError, StaleArtifactError
+from delrec_lib.teachers.evaluation import SplitScores, candidate_ranking, candidate_scores
 
 from .movielens_fixture import (
     ITEMS,
     expected_sequences,
     make_ratings,
+    recbole_texts,
+    with_filler,
     write_grouplens,
     write_grouplens_zip,
     write_recbole_wheel,
@@ -80,6 +87,20 @@ def test_front_article_handles_elision():
     assert front_article("Die Hard") == "Die Hard"
 
 
+def test_shared_titles_are_told_apart_by_year_then_item_id():
+    written = ["Chasing Amy (1997)", "Chasing Amy (1997)", "Cape Fear (1962)", "Cape Fear (1991)", "Toy Story (1995)", "unknown"]
+    ids = [41, 42, 43, 44, 45, 46]
+    full = unique_titles(written, ids)
+    assert full == ["Chasing Amy (1997) [item 41]", "Chasing Amy (1997) [item 42]", *written[2:]]
+    # the year stays only where the bare name is shared
+    assert year_less_titles(full, ids) == [*full[:4], "Toy Story", "unknown"]
+    # a name left unique by the first pass can equal another item's full title: that one keeps more
+    tricky = ["Foo (1990) (1995)", "Foo (1990)", "Foo (1980)"]
+    assert year_less_titles(tricky, [1, 2, 3]) == tricky
+    with pytest.raises(DataError, match=r"title 'Toy Story \(1995\)' belongs to items \[1, 2\]"):
+        year_less_titles(["Toy Story (1995)", "Toy Story (1995)"], [1, 2])
+
+
 # ---------------------------------------------------------------------------------------------
 # Both sources, same bytes
 # ---------------------------------------------------------------------------------------------
@@ -104,6 +125,15 @@ def test_fixture_titles_and_sequences(tmp_path):
     assert titles[2] == "The Usual Suspects (1995)"
     assert titles[6] == "unknown"
     assert titles[8] == "La Cérémonie (1995)"
+    assert titles[41:48] == [
+        "Chasing Amy (1997) [item 41]", "Chasing Amy (1997) [item 42]", "Cape Fear (1962)", "Cape Fear (1991)",
+        "That Darn Cat! (1997) [item 45]", "That Darn Cat! (1997) [item 46]", "That Darn Cat! (1965)",
+    ]  # fmt: skip
+    no_year = data.display_titles("no_year")
+    assert no_year[1] == "Toy Story" and no_year[41:48] == titles[41:48], "a shared name keeps its year"
+    for style in ("with_year", "no_year"):
+        shown = data.display_titles(style)[1:]
+        assert len(set(shown)) == len(shown), style
     expected = expected_sequences(make_ratings())
     for row in data.sequences.itertuples():
         assert list(row.items) == expected[int(row.raw_user_id)], "chronological order, ties in file order"
@@ -151,6 +181,53 @@ def test_invariants_on_real_movielens(real_data):
     check_invariants(real_data)
     assert protocol_violations(real_data) == []
     assert real_data.titles[12] == "The Usual Suspects (1995)"
+
+
+def test_real_movielens_titles_and_ties(real_data):
+    """The numbers the README and notebook 01 state, on the real data."""
+    collisions = title_collisions(real_data)
+    assert collisions.loc[("with_year", "test"), "items sharing their title"] == 36
+    assert collisions.loc[("no_year", "test"), "items sharing their title"] == 45
+    assert collisions.loc[("no_year", "test"), "as written: sets where a negative reads like a history item"] == 15
+    assert (collisions["unique titles: sets with either"] == 0).all()
+    ties = timestamp_ties(real_data)["value"]
+    assert ties["valid and test targets in the same second"] == 415
+    assert ties["... and the last train item too"] == 238
+
+
+def test_ties_are_counted_from_the_timestamps(tmp_path):
+    prepare_grouplens(tmp_path)
+    data = load_processed(tmp_path)
+    expected_targets = expected_with_train = 0
+    for stamps in data.sequences["timestamps"]:
+        train_last, valid, test = stamps[-3:]
+        expected_targets += valid == test
+        expected_with_train += train_last == valid == test
+    ties = timestamp_ties(data)["value"]
+    # the fixture's timestamps come in equal pairs, so both kinds of tie occur
+    assert ties["valid and test targets in the same second"] == expected_targets > 0
+    assert ties["... and the last train item too"] == expected_with_train
+    assert expected_with_train < expected_targets
+
+
+def test_199_negatives_need_more_than_int8_positions(tmp_path):
+    items = with_filler(240)
+    rows = make_ratings(num_items=len(items))
+    write_grouplens(tmp_path / "raw" / "ml-100k", rows, items=items)
+    prepare_dataset(fixture_config(num_negatives=199), tmp_path)
+    data = load_processed(tmp_path)
+    check_invariants(data, negatives=199)
+    assert protocol_violations(data) == []
+    assert data.candidates["target_position"].max() > 127, "the fixture must put some target beyond int8"
+    # teachers read the positions back: scoring the target highest must give rank 1 everywhere
+    users = data.user_ids()
+    scores = np.zeros((len(users), data.num_items + 1), dtype=np.float32)
+    targets = np.array([data.target(int(u), "test") for u in users])
+    scores[np.arange(len(users)), targets] = 1.0
+    split = SplitScores("test", users, targets, scores, np.ones_like(scores, dtype=bool))
+    cands = candidate_scores(split, data)
+    assert cands["target_position"].max() > 127
+    assert (candidate_ranking(cands)["rank"] == 1).all()
 
 
 def test_same_seed_same_files_other_seed_other_candidates(tmp_path):
@@ -312,8 +389,9 @@ def test_unknown_preset_and_dataset(tmp_path):
 
 def test_too_many_negatives(processed_once):
     tmp, out, before = processed_once
-    # users have at most 11 of the 40 items: 30 negatives cannot be drawn for everyone
-    _expect(tmp, out, before, ConfigError, r"num_negatives=35 is larger than the \d+ items user \d+ never", fixture_config(num_negatives=35))
+    # every user has at least 5 of the items: len(ITEMS) - 4 negatives cannot be drawn for anyone
+    n = len(ITEMS) - 4
+    _expect(tmp, out, before, ConfigError, rf"num_negatives={n} is larger than the \d+ items user \d+ never", fixture_config(num_negatives=n))
 
 
 def test_edited_processed_file_is_refused(tmp_path):
@@ -321,3 +399,53 @@ def test_edited_processed_file_is_refused(tmp_path):
     shutil.copy(out / "splits.parquet", out / "candidates.parquet")
     with pytest.raises(StaleArtifactError, match=r"candidates\.parquet: content differs"):
         load_processed(tmp_path)
+
+
+def test_unknown_item_names_the_file_and_line(processed_once):
+    tmp, out, before = processed_once
+    path = tmp / "raw" / "ml-100k" / "u.data"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[4] = "1\t999\t3\t880000000\n"
+    path.write_text("".join(lines))
+    _expect(tmp, out, before, DataError, r"ml-100k/u\.data line 5: item '999' is not in .*ml-100k/u\.item \(1 interaction")
+
+
+def test_unknown_item_in_recbole_names_the_member_and_line(tmp_path):
+    rows = make_ratings()
+    rows[6] = (rows[6][0], 999, 3, rows[6][3])
+    sha = write_recbole_wheel(tmp_path / "raw" / "recbole-1.2.1-py3-none-any.whl", rows)
+    raw = MovieLens100K(recbole_sha256=sha).load(tmp_path / "raw")
+    # line 1 of ml-100k.inter is its header: the 7th row is line 8
+    with pytest.raises(DataError, match=r"whl!recbole/dataset_example/ml-100k/ml-100k\.inter line 8: item '999' is not in"):
+        build_tables(raw, seed=1, num_negatives=3)
+
+
+def test_header_only_interactions_say_no_interactions(tmp_path):
+    inter, _ = recbole_texts()
+    header_only = inter.split("\n", 1)[0] + "\n"
+    with pytest.raises(DataError, match=r"ml-100k\.inter: no interactions \(the file holds only its header line\)"):
+        parse_interaction_lines(header_only, "ml-100k.inter", sep="\t", ncols=4, columns="", header=True)
+    folder = tmp_path / "raw" / "toy"
+    folder.mkdir(parents=True)
+    (folder / "interactions.csv").write_text("user,item,timestamp\n")
+    (folder / "items.csv").write_text("item,title\ni1,Film 1\n")
+    with pytest.raises(DataError, match=r"interactions\.csv: no interactions \(the file holds only its header line\)"):
+        prepare_dataset(DataConfig(dataset="toy", num_negatives=1), tmp_path)
+
+
+def test_duplicate_interactions_are_dropped_with_a_warning(tmp_path, caplog):
+    rows = make_ratings()
+    repeats = [(u, i, r, t + 1) for u, i, r, t in rows[:3]]  # the same user and item, rated again later
+    write_grouplens(tmp_path / "raw" / "ml-100k", rows + repeats)
+    with caplog.at_level("WARNING", logger="delrec_lib.data.pipeline"):
+        prepare_dataset(fixture_config(), tmp_path)
+    warned = [r.getMessage() for r in caplog.records if "repeated interaction" in r.getMessage()]
+    assert len(warned) == 1 and "dropped 3 repeated interaction(s)" in warned[0] and "u.data" in warned[0]
+    data = load_processed(tmp_path)
+    assert data.manifest["extra"]["duplicate_interactions_removed"] == 3
+    expected = expected_sequences(rows)
+    assert {int(r.raw_user_id): list(r.items) for r in data.sequences.itertuples()} == expected, "the earliest is kept"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="delrec_lib.data.pipeline"):
+        prepare_grouplens(tmp_path / "clean")
+    assert not [r for r in caplog.records if "repeated interaction" in r.getMessage()]

@@ -64,3 +64,15 @@ def test_generation_answer_is_valid_only_when_it_names_exactly_one_candidate():
     assert named_candidates("the usual   suspects\nToy Story\nBabe", cands) == [2]  # first line only
     assert named_candidates("Fargo or Toy Story", cands) == [0, 1]  # two: not a valid answer
     assert named_candidates("Which movie will the user watch next?", cands) == []
+
+
+def test_generation_matches_whole_titles_not_prefixes():
+    cands = ["Babe", "Babe: Pig in the City", "Toy Story", "Toy Story 2", "Hamlet (1948)", "Hamlet (1996)"]
+    assert named_candidates("Babe: Pig in the City", cands) == [1], "not also Babe"
+    assert named_candidates("Babe", cands) == [0]
+    assert named_candidates("Babe or Babe: Pig in the City", cands) == [0, 1]
+    assert named_candidates("Toy Story 2 (1999)", cands) == [3]
+    assert named_candidates("Babes in Toyland", cands) == [], "a title inside a longer word is no match"
+    # the year may be left out only where it does not decide between candidates
+    assert named_candidates("Hamlet (1996)", cands) == [5]
+    assert named_candidates("Hamlet", cands) == []

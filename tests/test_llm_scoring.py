@@ -177,6 +177,43 @@ def test_titles_are_cut_to_the_token_budget(causal):
     assert builder.recommendation([long], [long]).candidates == (cut,)
 
 
+def test_titles_shown_stay_unique_with_the_catalogue(causal):
+    """Dropping the year or cutting a title must never make two items read alike."""
+    catalogue = ["", "Cape Fear (1962)", "Cape Fear (1991)", "Toy Story (1995)", "Chasing Amy (1997) [item 4]",
+                 "Chasing Amy (1997) [item 5]", "unknown"]  # fmt: skip
+    builder = PromptBuilder(causal, LLMConfig(title_style="no_year", title_max_tokens=64), catalogue=catalogue)
+    assert builder.titles(catalogue[1:]) == ["Cape Fear (1962)", "Cape Fear (1991)", "Toy Story", *catalogue[4:]]
+    with pytest.raises(DataError, match=r"title 'Fargo \(1996\)' is not in the catalogue"):
+        builder.title("Fargo (1996)")
+    # title by title, the year-less forms collide: refused, not shown alike
+    alone = PromptBuilder(causal, LLMConfig(title_style="no_year", title_max_tokens=64))
+    assert alone.title("Cape Fear (1962)") == "Cape Fear"
+    with pytest.raises(DataError, match=r"'Cape Fear \(1962\)' and 'Cape Fear \(1991\)' are both shown as 'Cape Fear'"):
+        alone.title("Cape Fear (1991)")
+    # a processed catalogue from before unique titles is refused
+    with pytest.raises(DataError, match=r"title 'Sabrina \(1995\)' belongs to items \[1, 2\]"):
+        PromptBuilder(causal, LLMConfig(), catalogue=["", "Sabrina (1995)", "Sabrina (1995)"])
+
+
+def test_titles_cut_alike_are_told_apart_by_item_id(causal):
+    tok = causal.tokenizer
+    part_one, part_two = "Willy Wonka and the Chocolate Factory Part One", "Willy Wonka and the Chocolate Factory Part Two"
+    budget = len(tok("Willy Wonka and the Chocolate Factory Part", add_special_tokens=False)["input_ids"])
+    config = LLMConfig(title_style="with_year", title_max_tokens=budget)
+    alone = PromptBuilder(causal, config)
+    assert alone.title(part_one) == alone._cut(part_two, budget), "the two cut alike"
+    with pytest.raises(DataError, match="are both shown as"):
+        alone.title(part_two)
+    builder = PromptBuilder(causal, config, catalogue=["", part_one, part_two, "Fargo (1996)"])
+    one, two, fargo = builder.titles([part_one, part_two, "Fargo (1996)"])
+    assert one.endswith(" [item 1]") and two.endswith(" [item 2]") and fargo == "Fargo (1996)"
+    assert part_one.startswith(one.removesuffix(" [item 1]"))
+    for shown in (one, two):
+        assert len(tok(shown, add_special_tokens=False)["input_ids"]) <= budget, "the tag fits in the budget"
+    with pytest.raises(ConfigError, match=r"llm\.title_max_tokens=2 is too small to tell item 1 .* apart"):
+        PromptBuilder(causal, LLMConfig(title_max_tokens=2), catalogue=["", part_one, part_two])
+
+
 def test_truncation_drops_oldest_history_first(causal):
     full = PromptBuilder(causal, LLMConfig()).recommendation(TITLES[:10], TITLES[10:12])
     limit = full.num_tokens - 1
@@ -234,7 +271,8 @@ def test_shared_prefix_equals_naive_seq2seq(t5, normalize):
 
 
 def test_end_token_separates_a_title_from_its_sequel(causal):
-    prompt = PromptBuilder(causal, LLMConfig()).recommendation(TITLES[:3], ["Toy Story", "Toy Story 2"])
+    # the history holds neither film: two different titles shown alike are refused
+    prompt = PromptBuilder(causal, LLMConfig()).recommendation(TITLES[2:5], ["Toy Story", "Toy Story 2"])
     with torch.no_grad():
         scores = rank_candidates(causal, [prompt], normalize="sum")
     assert scores[0, 0] != scores[0, 1]

@@ -39,6 +39,9 @@ def test_01_data_prep_metrics(smoke_run):
     assert (m["users"], m["items"], m["interactions"]) == (943, 1682, 100_000)
     assert m["candidates_per_set"] == 20
     assert m["protocol_violations"] == 0
+    assert (m["items_sharing_full_title"], m["items_sharing_year_less_title"]) == (36, 45)
+    assert (m["test_sets_with_lookalike_negative_before"], m["sets_with_lookalikes_after"]) == (15, 0)
+    assert (m["users_valid_test_same_second"], m["users_last_three_same_second"]) == (415, 238)
     assert (smoke_run.figures / "01_dataset.png").is_file()
 
 

@@ -25,12 +25,16 @@ from ..artifacts import atomic_dir, build_manifest, is_complete, write_manifest
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from .sources import RawDataset, get_source
+from .titles import unique_titles, year_less_titles
 
 log = logging.getLogger(__name__)
 
 PROCESSED_KIND = "processed-data"
 SPLITS = ("valid", "test")
 MIN_INTERACTIONS = 3  # one train item, a valid target and a test target
+# Recorded among the inputs: processed files written by an earlier version of the processing
+# (before v2: titles shared by several items, int8 target positions) are rebuilt, not reused.
+PROCESSING_VERSION = "v2"
 
 
 @dataclass
@@ -95,10 +99,16 @@ def build_tables(raw: RawDataset, seed: int, num_negatives: int) -> ProcessedTab
     num_items = len(item_order)
 
     inter = raw.interactions.copy()
+    if inter.empty:
+        raise DataError(f"{raw.interactions_file}: no interactions")
     unknown = ~inter["item"].isin(item_index)
     if unknown.any():
         row = int(np.flatnonzero(unknown.to_numpy())[0])
-        raise DataError(f"{raw.name}: interaction row {row + 1} names item {inter['item'].iloc[row]!r}, which is not in the item table")
+        where = f"{raw.interactions_file} line {int(inter['line'].iloc[row])}" if "line" in inter else raw.interactions_file
+        raise DataError(
+            f"{where}: item {inter['item'].iloc[row]!r} is not in {raw.items_file} "
+            f"({int(unknown.sum())} interaction(s) name an unknown item)"
+        )
     inter["row"] = np.arange(len(inter))
     inter["item_id"] = inter["item"].map(item_index).astype(np.int32)
     # Stable chronological order: ties keep the original file order.
@@ -106,6 +116,11 @@ def build_tables(raw: RawDataset, seed: int, num_negatives: int) -> ProcessedTab
     n_before = len(inter)
     inter = inter.drop_duplicates(["user", "item_id"], keep="first")
     duplicates = n_before - len(inter)
+    if duplicates:
+        log.warning(
+            "%s: dropped %d repeated interaction(s) of a user with an item already in their sequence "
+            "(the earliest is kept)", raw.interactions_file, duplicates,
+        )  # fmt: skip
     counts = inter.groupby("user", sort=False).size()
     short = counts.index[counts < MIN_INTERACTIONS]
     if len(short):
@@ -140,11 +155,18 @@ def build_tables(raw: RawDataset, seed: int, num_negatives: int) -> ProcessedTab
             cand_rows["candidates"].append(cands)
 
     items_sorted = items_df.set_index("item").loc[item_order].reset_index()
+    # Unique titles are made here, from the source-independent item table and the kit's item
+    # ids, so both MovieLens sources still give the same bytes; one column per title style, so
+    # the file shows exactly what prompts show (the prompt builder derives its "no_year" titles
+    # from the catalogue with the same function, never title by title).
+    item_ids = list(range(1, num_items + 1))
+    titles = unique_titles(items_sorted["title"].tolist(), item_ids)
     items_table = pa.table(
         {
             "item_id": pa.array(np.arange(1, num_items + 1, dtype=np.int32)),
             "raw_item_id": pa.array(items_sorted["item"].tolist(), pa.string()),
-            "title": pa.array(items_sorted["title"].tolist(), pa.string()),
+            "title": pa.array(titles, pa.string()),
+            "title_no_year": pa.array(year_less_titles(titles, item_ids), pa.string()),
             "year": pa.array([None if pd.isna(y) else int(y) for y in items_sorted["year"]], pa.int32()),
             "genres": pa.array(items_sorted["genres"].tolist(), pa.string()),
         }
@@ -171,7 +193,7 @@ def build_tables(raw: RawDataset, seed: int, num_negatives: int) -> ProcessedTab
             "user_id": pa.array(cand_rows["user_id"], pa.int32()),
             "split": pa.array(cand_rows["split"], pa.string()),
             "target": pa.array(cand_rows["target"], pa.int32()),
-            "target_position": pa.array(cand_rows["target_position"], pa.int8()),
+            "target_position": pa.array(cand_rows["target_position"], pa.int32()),
             "candidates": pa.array([c.tolist() for c in cand_rows["candidates"]], pa.list_(pa.int32())),
         }
     )
@@ -211,7 +233,8 @@ def prepare_dataset(config: DataConfig, data_dir: str | Path) -> Path:
     source = get_source(config.dataset, raw_dir)
     raw = source.load(raw_dir)
     out = processed_dir(data_dir, config.dataset)
-    if is_complete(out, PROCESSED_KIND, inputs=raw.input_hashes, config=config):
+    inputs = {**raw.input_hashes, "processing": PROCESSING_VERSION}
+    if is_complete(out, PROCESSED_KIND, inputs=inputs, config=config):
         log.info("%s is up to date", out)
         return out
     tables = build_tables(raw, config.seed, config.num_negatives)
@@ -221,7 +244,7 @@ def prepare_dataset(config: DataConfig, data_dir: str | Path) -> Path:
         _write_parquet(tables.splits, tmp / "splits.parquet")
         _write_parquet(tables.candidates, tmp / "candidates.parquet")
         manifest = build_manifest(
-            PROCESSED_KIND, tmp, inputs=raw.input_hashes, config=config,
+            PROCESSED_KIND, tmp, inputs=inputs, config=config,
             extra={"dataset": raw.name, "source": raw.source, "seed": config.seed, **tables.stats},
         )  # fmt: skip
         write_manifest(tmp, manifest)

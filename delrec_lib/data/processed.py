@@ -47,8 +47,17 @@ class ProcessedData:
 
     @property
     def titles(self) -> list[str]:
-        """Display titles indexed by item id (index 0 is the padding slot, an empty string)."""
+        """Display titles (with year, unique) indexed by item id (index 0 is the padding slot, an
+        empty string): the catalogue a ``PromptBuilder`` is given."""
         return ["", *self.items["title"].tolist()]
+
+    def display_titles(self, style: str) -> list[str]:
+        """The unique titles of one ``llm.title_style``, indexed by item id, as prompts show them
+        (before any cut to ``llm.title_max_tokens``)."""
+        columns = {"with_year": "title", "no_year": "title_no_year"}
+        if style not in columns:
+            raise ConfigError(f"llm.title_style: expected one of {sorted(columns)}, got {style!r}")
+        return ["", *self.items[columns[style]].tolist()]
 
     def user_ids(self, max_users: int | None = None) -> np.ndarray:
         ids = self.splits["user_id"].to_numpy(np.int64)

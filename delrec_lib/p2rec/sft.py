@@ -37,7 +37,7 @@ class PreferencePrompts:
     ``history_len`` are shown), in the kit's prompt style (chat template, title style and length)."""
 
     def __init__(self, backbone: Backbone, llm_config, titles: Sequence[str], history_len: int):
-        self.builder = PromptBuilder(backbone, llm_config)
+        self.builder = PromptBuilder(backbone, llm_config, catalogue=titles)
         self.titles = titles
         self.history_len = history_len
 

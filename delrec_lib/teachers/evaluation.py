@@ -90,7 +90,7 @@ def candidate_scores(s: SplitScores, data: ProcessedData) -> pd.DataFrame:
             "split": s.split,
             "candidates": cand,
             "scores": scores,
-            "target_position": sets["target_position"].to_numpy(np.int8),
+            "target_position": sets["target_position"].to_numpy(np.int32),
         }
     )
 
