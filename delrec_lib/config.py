@@ -355,7 +355,7 @@ class TeachersConfig:
 
 
 FIELD_RULES[TeachersConfig] = {
-    "models": Items(OneOf(TEACHER_NAMES), min_len=1),
+    "models": Items(OneOf(TEACHER_NAMES)),  # none: popularity only
     "max_len": COUNT,
     "stride": COUNT,
     "loss": _declared(TeachersConfig, "loss"),
@@ -426,15 +426,19 @@ FIELD_RULES[LLMConfig] = {
 
 
 DISTILL_TASKS = ("ta", "rps")
+# Stage 1 distils a teacher's exported top-k: notebook 02 always exports the popularity baseline's too
+# (the training benchmark distils it, a teacher that trains in seconds).
+POPULARITY = "popularity"
+STAGE1_TEACHERS = (*TEACHER_NAMES, POPULARITY)
 
 
 def parse_prompt_name(name: str) -> tuple[str, tuple[str, ...]]:
     """"sasrec" -> ("sasrec", ("ta", "rps")); "sasrec-ta" -> ("sasrec", ("ta",))."""
     teacher, dash, task = name.partition("-")
-    if teacher not in TEACHER_NAMES or (dash and task not in DISTILL_TASKS):
+    if teacher not in STAGE1_TEACHERS or (dash and task not in DISTILL_TASKS):
         raise ConfigError(
             f"distill.prompts: '{name}' is not '<teacher>' or '<teacher>-ta' / '<teacher>-rps' with a teacher "
-            f"among {', '.join(TEACHER_NAMES)}"
+            f"among {', '.join(STAGE1_TEACHERS)}"
         )
     return teacher, (task,) if task else DISTILL_TASKS
 
@@ -452,7 +456,9 @@ def _parses(parse: typing.Callable[[str], Any]) -> typing.Callable[[Any], bool]:
     return test
 
 
-PROMPT_NAME = Satisfies(_parses(parse_prompt_name), f"'<teacher>', '<teacher>-ta' or '<teacher>-rps' with a teacher among {', '.join(TEACHER_NAMES)}")
+PROMPT_NAME = Satisfies(
+    _parses(parse_prompt_name), f"'<teacher>', '<teacher>-ta' or '<teacher>-rps' with a teacher among {', '.join(STAGE1_TEACHERS)}"
+)
 
 
 @dataclass(frozen=True)
@@ -775,7 +781,7 @@ class RunConfig:
         # A soft prompt of a teacher this run does not train would fail in notebook 03 ("no manifest").
         for name in self.distill.prompts:
             teacher, _ = parse_prompt_name(name)
-            if teacher not in self.teachers.models:
+            if teacher != POPULARITY and teacher not in self.teachers.models:
                 raise ConfigError(
                     f"distill.prompts: '{name}' distils teacher '{teacher}', which teachers.models "
                     f"{list(self.teachers.models)} does not train"

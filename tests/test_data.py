@@ -313,7 +313,7 @@ def test_unknown_preset_and_dataset(tmp_path):
 def test_too_many_negatives(processed_once):
     tmp, out, before = processed_once
     # users have at most 11 of the 40 items: 30 negatives cannot be drawn for everyone
-    _expect(tmp, out, before, ConfigError, r"num_negatives=35 is larger than the \d+ items user \d+ never", fixture_config(num_negatives=35))
+    _expect(tmp, out, before, ConfigError, r"data\.num_negatives = 35: at most \d+ for ml-100k", fixture_config(num_negatives=35))
 
 
 def test_edited_processed_file_is_refused(tmp_path):
