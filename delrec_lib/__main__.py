@@ -36,7 +36,8 @@ def command(name: str, help: str):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default=None, help="smoke | cpu | cpu-ablations | paper (default: cpu, or the config file's)")
+    # No default here: a config file naming its preset must not meet a "cpu" the user never typed.
+    p.add_argument("--preset", default=None, help="smoke | cpu | cpu-ablations | paper (default: the config file's, else cpu)")
     p.add_argument("--config", default=None, help="TOML/JSON file overriding preset fields, tables named like the dataclasses")
     p.add_argument("--run-dir", default=None, help="output folder of the run (default: outputs/<preset>)")
 
@@ -51,7 +52,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> None:
     from .runner import run_series
 
-    run_series(args.preset or "cpu", args.run_dir, config_file=args.config, only=args.only, progress=not args.no_progress)
+    run_series(args.preset, args.run_dir, config_file=args.config, only=args.only, progress=not args.no_progress)
 
 
 @command("data", "acquire and process the dataset into data/processed/")(_common)
@@ -77,12 +78,14 @@ def _teachers(args: argparse.Namespace) -> None:
     from .teachers import run_teachers
     from .teachers.report import metrics_table
 
-    overrides = {"teachers": {"models": args.models}} if args.models else {}
-    config, paths, data_root = notebook_context(args.preset or "cpu", args.run_dir, args.config, **overrides)
+    # --models picks which of the run's teachers to train now; the run's config (which the later
+    # stages check) stays the one the preset and file describe.
+    config, paths, data_root = notebook_context(args.preset, args.run_dir, args.config)
     from .data import load_processed
 
     data = load_processed(data_root, config.data.dataset)
-    results = run_teachers(config.teachers, data, paths.teachers, progress=not args.no_progress)
+    names = tuple(args.models) if args.models else None
+    results = run_teachers(config.teachers, data, paths.teachers, names=names, progress=not args.no_progress)
     print(metrics_table(results, split="test").to_string())
     print(f"exports: {paths.teachers}")
 
@@ -98,7 +101,7 @@ def _llm_stage(args: argparse.Namespace):
     from .llm import load_backbone_from_config
     from .runner import notebook_context
 
-    config, paths, data_root = notebook_context(args.preset or "cpu", args.run_dir, args.config)
+    config, paths, data_root = notebook_context(args.preset, args.run_dir, args.config)
     data = load_processed(data_root, config.data.dataset)
     return config, paths, data, load_backbone_from_config(config.llm)
 
@@ -169,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     except DelrecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Finished stages are on disk with their manifests: the same command skips them.
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     return 0
 
 

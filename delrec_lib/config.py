@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -22,6 +24,190 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
+
+# --------------------------------------------------------------------------------------------
+# Field rules. Every field of every config dataclass has one in FIELD_RULES (a test walks them
+# all), checked when the dataclass is built: a bad value is refused at load, naming the dotted
+# field, instead of failing minutes later inside torch or numpy, or silently (a slice by -1).
+# --------------------------------------------------------------------------------------------
+
+_SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+
+
+class Rule:
+    """What one field accepts. ``check`` raises a ConfigError naming ``where``."""
+
+    expected = "?"
+
+    def accepts(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def check(self, value: Any, where: str) -> None:
+        if not self.accepts(value):
+            raise ConfigError(f"{where}: expected {self.expected}, got {value!r}")
+
+
+class Int(Rule):
+    def __init__(self, lo: int, hi: int | None = None):
+        self.lo, self.hi = lo, hi
+        self.expected = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= self.lo and (self.hi is None or value <= self.hi)
+
+
+class Num(Rule):
+    """A finite number in a range; ``open_lo``/``open_hi`` exclude the bound."""
+
+    def __init__(self, lo: float, hi: float | None = None, *, open_lo: bool = False, open_hi: bool = False):
+        self.lo, self.hi, self.open_lo, self.open_hi = lo, hi, open_lo, open_hi
+        if hi is None:
+            self.expected = f"a number {'>' if open_lo else '>='} {lo}"
+        else:
+            self.expected = f"a number in {'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}"
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        above = value > self.lo if self.open_lo else value >= self.lo
+        below = self.hi is None or (value < self.hi if self.open_hi else value <= self.hi)
+        return above and below
+
+
+class OneOf(Rule):
+    """Membership; ``values`` may be a function, for sets defined later or in a heavier module."""
+
+    def __init__(self, values: tuple[Any, ...] | typing.Callable[[], typing.Iterable[Any]]):
+        self._values = values
+
+    @property
+    def values(self) -> tuple[Any, ...]:
+        return tuple(self._values() if callable(self._values) else self._values)
+
+    @property
+    def expected(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, typing.Hashable) and value in self.values
+
+
+class Text(Rule):
+    """A non-empty string, optionally matching ``pattern`` (described by ``expected``)."""
+
+    def __init__(self, pattern: str | None = None, expected: str = "a non-empty string"):
+        self.pattern, self.expected = pattern, expected
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and value.strip() != "" and (self.pattern is None or re.fullmatch(self.pattern, value) is not None)
+
+
+class Flag(Rule):
+    expected = "true or false"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, bool)
+
+
+class Satisfies(Rule):
+    """A value ``test`` accepts (for names with a grammar, such as variants)."""
+
+    def __init__(self, test: typing.Callable[[Any], bool], expected: str):
+        self.test, self.expected = test, expected
+
+    def accepts(self, value: Any) -> bool:
+        return self.test(value)
+
+
+class Maybe(Rule):
+    """None, or a value ``rule`` accepts."""
+
+    def __init__(self, rule: Rule):
+        self.rule = rule
+
+    @property
+    def expected(self) -> str:
+        return f"{self.rule.expected} (or none)"
+
+    def accepts(self, value: Any) -> bool:
+        return value is None or self.rule.accepts(value)
+
+    def check(self, value: Any, where: str) -> None:
+        if value is not None:
+            self.rule.check(value, where)
+
+
+class Items(Rule):
+    """A tuple (a list in a file) of values ``item`` accepts, each once unless ``unique`` is False."""
+
+    def __init__(self, item: Rule, *, min_len: int = 0, length: int | None = None, unique: bool = True):
+        self.item, self.min_len, self.length, self.unique = item, min_len, length, unique
+        size = f"{length} " if length is not None else ("at least one " if min_len == 1 else "")
+        self.expected = f"a list of {size}items, each {item.expected}" + (", each once" if unique else "")
+
+    def accepts(self, value: Any) -> bool:
+        try:
+            self.check(value, "")
+        except ConfigError:
+            return False
+        return True
+
+    def check(self, value: Any, where: str) -> None:
+        if not isinstance(value, tuple) or len(value) < self.min_len or (self.length is not None and len(value) != self.length):
+            raise ConfigError(f"{where}: expected {self.expected}, got {value!r}")
+        for i, v in enumerate(value):
+            self.item.check(v, f"{where}[{i}]")
+        if self.unique and len(set(value)) != len(value):
+            raise ConfigError(f"{where}: expected {self.expected}, got {list(value)} (an item twice)")
+
+
+class Section(Rule):
+    """A nested config dataclass: its own rules checked it when it was built."""
+
+    def __init__(self, cls: type):
+        self.cls, self.expected = cls, f"a {cls.__name__}"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, self.cls)
+
+
+SEED = Int(0, _SEED_MAX)
+COUNT = Int(1)  # a size, a number of steps or users: zero or a negative would silently do nothing
+COUNT_OR_NONE = Maybe(COUNT)
+RATE = Num(0, open_lo=True)  # learning rates
+DROPOUT = Num(0, 1, open_hi=True)
+MODULE_NAMES = Items(Text(r"[A-Za-z0-9_.]+", "a module name"), min_len=1)
+FIELD_RULES: dict[type, dict[str, Rule]] = {}
+
+
+def _metric_names() -> tuple[str, ...]:
+    from .metrics import METRICS  # pandas: not at import of the config
+
+    return METRICS
+
+
+def check_fields(config: Any) -> None:
+    """Check every field of ``config`` against its rule; ConfigError names the dotted field."""
+    rules = FIELD_RULES[type(config)]
+    section = _SECTIONS.get(type(config), type(config).__name__)
+    for f in fields(config):
+        if f.name in rules:  # a field without a rule fails tests/test_config.py, not a user's run
+            rules[f.name].check(getattr(config, f.name), f"{section}.{f.name}" if section else f.name)
+
+
+def _section_paths(cls: type, prefix: str) -> dict[type, str]:
+    """Where each config dataclass sits under RunConfig ("teachers.sasrec" for SASRecConfig)."""
+    out = {cls: prefix}
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            out |= _section_paths(hint, f"{prefix}.{name}" if prefix else name)
+    return out
+
+
+def _declared(cls: type, name: str) -> OneOf:
+    """Membership in the values a field's ``Literal`` annotation declares."""
+    return OneOf(typing.get_args(typing.get_type_hints(cls)[name]))
+
 
 # --------------------------------------------------------------------------------------------
 # Stage configurations
@@ -34,8 +220,20 @@ class DataConfig:
 
     dataset: str = "ml-100k"
     seed: int = 2024
-    # Candidate sets are the target plus this many items the user never interacted with.
+    # Candidate sets are the target plus this many items the user never interacted with (the data
+    # step checks it against the catalogue, which only the data knows).
     num_negatives: int = 19
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+FIELD_RULES[DataConfig] = {
+    # A folder name under data/raw/ and data/processed/: no path separators.
+    "dataset": Text(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a dataset name (letters, digits, '.', '_', '-')"),
+    "seed": SEED,
+    "num_negatives": COUNT,
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +252,16 @@ class SASRecConfig:
     batch_size: int = 128  # sequences (windows of max_len items) per step
     lr: float = 2e-3
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.hidden % self.heads:
+            raise ConfigError(f"teachers.sasrec.hidden ({self.hidden}) must be a multiple of teachers.sasrec.heads ({self.heads})")
+
+
+FIELD_RULES[SASRecConfig] = {
+    "hidden": COUNT, "layers": COUNT, "heads": COUNT, "dropout": DROPOUT, "batch_size": COUNT, "lr": RATE,
+}
+
 
 @dataclass(frozen=True)
 class GRU4RecConfig:
@@ -68,6 +276,14 @@ class GRU4RecConfig:
     # RecBole's 1e-3 plateaus for several epochs on ML-100K and needs ~45 epochs (test NDCG@10
     # 0.087); 3e-3 gets 0.100 in ~27. A GRU of width 64 was worse (0.080) and hardly faster.
     lr: float = 3e-3
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+FIELD_RULES[GRU4RecConfig] = {
+    "embedding": COUNT, "hidden": COUNT, "layers": COUNT, "dropout": DROPOUT, "batch_size": COUNT, "lr": RATE,
+}
 
 
 @dataclass(frozen=True)
@@ -86,6 +302,15 @@ class CaserConfig:
     dropout: float = 0.5
     batch_size: int = 1024  # windows per step (one per train position)
     lr: float = 2e-3
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+FIELD_RULES[CaserConfig] = {
+    "embedding": COUNT, "window": COUNT, "targets": COUNT, "vertical_filters": COUNT, "horizontal_filters": COUNT,
+    "dropout": DROPOUT, "batch_size": COUNT, "lr": RATE,
+}
 
 
 TEACHER_NAMES = ("sasrec", "gru4rec", "caser")
@@ -122,17 +347,29 @@ class TeachersConfig:
     caser: CaserConfig = field(default_factory=CaserConfig)
 
     def __post_init__(self):
-        unknown = [m for m in self.models if m not in TEACHER_NAMES]
-        if unknown:
-            raise ConfigError(f"teachers.models: unknown teacher '{unknown[0]}'; expected some of {', '.join(TEACHER_NAMES)}")
-        if self.max_len < 1:
-            raise ConfigError(f"teachers.max_len must be at least 1, got {self.max_len}")
-        if not 1 <= self.stride <= self.max_len:
+        check_fields(self)
+        if self.stride > self.max_len:
             raise ConfigError(f"teachers.stride must be between 1 and max_len={self.max_len}, got {self.stride}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"teachers.threads must be at least 1 (or None for torch's default), got {self.threads}")
         if self.caser.window > self.max_len:
             raise ConfigError(f"teachers.caser.window ({self.caser.window}) cannot exceed teachers.max_len ({self.max_len})")
+
+
+FIELD_RULES[TeachersConfig] = {
+    "models": Items(OneOf(TEACHER_NAMES)),  # none: popularity only
+    "max_len": COUNT,
+    "stride": COUNT,
+    "loss": _declared(TeachersConfig, "loss"),
+    "negatives": COUNT,
+    "max_epochs": COUNT,
+    "patience": COUNT,
+    "weight_decay": Num(0),
+    "seed": SEED,
+    "top_k": COUNT,
+    "threads": Maybe(Int(1)),
+    "sasrec": Section(SASRecConfig),
+    "gru4rec": Section(GRU4RecConfig),
+    "caser": Section(CaserConfig),
+}
 
 
 @dataclass(frozen=True)
@@ -170,25 +407,58 @@ class LLMConfig:
     max_prompt_tokens: int = 512
 
     def __post_init__(self) -> None:
-        for name in ("history_len", "example_history_len"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"llm.{name}: expected an integer >= 0, got {getattr(self, name)}")
-        for name in ("title_max_tokens", "score_batch_size", "max_prompt_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"llm.{name}: expected an integer >= 1, got {getattr(self, name)}")
+        check_fields(self)
+
+
+FIELD_RULES[LLMConfig] = {
+    "backbone": Text(),
+    "model_cache_dir": Text(),
+    "dtype": _declared(LLMConfig, "dtype"),
+    "history_len": Int(0),
+    "example_history_len": Int(0),
+    "title_max_tokens": COUNT,
+    "title_style": _declared(LLMConfig, "title_style"),
+    "list_candidates": Flag(),
+    "normalize": _declared(LLMConfig, "normalize"),
+    "score_batch_size": COUNT,
+    "max_prompt_tokens": COUNT,
+}
 
 
 DISTILL_TASKS = ("ta", "rps")
+# Stage 1 distils a teacher's exported top-k: notebook 02 always exports the popularity baseline's too
+# (the training benchmark distils it, a teacher that trains in seconds).
+POPULARITY = "popularity"
+STAGE1_TEACHERS = (*TEACHER_NAMES, POPULARITY)
 
 
 def parse_prompt_name(name: str) -> tuple[str, tuple[str, ...]]:
     """"sasrec" -> ("sasrec", ("ta", "rps")); "sasrec-ta" -> ("sasrec", ("ta",))."""
-    teacher, _, task = name.partition("-")
-    if not teacher or (task and task not in DISTILL_TASKS):
+    teacher, dash, task = name.partition("-")
+    if teacher not in STAGE1_TEACHERS or (dash and task not in DISTILL_TASKS):
         raise ConfigError(
-            f"distill.prompts: '{name}' is not '<teacher>' or '<teacher>-ta' / '<teacher>-rps'"
+            f"distill.prompts: '{name}' is not '<teacher>' or '<teacher>-ta' / '<teacher>-rps' with a teacher "
+            f"among {', '.join(STAGE1_TEACHERS)}"
         )
     return teacher, (task,) if task else DISTILL_TASKS
+
+
+def _parses(parse: typing.Callable[[str], Any]) -> typing.Callable[[Any], bool]:
+    def test(name: Any) -> bool:
+        if not isinstance(name, str):
+            return False
+        try:
+            parse(name)
+        except ConfigError:
+            return False
+        return True
+
+    return test
+
+
+PROMPT_NAME = Satisfies(
+    _parses(parse_prompt_name), f"'<teacher>', '<teacher>-ta' or '<teacher>-rps' with a teacher among {', '.join(STAGE1_TEACHERS)}"
+)
 
 
 @dataclass(frozen=True)
@@ -228,15 +498,31 @@ class DistillConfig:
     eval_every: int = 20
 
     def __post_init__(self) -> None:
-        for name in self.prompts:
-            parse_prompt_name(name)
-        if len(self.task_weights) != len(DISTILL_TASKS):
-            raise ConfigError(f"distill.task_weights: one weight per task {list(DISTILL_TASKS)}, got {list(self.task_weights)}")
-        for name in ("num_soft_tokens", "rps_top_k", "ta_candidates", "heldout_users", "max_steps", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"distill.{name}: expected an integer >= 1, got {getattr(self, name)}")
-        if self.rps_top_k < 2:
-            raise ConfigError(f"distill.rps_top_k: the RPS template shows ranks 2..k, so k >= 2; got {self.rps_top_k}")
+        check_fields(self)
+        if self.weighting == "fixed" and not any(self.task_weights):
+            raise ConfigError(f"distill.task_weights: with weighting 'fixed', at least one weight > 0; got {list(self.task_weights)}")
+
+
+FIELD_RULES[DistillConfig] = {
+    "prompts": Items(PROMPT_NAME),
+    "num_soft_tokens": COUNT,
+    "init": _declared(DistillConfig, "init"),
+    "init_text": Text(),
+    "weighting": _declared(DistillConfig, "weighting"),
+    "task_weights": Items(Num(0), length=len(DISTILL_TASKS), unique=False),  # (TA, RPS)
+    "rps_top_k": Int(2),  # the RPS template shows ranks 2..k
+    "rps_random": Int(0),
+    "ta_candidates": Int(2),  # the hidden item and at least one other
+    "heldout_users": COUNT,
+    "max_train_users": COUNT_OR_NONE,
+    "seed": SEED,
+    "max_steps": COUNT,
+    "batch_size": COUNT,
+    "grad_accum": COUNT,
+    "lr": RATE,
+    "warmup_steps": Int(0),
+    "eval_every": COUNT,
+}
 
 
 @dataclass(frozen=True)
@@ -275,12 +561,41 @@ class FinetuneConfig:
     eval_every: int = 20
 
     def __post_init__(self) -> None:
-        for v in self.variants:
-            if v != "lora" and not v.startswith("delrec-"):
-                raise ConfigError(f"finetune.variants: '{v}' is not 'lora' or 'delrec-<soft prompt name>'")
-        for name in ("lora_r", "positions_per_user", "num_negatives", "valid_users", "max_steps", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"finetune.{name}: expected an integer >= 1, got {getattr(self, name)}")
+        check_fields(self)
+        if self.method == "adalora":
+            if self.adalora_init_r < self.lora_r:
+                raise ConfigError(f"finetune.adalora_init_r ({self.adalora_init_r}) must be at least finetune.lora_r ({self.lora_r}), "
+                                  "the average rank AdaLoRA prunes to")  # fmt: skip
+            if self.adalora_tinit + self.adalora_tfinal >= self.max_steps:
+                raise ConfigError(f"finetune.adalora_tinit ({self.adalora_tinit}) + adalora_tfinal ({self.adalora_tfinal}) must be "
+                                  f"below finetune.max_steps ({self.max_steps}), or AdaLoRA has no steps to prune ranks in")  # fmt: skip
+
+
+FIELD_RULES[FinetuneConfig] = {
+    "variants": Items(Satisfies(lambda v: v == "lora" or (isinstance(v, str) and v.startswith("delrec-") and PROMPT_NAME.accepts(v[len("delrec-"):])),
+                                f"'lora' or 'delrec-<soft prompt>', a soft prompt being {PROMPT_NAME.expected}")),  # fmt: skip
+    "method": _declared(FinetuneConfig, "method"),
+    "lora_r": COUNT,
+    "lora_alpha": COUNT,
+    "lora_dropout": DROPOUT,
+    "target_modules": MODULE_NAMES,
+    "adalora_init_r": COUNT,
+    "adalora_tinit": Int(0),
+    "adalora_tfinal": Int(0),
+    "adalora_delta_t": COUNT,
+    "positions_per_user": COUNT,
+    "num_negatives": COUNT,
+    "max_train_users": COUNT_OR_NONE,
+    "valid_users": COUNT,
+    "select_metric": OneOf(_metric_names),
+    "seed": SEED,
+    "max_steps": COUNT,
+    "batch_size": COUNT,
+    "grad_accum": COUNT,
+    "lr": RATE,
+    "warmup_steps": Int(0),
+    "eval_every": COUNT,
+}
 
 
 P2REC_PREFIX = "p2rec-"
@@ -373,30 +688,43 @@ class P2RecConfig:
         return tuple(v for v in self.variants if v == P2REC_PREFIX + parse_p2rec_variant(v).teacher)
 
     def __post_init__(self) -> None:
-        for name in self.variants:
-            parse_p2rec_variant(name)
-        if self.source_teacher not in TEACHER_NAMES:
-            raise ConfigError(f"p2rec.source_teacher: expected one of {', '.join(TEACHER_NAMES)}, got '{self.source_teacher}'")
-        for name in ("num_categories",):
-            if getattr(self, name) < 2:
-                raise ConfigError(f"p2rec.{name}: expected an integer >= 2, got {getattr(self, name)}")
-        for name in ("kmeans_restarts", "history_len", "lora_r", "heldout_users", "epochs", "batch_size", "grad_accum",
-                     "eval_every", "item_batch_size"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ConfigError(f"p2rec.{name}: expected an integer >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"p2rec.max_steps: expected an integer >= 1 (or None), got {self.max_steps}")
-        if self.max_train_users is not None and self.max_train_users < 1:
-            raise ConfigError(f"p2rec.max_train_users: expected an integer >= 1 (or None), got {self.max_train_users}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"p2rec.lora_dropout: expected a number in [0, 1), got {self.lora_dropout}")
-        if self.lr <= 0:
-            raise ConfigError(f"p2rec.lr: expected a positive number, got {self.lr}")
+        check_fields(self)
         for name in self.seed_variants or ():
             if name not in self.variants:
                 raise ConfigError(f"p2rec.seed_variants: '{name}' is not among p2rec.variants {list(self.variants)}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"p2rec.seeds: each seed once, got {list(self.seeds)}")
+
+
+P2REC_VARIANT = Satisfies(_parses(parse_p2rec_variant), "'p2rec-<teacher>', 'p2rec-<teacher>-k<K>' (K >= 2) or "
+                          f"'p2rec-<teacher>-nosft' with a teacher among {', '.join(TEACHER_NAMES)}")  # fmt: skip
+FIELD_RULES[P2RecConfig] = {
+    "variants": Items(P2REC_VARIANT),
+    "source_teacher": OneOf(TEACHER_NAMES),
+    "num_categories": Int(2),
+    "kmeans_restarts": COUNT,
+    "target_scope": _declared(P2RecConfig, "target_scope"),
+    "history_len": COUNT,
+    "loss": _declared(P2RecConfig, "loss"),
+    "lora_r": COUNT,
+    "lora_alpha": COUNT,
+    "lora_dropout": DROPOUT,
+    "target_modules": MODULE_NAMES,
+    "heldout_users": COUNT,
+    "max_train_users": COUNT_OR_NONE,
+    "seed": SEED,
+    "epochs": COUNT,
+    "max_steps": COUNT_OR_NONE,
+    "batch_size": COUNT,
+    "grad_accum": COUNT,
+    "lr": RATE,
+    "warmup_steps": Int(0),
+    "eval_every": COUNT,
+    "item_batch_size": COUNT,
+    "whiten": Flag(),
+    "scale": _declared(P2RecConfig, "scale"),
+    "caser_table": _declared(P2RecConfig, "caser_table"),
+    "seed_variants": Maybe(Items(P2REC_VARIANT)),
+    "seeds": Items(SEED),
+}
 
 
 @dataclass(frozen=True)
@@ -414,10 +742,18 @@ class EvalConfig:
     shuffle_users: int | None = 300
 
     def __post_init__(self) -> None:
-        if not 0 < self.confidence < 1:
-            raise ConfigError(f"eval.confidence: expected a number in (0, 1), got {self.confidence}")
-        if self.bootstrap < 100:
-            raise ConfigError(f"eval.bootstrap: expected at least 100 resamples, got {self.bootstrap}")
+        check_fields(self)
+
+
+FIELD_RULES[EvalConfig] = {
+    "bootstrap": Int(100),  # fewer resamples make the interval's ends noise
+    "confidence": Num(0, 1, open_lo=True, open_hi=True),
+    "seed": SEED,
+    "paired_metrics": Items(OneOf(_metric_names)),
+    "generation_users": COUNT_OR_NONE,
+    "max_new_tokens": COUNT,
+    "shuffle_users": COUNT_OR_NONE,
+}
 
 
 @dataclass(frozen=True)
@@ -441,6 +777,21 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        # A soft prompt of a teacher this run does not train would fail in notebook 03 ("no manifest").
+        for name in self.distill.prompts:
+            teacher, _ = parse_prompt_name(name)
+            if teacher != POPULARITY and teacher not in self.teachers.models:
+                raise ConfigError(
+                    f"distill.prompts: '{name}' distils teacher '{teacher}', which teachers.models "
+                    f"{list(self.teachers.models)} does not train"
+                )
+        # RPS candidates are the teacher's exported top-k: a larger k would leave no RPS example at all.
+        if self.distill.rps_top_k > self.teachers.top_k:
+            raise ConfigError(
+                f"distill.rps_top_k ({self.distill.rps_top_k}) cannot exceed teachers.top_k ({self.teachers.top_k}), "
+                "the predictions each teacher exports"
+            )
         # A variant whose soft prompt this run never distils would otherwise fail an hour in,
         # when notebook 04 looks for it.
         for variant in self.finetune.variants:
@@ -464,6 +815,22 @@ class RunConfig:
                 f"p2rec.seeds: {self.teachers.seed} is teachers.seed, already the seed study's first pair; "
                 f"got {list(self.p2rec.seeds)}"
             )
+
+
+FIELD_RULES[RunConfig] = {
+    "preset": OneOf(lambda: PRESETS),
+    "data_dir": Text(),
+    "max_users": COUNT_OR_NONE,
+    "plugins": Items(Text(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", "'module:FamilyClass'")),
+    "data": Section(DataConfig),
+    "teachers": Section(TeachersConfig),
+    "llm": Section(LLMConfig),
+    "distill": Section(DistillConfig),
+    "finetune": Section(FinetuneConfig),
+    "p2rec": Section(P2RecConfig),
+    "eval": Section(EvalConfig),
+}
+_SECTIONS = _section_paths(RunConfig, "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -625,27 +992,42 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> Any:
 
 
 def override(config: RunConfig, overrides: dict[str, Any] | None, where: str = "") -> RunConfig:
-    """Return ``config`` with nested ``overrides`` applied; every key is checked."""
+    """Return ``config`` with nested ``overrides`` applied; every key and value is checked.
+
+    ``where`` (a config file) prefixes every error, whose message names the dotted field.
+    """
     if not overrides:
         return config
     if "preset" in overrides and overrides["preset"] != config.preset:
         raise ConfigError(f"{where or 'overrides'}: 'preset' cannot be changed by an override")
-    return _apply(config, overrides, where)
+    try:
+        return _apply(config, overrides, "")
+    except ConfigError as e:
+        if not where:
+            raise
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A config file's values: a table of sections (TOML) or an object of them (JSON)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
+    if path.suffix not in (".toml", ".json"):
+        raise ConfigError(f"{path}: expected a .toml or .json config file")
     try:
-        if path.suffix == ".toml":
-            return tomllib.loads(text)
-        if path.suffix == ".json":
-            return json.loads(text)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: cannot be parsed ({e})") from e
-    raise ConfigError(f"{path}: expected a .toml or .json config file")
+        raise ConfigError(f"{path}: cannot be parsed ({e})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected an object of config sections at the top level, got {type(values).__name__} {values!r:.60}")
+    return values
 
 
 def load_config(
@@ -662,6 +1044,8 @@ def load_config(
     if config_file is not None:
         file_values = dict(read_config_file(config_file))
         file_preset = file_values.pop("preset", None)
+        if file_preset is not None and (not isinstance(file_preset, str) or file_preset not in PRESETS):
+            raise ConfigError(f"{config_file}: preset: expected one of {', '.join(PRESETS)}, got {file_preset!r}")
         if preset is not None and file_preset is not None and file_preset != preset:
             raise ConfigError(f"{config_file}: preset '{file_preset}' disagrees with the requested preset '{preset}'")
         preset = preset or file_preset

@@ -45,6 +45,7 @@ from .artifacts import (
 from .config import FinetuneConfig, RunConfig, parse_prompt_name
 from .data.processed import ProcessedData
 from .errors import ConfigError, DataError
+from .llm import peft_wrapping
 from .llm_ranker import ZERO_SHOT, LLMRanker, LLMRecommender, RecExample, llm_identity, split_examples
 from .methods import Curve, MethodContext, MethodFamily, Recommender
 from .metrics import summarize
@@ -259,7 +260,8 @@ def run_finetuning(
     # Each variant starts from the same untouched base weights (peft injects adapters in place),
     # and from the same seeded adapter initialisation, whatever ran before in this process.
     torch.manual_seed(cfg.seed)
-    model = get_peft_model(copy.deepcopy(backbone.model), peft_config_for(backbone, cfg, tcfg.max_steps))
+    with peft_wrapping():
+        model = get_peft_model(copy.deepcopy(backbone.model), peft_config_for(backbone, cfg, tcfg.max_steps))
     tuned = backbone.with_model(model)
     scorer = LLMRanker(tuned, config.llm, data.titles, soft, teacher)
     task = FinetuneTask(model, scorer, train, valid, cfg, tcfg.max_steps)
@@ -320,7 +322,8 @@ def load_recommender(
 
     directory = paths.finetune / variant
     check_adapter(config, paths, variant, backbone, data, soft, soft_id)
-    model = PeftModel.from_pretrained(copy.deepcopy(backbone.model), str(directory / "adapter"))
+    with peft_wrapping():
+        model = PeftModel.from_pretrained(copy.deepcopy(backbone.model), str(directory / "adapter"))
     model.eval()
     return LLMRanker(backbone.with_model(model), config.llm, data.titles, soft, teacher)
 

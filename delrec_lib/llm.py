@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -391,6 +392,21 @@ def load_backbone_from_config(llm_config: Any, **kwargs: Any) -> Backbone:
     return load_backbone(
         llm_config.backbone, cache_dir=llm_config.model_cache_dir, dtype=llm_config.dtype, **kwargs
     )
+
+
+# peft asks every model it wraps for ``is_gradient_checkpointing``, which transformers 5 deprecated
+# (FutureWarning): the kit does not use gradient checkpointing, and the warning would be printed into
+# every executed stage-2 notebook.
+PEFT_CHECKPOINTING_WARNING = r"`is_gradient_checkpointing` is deprecated"
+
+
+@contextlib.contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Where peft wraps a model (``get_peft_model``, ``PeftModel.from_pretrained``): silences exactly
+    that deprecation warning, and only there."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_CHECKPOINTING_WARNING, category=FutureWarning)
+        yield
 
 
 @contextlib.contextmanager

@@ -221,12 +221,13 @@ def training_bench_setup(args: argparse.Namespace, root: str):
     data = load_processed(data_root, config.data.dataset)
     paths = RunPaths(Path(root))
     run_teachers(replace(config.teachers, models=()), data, paths.teachers, progress=False)
+    # Evaluation only after the last step: the timed steps are training steps.
     config = replace(
         config,
         distill=replace(config.distill, prompts=("popularity",), heldout_users=4, max_steps=args.steps + 2,
-                        eval_every=None, warmup_steps=0),
+                        eval_every=args.steps + 2, warmup_steps=0),
         finetune=replace(config.finetune, variants=("delrec-popularity",), valid_users=4, max_steps=args.steps + 2,
-                         eval_every=None, warmup_steps=0),
+                         eval_every=args.steps + 2, warmup_steps=0),
     )  # fmt: skip
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
     peak = matmul_peak_gflops(torch.bfloat16)

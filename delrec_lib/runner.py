@@ -27,7 +27,7 @@ def default_run_dir(preset: str) -> Path:
 
 
 def notebook_context(
-    preset: str = "cpu",
+    preset: str | None = "cpu",
     run_dir: str | os.PathLike | None = None,
     config_file: str | os.PathLike | None = None,
     **overrides: Any,
@@ -61,7 +61,7 @@ def series_notebooks(root: Path | None = None) -> list[Path]:
 
 
 def run_series(
-    preset: str,
+    preset: str | None,
     run_dir: str | os.PathLike | None = None,
     *,
     config_file: str | os.PathLike | None = None,
@@ -105,8 +105,8 @@ def run_series(
                 str(nb), str(out), parameters=parameters, kernel_name=kernel_name,
                 cwd=str(nb.parent), progress_bar=progress, request_save_on_cell_execute=True,
             )  # fmt: skip
-        except pm.PapermillExecutionError as e:
-            raise DelrecError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (see {out})") from None
+        except execution_errors() as e:
+            raise execution_failure(nb.name, out, e) from None
         elapsed = time.perf_counter() - start
         timings[nb.stem] = round(elapsed, 1)
         atomic_write_json(timings_path, timings)
@@ -115,6 +115,35 @@ def run_series(
     print(json.dumps(summary, indent=2))
     print_outcome(paths)
     return root
+
+
+def execution_errors() -> tuple[type[BaseException], ...]:
+    """What papermill raises when a notebook does not finish (a cell's error, a dead kernel, ...)."""
+    from jupyter_client.kernelspec import NoSuchKernel
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillException
+
+    return (PapermillException, DeadKernelError, CellTimeoutError, NoSuchKernel)
+
+
+def execution_failure(notebook: str, out: Path, error: BaseException) -> DelrecError:
+    """One line naming the notebook and why it stopped, instead of nbclient's traceback."""
+    from jupyter_client.kernelspec import NoSuchKernel
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, PapermillExecutionError):
+        return DelrecError(f"{notebook} failed in cell {error.exec_count}: {error.ename}: {error.evalue} (see {out})")
+    if isinstance(error, DeadKernelError):
+        return DelrecError(f"{notebook}: the kernel died while running it (killed, or out of memory?): {first_line}; "
+                           f"the notebook as far as it ran: {out}")  # fmt: skip
+    if isinstance(error, CellTimeoutError):
+        return DelrecError(f"{notebook}: a cell ran past its timeout: {first_line} (see {out})")
+    if isinstance(error, NoSuchKernel):
+        return DelrecError(f"{notebook}: no Jupyter kernel named {error.args[0] if error.args else '?'!r}; "
+                           "install one with: python -m ipykernel install --user")  # fmt: skip
+    return DelrecError(f"{notebook}: papermill could not run it: {type(error).__name__}: {first_line}")
 
 
 def print_outcome(paths: RunPaths) -> None:

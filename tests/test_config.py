@@ -1,9 +1,34 @@
+import dataclasses
+import functools
 import json
+import re
+import typing
 
 import pytest
 
-from delrec_lib.config import DataConfig, RunConfig, load_config, override, preset_config
+from delrec_lib.config import (
+    FIELD_RULES,
+    PRESETS,
+    DataConfig,
+    Flag,
+    Int,
+    Items,
+    Maybe,
+    Num,
+    OneOf,
+    RunConfig,
+    Satisfies,
+    Section,
+    Text,
+    config_to_dict,
+    load_config,
+    override,
+    preset_config,
+)
+from delrec_lib.data import prepare_dataset
 from delrec_lib.errors import ConfigError
+
+from .stage_fixtures import synthetic_data
 
 
 def test_every_preset_resolves():
@@ -66,3 +91,160 @@ def test_ablation_presets_distil_every_prompt_their_variants_need():
 def test_variant_without_its_soft_prompt_is_rejected():
     with pytest.raises(ConfigError, match="delrec-caser.*distill.prompts"):
         load_config("cpu", finetune={"variants": ["lora", "delrec-caser"]})
+
+
+# --------------------------------------------------------------------------------------------
+# Every field has a rule, and every rule refuses bad values at load, naming the dotted field
+# --------------------------------------------------------------------------------------------
+
+
+def config_classes(cls=RunConfig, prefix=""):
+    """(dataclass, its dotted section) for RunConfig and every config dataclass nested in it."""
+    yield cls, prefix
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            yield from config_classes(hint, f"{prefix}.{name}" if prefix else name)
+
+
+def leaf_fields():
+    """(dotted field, its rule) for every field that is not itself a section."""
+    for cls, section in config_classes():
+        for f in dataclasses.fields(cls):
+            rule = FIELD_RULES.get(cls, {}).get(f.name)
+            if not isinstance(rule, Section):
+                yield (f"{section}.{f.name}" if section else f.name), rule
+
+
+def bad_values(rule, current):
+    """Values ``rule`` must refuse: out of range, of the wrong type, not a member."""
+    if isinstance(rule, Maybe):
+        return bad_values(rule.rule, current)
+    if isinstance(rule, Int):
+        return [rule.lo - 1, "x", 1.5, True] + ([rule.hi + 1] if rule.hi is not None else [])
+    if isinstance(rule, Num):
+        out = [rule.lo if rule.open_lo else rule.lo - 1, "x", float("nan")]
+        return out + ([rule.hi if rule.open_hi else rule.hi + 1] if rule.hi is not None else [])
+    if isinstance(rule, OneOf):
+        return ["bogus", 3]
+    if isinstance(rule, Text):
+        return ["", 5] + (["a/b c"] if rule.pattern else [])
+    if isinstance(rule, Flag):
+        return ["yes", 1]
+    if isinstance(rule, Satisfies):
+        return ["bogus", 5]
+    if isinstance(rule, Items):
+        out = ["not a list"] + [(bad,) for bad in bad_values(rule.item, None)[:2]]
+        if rule.min_len:
+            out.append(())
+        if rule.length is not None:
+            out.append(tuple(current) + tuple(current[:1]))
+        if rule.unique and current:
+            out.append((current[0], current[0]))
+        return out
+    raise AssertionError(f"no bad values known for rule {rule!r}")
+
+
+def nested(path: str, value):
+    *sections, name = path.split(".")
+    out = {name: list(value) if isinstance(value, tuple) else value}
+    for s in reversed(sections):
+        out = {s: out}
+    return out
+
+
+def test_every_field_of_every_config_dataclass_has_a_rule():
+    missing = [
+        f"{cls.__name__}.{f.name}" for cls, _ in config_classes() for f in dataclasses.fields(cls)
+        if f.name not in FIELD_RULES.get(cls, {})
+    ]  # fmt: skip
+    assert not missing, f"fields without a validation rule in FIELD_RULES: {missing}"
+
+
+@pytest.mark.parametrize("path, rule", list(leaf_fields()), ids=[p for p, _ in leaf_fields()])
+def test_a_bad_value_is_refused_naming_the_field(path, rule):
+    base = preset_config("cpu")
+    section, name = (path.rsplit(".", 1) if "." in path else ("", path))
+    owner = functools.reduce(getattr, section.split("."), base) if section else base
+    values = bad_values(rule, getattr(owner, name))
+    assert values
+    for bad in values:
+        # From a file or a notebook's parameters (coerced, then checked) ...
+        with pytest.raises(ConfigError) as e:
+            override(base, nested(path, bad))
+        assert path in str(e.value) or (path == "preset" and "'preset'" in str(e.value)), str(e.value)
+        # ... and from Python (dataclasses built directly).
+        with pytest.raises(ConfigError) as e:
+            dataclasses.replace(owner, **{name: bad})
+        assert path in str(e.value) and "expected" in str(e.value), str(e.value)
+        if not isinstance(bad, tuple):
+            assert repr(bad) in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text, field, value",
+    [
+        ("max_users = -1", "max_users", "-1"),
+        ("max_users = 0", "max_users", "0"),
+        ("[distill]\nmax_train_users = -1", "distill.max_train_users", "-1"),
+        ("[eval]\ngeneration_users = -5", "eval.generation_users", "-5"),
+        ("[teachers]\npatience = 0", "teachers.patience", "0"),
+        ("[teachers]\npatience = -3", "teachers.patience", "-3"),
+        ("[distill]\neval_every = 0", "distill.eval_every", "0"),
+        ("[finetune]\nlr = -1e-4", "finetune.lr", "-0.0001"),
+        ("[teachers.sasrec]\nlr = -0.1", "teachers.sasrec.lr", "-0.1"),
+        ("[data]\nseed = -1", "data.seed", "-1"),
+        ("[teachers.sasrec]\nhidden = 0", "teachers.sasrec.hidden", "0"),
+        ('[finetune]\nselect_metric = "bogus"', "finetune.select_metric", "'bogus'"),
+        ('[eval]\npaired_metrics = ["HR@1", "hr@1"]', "eval.paired_metrics[1]", "'hr@1'"),
+        # cross-field: a soft prompt of a teacher the run does not train
+        ('[teachers]\nmodels = ["gru4rec"]\n[distill]\nprompts = ["gru4rec", "caser-ta"]\n[finetune]\nvariants = ["lora"]\n'
+         '[p2rec]\nvariants = ["p2rec-gru4rec"]\nsource_teacher = "gru4rec"', "distill.prompts", "'caser-ta'"),
+        ("[distill]\nrps_top_k = 30", "distill.rps_top_k", "30"),
+        ("[teachers.sasrec]\nheads = 3", "teachers.sasrec.heads", "3"),
+        ('[finetune]\nmethod = "adalora"\nmax_steps = 15', "finetune.max_steps", "15"),
+    ],
+)
+def test_issue_examples_are_refused_at_load_naming_file_field_and_value(tmp_path, text, field, value):
+    f = tmp_path / "run.toml"
+    f.write_text(text + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(None, f)
+    message = str(e.value)
+    assert message.startswith(f"{f}: ") and field in message and value in message, message
+
+
+def test_the_shipped_presets_load_and_reload_from_the_config_json_a_run_writes(tmp_path):
+    for name in PRESETS:
+        config = preset_config(name)
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps(config_to_dict(config)))
+        assert load_config(None, f) == config  # every value is checked again on the way in
+
+
+def test_not_utf8_and_non_object_config_files_are_one_clear_error(tmp_path):
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('data_dir = "donn\u00e9es"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.toml: not UTF-8 text \(byte 16 is b'\\xe9'\)"):
+        load_config(None, latin)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"list\.json: expected an object of config sections at the top level, got list"):
+        load_config(None, listed)
+    preset = tmp_path / "preset.json"
+    preset.write_text('{"preset": ["smoke"]}')
+    with pytest.raises(ConfigError, match=r"preset\.json: preset: expected one of smoke, cpu"):
+        load_config(None, preset)
+
+
+def test_num_negatives_beyond_the_catalogue_is_refused_before_any_candidate_is_drawn(tmp_path):
+    synthetic_data(tmp_path)  # processed with 5 negatives
+    before = (tmp_path / "processed" / "toy" / "manifest.json").read_bytes()
+    with pytest.raises(ConfigError) as e:
+        prepare_dataset(DataConfig(dataset="toy", num_negatives=25), tmp_path)
+    match = re.fullmatch(r"data\.num_negatives = 25: at most (\d+) for toy, whose catalogue has 30 items of which one user "
+                         r"interacted with (\d+)", str(e.value))  # fmt: skip
+    assert match, str(e.value)
+    assert (tmp_path / "processed" / "toy" / "manifest.json").read_bytes() == before, "earlier outputs untouched"
+    limit = int(match.group(1))
+    assert limit == 30 - int(match.group(2))
+    prepare_dataset(DataConfig(dataset="toy", num_negatives=limit), tmp_path)  # exactly the limit is fine

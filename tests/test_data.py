@@ -391,7 +391,7 @@ def test_too_many_negatives(processed_once):
     tmp, out, before = processed_once
     # every user has at least 5 of the items: len(ITEMS) - 4 negatives cannot be drawn for anyone
     n = len(ITEMS) - 4
-    _expect(tmp, out, before, ConfigError, rf"num_negatives={n} is larger than the \d+ items user \d+ never", fixture_config(num_negatives=n))
+    _expect(tmp, out, before, ConfigError, rf"data\.num_negatives = {n}: at most \d+ for ml-100k", fixture_config(num_negatives=n))
 
 
 def test_edited_processed_file_is_refused(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 
 import pytest
 import torch
@@ -158,3 +159,31 @@ def test_adalora_reallocates_ranks_every_step(world, tmp_path, monkeypatch):
     result = run_finetuning(cfg, paths, data, backbone, "lora", progress=False)
     assert calls == list(range(6))
     assert result.metrics["method"] == "adalora"
+
+
+def test_stage2_prints_no_gradient_checkpointing_deprecation(world, tmp_path):
+    """peft asks the model it wraps for transformers' deprecated ``is_gradient_checkpointing``: the
+    FutureWarning would land in every executed stage-2 notebook. It is silenced where peft wraps."""
+    import copy
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from delrec_lib.llm import PEFT_CHECKPOINTING_WARNING
+
+    _, data, backbone, _ = world
+    with warnings.catch_warnings(record=True) as bare:
+        warnings.simplefilter("always")
+        get_peft_model(copy.deepcopy(backbone.model), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert [w for w in bare if re.search(PEFT_CHECKPOINTING_WARNING, str(w.message))], (
+        "transformers no longer warns on is_gradient_checkpointing: delrec_lib.llm.peft_wrapping can go"
+    )
+    cfg, paths = config(max_steps=2, eval_every=2), RunPaths(tmp_path / "run")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_finetuning(cfg, paths, data, backbone, "lora", progress=False)
+        load_recommender(paths, "lora", backbone, data, cfg)
+    assert not [w for w in caught if issubclass(w.category, FutureWarning) and "is_gradient_checkpointing" in str(w.message)]
+    # only that warning: the filter is gone once the wrap is done
+    with pytest.warns(FutureWarning, match="is_gradient_checkpointing"):
+        _ = backbone.model.is_gradient_checkpointing

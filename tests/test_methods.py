@@ -137,8 +137,8 @@ def test_a_plugin_joins_the_registry_and_bad_plugins_are_named():
         run_methods(RunConfig(plugins=("tests.nope:X",)))
     with pytest.raises(ConfigError, match=r"plugins\[0\]: module 'tests.toy_method' has no 'Nope'"):
         run_methods(RunConfig(plugins=("tests.toy_method:Nope",)))
-    with pytest.raises(ConfigError, match="produced by two families"):
-        run_methods(RunConfig(plugins=("tests.toy_method:ToyFamily", "tests.toy_method:ToyFamily")))
+    with pytest.raises(ConfigError, match=r"plugins: expected .*each once, .*\(an item twice\)"):
+        RunConfig(plugins=("tests.toy_method:ToyFamily", "tests.toy_method:ToyFamily"))
 
 
 # --------------------------------------------------------------------------------------------

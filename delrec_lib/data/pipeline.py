@@ -138,6 +138,13 @@ def build_tables(raw: RawDataset, seed: int, num_negatives: int) -> ProcessedTab
     user_ids = np.array(list(grouped.groups.keys()), dtype=np.int32)
     seqs = [g["item_id"].to_numpy(np.int32) for _, g in grouped]
     stamps = [g["timestamp"].to_numpy(np.int64) for _, g in grouped]
+    # Every user's candidate sets need num_negatives never-interacted items: refuse before sampling any.
+    most_seen = max(len(s) for s in seqs)
+    if num_negatives > num_items - most_seen:
+        raise ConfigError(
+            f"data.num_negatives = {num_negatives}: at most {num_items - most_seen} for {raw.name}, whose catalogue has "
+            f"{num_items} items of which one user interacted with {most_seen}"
+        )
 
     train, valid_t, test_t = [], [], []
     cand_rows = {"user_id": [], "split": [], "target": [], "target_position": [], "candidates": []}

@@ -55,7 +55,7 @@ from ..artifacts import (
 from ..config import P2RecConfig, P2RecVariant, RunConfig, parse_p2rec_variant
 from ..data import ProcessedData
 from ..errors import StaleArtifactError
-from ..llm import Backbone
+from ..llm import Backbone, peft_wrapping
 from ..teachers import build_model, export_model, fit, load_teacher, teacher_spec
 from ..teachers.base import SequentialRecommender
 from ..teachers.stage import torch_threads
@@ -182,7 +182,8 @@ def peft_model(backbone: Backbone, cfg: P2RecConfig):
     if backbone.family == "seq2seq" and modules == ["q_proj", "k_proj", "v_proj", "o_proj"]:
         modules = ["q", "k", "v", "o"]  # T5's attention projections
     lora = LoraConfig(target_modules=modules, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
-    return get_peft_model(copy.deepcopy(backbone.model), lora)
+    with peft_wrapping():
+        return get_peft_model(copy.deepcopy(backbone.model), lora)
 
 
 def sft_train_config(cfg: P2RecConfig) -> TrainConfig:

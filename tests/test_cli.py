@@ -1,0 +1,120 @@
+"""The command line: which preset a command resolves, and one clear line (never a traceback) when it stops."""
+
+from __future__ import annotations
+
+import pytest
+
+from delrec_lib import __main__ as cli
+from delrec_lib import config as config_module
+from delrec_lib import runner
+from delrec_lib.errors import DelrecError
+
+COMMANDS = ("run", "data", "teachers", "distill", "finetune", "p2rec")
+
+
+class Resolved(DelrecError):
+    pass
+
+
+@pytest.fixture
+def resolved_preset(monkeypatch):
+    """Stop every command right after its config names a preset, reporting which one."""
+
+    def stop(name):
+        raise Resolved(f"resolved preset {name}")
+
+    monkeypatch.setattr(config_module, "preset_config", stop)
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_config_files_preset_is_used_when_no_preset_is_given(command, tmp_path, capsys, resolved_preset):
+    f = tmp_path / "x.toml"
+    f.write_text('preset = "smoke"\n')
+    code, err = run_cli(capsys, command, "--config", str(f), "--run-dir", str(tmp_path / "run"))
+    assert (code, err.strip()) == (2, "error: resolved preset smoke")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_default_preset_applies_only_when_neither_names_one(command, tmp_path, capsys, resolved_preset):
+    f = tmp_path / "x.toml"
+    f.write_text("[data]\nseed = 3\n")
+    assert run_cli(capsys, command, "--config", str(f), "--run-dir", str(tmp_path / "run")) == (2, "error: resolved preset cpu\n")
+    assert run_cli(capsys, command, "--run-dir", str(tmp_path / "run")) == (2, "error: resolved preset cpu\n")
+    code, err = run_cli(capsys, command, "--preset", "paper", "--config", str(f), "--run-dir", str(tmp_path / "run"))
+    assert (code, err) == (2, "error: resolved preset paper\n")
+
+
+def test_an_explicit_preset_that_disagrees_with_the_file_is_refused(tmp_path, capsys):
+    f = tmp_path / "x.toml"
+    f.write_text('preset = "smoke"\n')
+    code, err = run_cli(capsys, "teachers", "--preset", "cpu", "--config", str(f), "--run-dir", str(tmp_path / "run"))
+    assert code == 2 and err == f"error: {f}: preset 'smoke' disagrees with the requested preset 'cpu'\n"
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("latin.toml", 'data_dir = "donn\u00e9es"\n'.encode("latin-1"), "not UTF-8 text"),
+        ("list.json", b"[1, 2]", "expected an object of config sections at the top level, got list"),
+        ("bad.toml", b"[teachers]\npatience = 0\n", "teachers.patience: expected an integer >= 1, got 0"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_and_a_non_zero_exit(name, content, message, tmp_path, capsys):
+    f = tmp_path / name
+    f.write_bytes(content)
+    for command in ("run", "data", "finetune"):
+        code, err = run_cli(capsys, command, "--config", str(f), "--run-dir", str(tmp_path / "run"))
+        assert code == 2 and err.startswith(f"error: {f}: ") and message in err and err.count("\n") == 1, err
+
+
+def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(monkeypatch, tmp_path, capsys):
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(config_module, "preset_config", interrupted)
+    code, err = run_cli(capsys, "teachers", "--run-dir", str(tmp_path / "run"))
+    assert code == 130 and err.strip() == "interrupted; rerun the same command to resume"
+
+
+def test_a_dead_kernel_is_one_line_naming_the_notebook(monkeypatch, tmp_path, capsys):
+    import papermill
+    from nbclient.exceptions import DeadKernelError
+
+    def die(*args, **kwargs):
+        raise DeadKernelError("Kernel died")
+
+    monkeypatch.setattr(papermill, "execute_notebook", die)
+    code, err = run_cli(capsys, "run", "--preset", "smoke", "--only", "01", "--run-dir", str(tmp_path / "run"), "--no-progress")
+    notebook = runner.series_notebooks()[0].name
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {notebook}: the kernel died while running it") and "Kernel died" in err
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        ("dead", "02_teachers.ipynb: the kernel died while running it (killed, or out of memory?): Kernel died; "),
+        ("timeout", "02_teachers.ipynb: a cell ran past its timeout: "),
+        ("kernel", "02_teachers.ipynb: no Jupyter kernel named 'python9'"),
+        ("cell", "02_teachers.ipynb failed in cell 4: ValueError: bad (see "),
+    ],
+)
+def test_execution_errors_become_delrec_errors_naming_the_notebook(error, expected, tmp_path):
+    from jupyter_client.kernelspec import NoSuchKernel
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    raised = {
+        "dead": DeadKernelError("Kernel died"),
+        "timeout": CellTimeoutError("A cell timed out while it was being executed, after 10 seconds."),
+        "kernel": NoSuchKernel("python9"),
+        "cell": PapermillExecutionError(3, 4, "x = f()", "ValueError", "bad", ["traceback"]),
+    }[error]
+    assert isinstance(raised, runner.execution_errors())
+    failure = runner.execution_failure("02_teachers.ipynb", tmp_path / "02_teachers.ipynb", raised)
+    assert isinstance(failure, DelrecError) and str(failure).startswith(expected), str(failure)
