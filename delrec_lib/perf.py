@@ -223,7 +223,7 @@ def training_bench_setup(args: argparse.Namespace, root: str):
     run_teachers(replace(config.teachers, models=()), data, paths.teachers, progress=False)
     config = replace(
         config,
-        distill=replace(config.distill, prompts=("popularity",), heldout_users=4, max_steps=args.steps + 2,
+        distill=replace(config.distill, prompts=("popularity",), heldout_users=4, selection_users=4, max_steps=args.steps + 2,
                         eval_every=None, warmup_steps=0),
         finetune=replace(config.finetune, variants=("delrec-popularity",), valid_users=4, max_steps=args.steps + 2,
                          eval_every=None, warmup_steps=0),
