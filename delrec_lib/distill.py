@@ -88,22 +88,13 @@ class DistillExample:
     history: tuple[int, ...]  # oldest first
     candidates: tuple[int, ...]
     label: int
-    prediction: int | None = None  # TA: the teacher's next-item prediction
+    prediction: int | None = None  # TA: the teacher's top-1 after the full train history (hidden item included)
     ranked: tuple[int, ...] = ()  # RPS: the teacher's predictions ranked 2..k
     example: tuple[tuple[int, ...], int, int] | None = None  # TA in-context: (history, prediction, answer)
 
     @property
     def target(self) -> int:
         return self.candidates[self.label]
-
-    def items(self) -> set[int]:
-        """Every item the example shows or asks for (for the no-leakage checks)."""
-        out = set(self.history) | set(self.candidates) | set(self.ranked)
-        if self.prediction is not None:
-            out.add(self.prediction)
-        if self.example is not None:
-            out |= set(self.example[0]) | {self.example[1], self.example[2]}
-        return out
 
 
 def teacher_predictions(topk: pd.DataFrame, data: ProcessedData) -> dict[int, list[int]]:
