@@ -2,10 +2,11 @@
 
 Two tasks, built from the teacher's exports and the users' train items only:
 
-- Temporal Analysis (TA): the history with its most recent train item hidden, the teacher's
-  prediction made after that item, and an in-context example; the LLM must pick the hidden item
-  from a candidate set (the hidden item plus random items the user never interacted with). It
-  teaches how the teacher links the latest item to what it predicts next.
+- Temporal Analysis (TA): the user's train history with its most recent item hidden, the
+  teacher's top-1 prediction after the *full* train history (so made after the hidden item, which
+  the teacher read), and an in-context example (another training user's solved case); the LLM must
+  pick the hidden item from a candidate set (the hidden item plus random items the user never
+  interacted with). It teaches how the teacher's next-item prediction follows from the latest item.
 - Recommendation Pattern Simulating (RPS): the history and the teacher's predictions ranked
   2..k; the candidates are the teacher's top-k plus random items, and the LLM must rank the
   teacher's top-1 first.
@@ -15,11 +16,25 @@ The loss of each task is the softmax cross-entropy over its candidates' scores
 gradient-norm weighting: per step, each task's gradient on the soft prompt is rescaled to the
 tasks' mean gradient norm, so neither task drowns the other (fixed weights as an option).
 
-No valid or test target appears anywhere here: histories are train items, the teacher's
-top-k was computed after the train items (it never saw what follows them) and has the user's
-valid/test targets removed, and random candidates come from items the user never interacted
-with. Held-out users are never trained on; their RPS examples measure *fidelity*, how often the
-LLM's top-1 equals the teacher's, which selects the best soft prompt.
+No valid or test target is shown as history, and no training input is chosen *by* one:
+
+- histories are train items; the teacher's top-k is its ``topk_valid`` export, computed after the
+  train items by a teacher trained on train items only, and is distilled as it is (train items
+  dropped, nothing else). Where it ranks a user's later valid or test target, that item stays: the
+  ranking is a function of train data, whereas removing the target would make the distilled input
+  depend on the label.
+- the in-context example comes from a training user (never a held-out one), drawn without
+  looking at any target.
+- random candidates are items the user never interacted with. That is the protocol's negative
+  sampling (the rule of every candidate set of the kit), and the one place where a user's
+  valid/test targets enter: as part of all the user's interactions, never singled out.
+
+Held-out users are never trained on and never shown as in-context examples. They form two
+disjoint sets: the *selection* set's RPS fidelity (how often the LLM's top-1 equals the
+teacher's), every ``eval_every`` steps, picks the best step; the *report* set is scored before
+training and with the selected soft prompt only, so its numbers carry no selection bias. Beside
+them, rankings that need no model on the same examples (``heuristic_hits``): the most popular
+candidate, for RPS also the most popular candidate the prompt does not list, and chance.
 """
 
 from __future__ import annotations
@@ -30,7 +45,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -51,6 +66,7 @@ from .artifacts import (
     write_manifest,
 )
 from .config import RunConfig, parse_prompt_name
+from .data.explore import item_popularity
 from .data.processed import ProcessedData
 from .errors import ConfigError, DataError
 from .metrics import bootstrap_ci, per_user_metrics
@@ -63,7 +79,6 @@ from .training import TrainConfig, Trainer, TrainingTask
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class DistillExample:
     """One stage-1 example in item ids. ``label`` indexes ``candidates``."""
@@ -73,7 +88,7 @@ class DistillExample:
     history: tuple[int, ...]  # oldest first
     candidates: tuple[int, ...]
     label: int
-    prediction: int | None = None  # TA: the teacher's next-item prediction
+    prediction: int | None = None  # TA: the teacher's top-1 after the full train history (hidden item included)
     ranked: tuple[int, ...] = ()  # RPS: the teacher's predictions ranked 2..k
     example: tuple[tuple[int, ...], int, int] | None = None  # TA in-context: (history, prediction, answer)
 
@@ -81,36 +96,23 @@ class DistillExample:
     def target(self) -> int:
         return self.candidates[self.label]
 
-    def items(self) -> set[int]:
-        """Every item the example shows or asks for (for the no-leakage checks)."""
-        out = set(self.history) | set(self.candidates) | set(self.ranked)
-        if self.prediction is not None:
-            out.add(self.prediction)
-        if self.example is not None:
-            out |= set(self.example[0]) | {self.example[1], self.example[2]}
-        return out
-
-
-def forbidden_items(data: ProcessedData, user_id: int) -> set[int]:
-    """What stage 1 must never show for this user: their valid and test targets."""
-    return {data.target(user_id, "valid"), data.target(user_id, "test")}
-
 
 def teacher_predictions(topk: pd.DataFrame, data: ProcessedData) -> dict[int, list[int]]:
-    """Each user's teacher ranking after their train items, without any train item or valid/test target.
+    """Each user's teacher ranking after their train items, train items dropped: as the teacher made
+    it, a user's later valid/test targets included (dropping them would use the labels).
 
     ``topk`` is the teacher's ``topk_valid`` export (computed from the train items only).
     """
     out = {}
     for row in topk.itertuples(index=False):
         uid = int(row.user_id)
-        drop = forbidden_items(data, uid) | set(data.train_items(uid))
-        out[uid] = [int(i) for i in row.items if int(i) not in drop]
+        train = set(data.train_items(uid))
+        out[uid] = [int(i) for i in row.items if int(i) not in train]
     return out
 
 
 def _random_items(rng: np.random.Generator, data: ProcessedData, user_id: int, exclude: set[int], n: int) -> list[int]:
-    """n distinct items the user never interacted with (so never their valid/test target), not in exclude."""
+    """n distinct items the user never interacted with (the protocol's negatives), not in exclude."""
     seen = set(data.interacted_items(user_id).tolist())
     pool = np.setdiff1d(np.arange(1, data.num_items + 1), np.fromiter(seen | exclude, dtype=np.int64))
     if len(pool) < n:
@@ -119,15 +121,16 @@ def _random_items(rng: np.random.Generator, data: ProcessedData, user_id: int, e
 
 
 def build_examples(
-    data: ProcessedData, predictions: dict[int, list[int]], users: list[int], config: Any
-) -> tuple[dict[int, DistillExample], dict[int, DistillExample]]:
-    """TA and RPS examples for ``users`` (dicts by user id); users too short for a task are skipped."""
+    data: ProcessedData, predictions: dict[int, list[int]], users: list[int], config: Any, *, donors: list[int]
+) -> dict[str, dict[int, DistillExample]]:
+    """{"ta": ..., "rps": ...}: each task's examples for ``users`` by user id (users too short for a
+    task are skipped). A TA in-context example is another user's case drawn from ``donors``, which
+    must be training users only: a donor's case shows its history and its teacher top-1."""
     ta, rps = {}, {}
-    donors = [u for u in users if len(data.train_items(u)) >= 2 and predictions.get(u)]
+    donors = [int(u) for u in donors if len(data.train_items(u)) >= 2 and predictions.get(u)]
     for uid in users:
         train = data.train_items(uid)
         preds = predictions.get(uid, [])
-        forbidden = forbidden_items(data, uid)
         if len(preds) >= config.rps_top_k and train:
             rng = np.random.default_rng([config.seed, uid, 1])
             top = preds[: config.rps_top_k]
@@ -135,45 +138,89 @@ def build_examples(
             order = rng.permutation(len(cands))
             cands = [cands[i] for i in order]
             rps[uid] = DistillExample(uid, "rps", tuple(train), tuple(cands), cands.index(top[0]), ranked=tuple(top[1:]))
-        if len(train) >= 2 and preds and donors:
+        pool = [d for d in donors if d != uid]
+        if len(train) >= 2 and preds and pool:
             rng = np.random.default_rng([config.seed, uid, 0])
             hidden, prediction = train[-1], preds[0]
             cands = [hidden] + _random_items(rng, data, uid, {prediction}, config.ta_candidates - 1)
             order = rng.permutation(len(cands))
             cands = [cands[i] for i in order]
-            example = None
-            for _ in range(20):  # another user's TA case as the in-context example, free of this user's targets
-                donor = int(donors[rng.integers(len(donors))])
-                if donor == uid:
-                    continue
-                d_train = data.train_items(donor)
-                case = (tuple(d_train[:-1]), predictions[donor][0], d_train[-1])
-                if not (set(case[0]) | {case[1], case[2]}) & forbidden:
-                    example = case
-                    break
-            if example is not None:
-                ta[uid] = DistillExample(uid, "ta", tuple(train[:-1]), tuple(cands), cands.index(hidden),
-                                         prediction=prediction, example=example)  # fmt: skip
-    return ta, rps
+            # Its own stream: which donor a user gets does not depend on how the negatives were drawn.
+            donor = pool[int(np.random.default_rng([config.seed, uid, 2]).integers(len(pool)))]
+            d_train = data.train_items(donor)
+            example = (tuple(d_train[:-1]), predictions[donor][0], d_train[-1])
+            ta[uid] = DistillExample(uid, "ta", tuple(train[:-1]), tuple(cands), cands.index(hidden),
+                                     prediction=prediction, example=example)  # fmt: skip
+    return {"ta": ta, "rps": rps}
 
 
-def split_users(data: ProcessedData, config: Any, max_users: int | None = None) -> tuple[list[int], list[int]]:
-    """(training users, held-out users): a seeded shuffle, held-out first."""
+class UserSplit(NamedTuple):
+    """Stage 1's disjoint user sets, each sorted."""
+
+    train: list[int]
+    selection: list[int]  # held out: their fidelity selects the step
+    report: list[int]  # held out: their fidelity before and after is what stage 1 reports
+
+
+def split_users(data: ProcessedData, config: Any, max_users: int | None = None) -> UserSplit:
+    """A seeded shuffle: the report set first, then the selection set, then the training users.
+
+    At most half the users are held out; data too small for the configured sets (the tests, a
+    ``max_users`` run) shrinks both in proportion, with a warning.
+    """
     users = data.user_ids(max_users).tolist()
     rng = np.random.default_rng([config.seed, 7])
     users = [int(u) for u in rng.permutation(users)]
-    n_held = min(config.heldout_users, max(1, len(users) // 2))
-    held, train = users[:n_held], users[n_held:]
+    n_report, n_select = config.heldout_users, config.selection_users
+    room = len(users) // 2
+    if n_report + n_select > room:
+        if room < 2:
+            raise DataError(f"stage 1: {len(users)} users; at least 4 are needed (a selection and a report user held out)")
+        n_select = max(1, room * n_select // (n_report + n_select))
+        n_report = room - n_select
+        log.warning("stage 1: %d users cannot spare distill.heldout_users=%d + distill.selection_users=%d; "
+                    "holding out %d report + %d selection users", len(users), config.heldout_users,
+                    config.selection_users, n_report, n_select)  # fmt: skip
+    report, selection, train = users[:n_report], users[n_report : n_report + n_select], users[n_report + n_select :]
     if config.max_train_users is not None:
         train = train[: config.max_train_users]
-    return sorted(train), sorted(held)
+    return UserSplit(sorted(train), sorted(selection), sorted(report))
+
+
+HEURISTICS = {
+    "rps": ("most popular unlisted candidate", "most popular candidate"),
+    "ta": ("most popular candidate",),
+}
+
+
+def heuristic_hits(examples: dict[int, DistillExample], popularity: np.ndarray) -> dict[str, np.ndarray]:
+    """Per user (sorted ids), the HR@1 of rankings that need no model, on the LLM's own examples.
+
+    ``popularity``: train-split interactions per item (index i-1 for item i). "most popular
+    candidate" ranks the candidates by it; "most popular unlisted candidate" (RPS) first drops the
+    candidates the prompt lists as the teacher's ranks 2..k, which a reader of the prompt can tell
+    are not its top-1. Ties count as a uniform random choice (``metrics``).
+    """
+    rows = [examples[u] for u in sorted(examples)]
+    if not rows:
+        return {}
+    task = rows[0].task
+    scores = np.array([[popularity[i - 1] for i in e.candidates] for e in rows], dtype=np.float64)
+    labels = np.array([e.label for e in rows])
+    out = {}
+    for name in HEURISTICS[task]:
+        valid = None
+        if name == "most popular unlisted candidate":
+            valid = np.array([[i not in e.ranked for i in e.candidates] for e in rows])
+        out[name] = per_user_metrics(scores, labels, valid)["HR@1"].to_numpy()
+    return out
 
 
 class DistillTask(TrainingTask):
     """Trains a soft prompt on TA + RPS with the backbone frozen."""
 
     def __init__(self, backbone, builder: PromptBuilder, soft_prompt: SoftPrompt, titles: list[str],
-                 train_examples: dict[str, dict[int, DistillExample]], heldout: dict[str, dict[int, DistillExample]],
+                 train_examples: dict[str, dict[int, DistillExample]], selection: dict[str, dict[int, DistillExample]],
                  config: Any, teacher: str, llm_config: Any, tasks: tuple[str, ...] = ("ta", "rps")):  # fmt: skip
         self.backbone = backbone
         self.builder = builder
@@ -186,7 +233,7 @@ class DistillTask(TrainingTask):
         # A training unit is a user with an example for every task, so each step sees both tasks.
         self.train = train_examples
         self.users = sorted(set.intersection(*(set(train_examples[t]) for t in self.tasks)))
-        self.heldout = heldout
+        self.selection = selection  # held-out examples whose RPS fidelity selects the step
         self._prompts: dict[tuple[str, int], EncodedPrompt] = {}
         self._pending: dict[str, torch.Tensor] = {}
 
@@ -256,17 +303,18 @@ class DistillTask(TrainingTask):
         return {f"w_{t}": float(w) for t, w in zip(tasks, weights, strict=True)}
 
     def evaluate(self) -> dict[str, float]:
-        per_user = self.heldout_scores(self.soft_prompt(), tasks=("rps",))
-        return {"fidelity": float(per_user["rps"].mean()), "heldout_users": float(len(per_user["rps"]))}
+        per_user = self.heldout_scores(self.soft_prompt(), self.selection, tasks=("rps",))
+        return {"fidelity": float(per_user["rps"].mean()), "selection_users": float(len(per_user["rps"]))}
 
     # -- held-out evaluation ---------------------------------------------------------------------
 
-    def heldout_scores(self, soft: torch.Tensor, tasks=("ta", "rps")) -> dict[str, np.ndarray]:
-        """Per held-out user: HR@1 of the LLM on each task (for RPS: the distillation fidelity)."""
+    def heldout_scores(self, soft: torch.Tensor, heldout: dict[str, dict[int, DistillExample]],
+                       tasks=("ta", "rps")) -> dict[str, np.ndarray]:  # fmt: skip
+        """Per held-out user (sorted ids): HR@1 of the LLM on each task (for RPS: the distillation fidelity)."""
         out = {}
         with torch.no_grad():
             for t in tasks:
-                examples = [self.heldout[t][u] for u in sorted(self.heldout[t])]
+                examples = [heldout[t][u] for u in sorted(heldout.get(t, {}))]
                 if not examples:
                     continue
                 scores = self.scores(examples, soft).float().cpu().numpy()
@@ -355,13 +403,13 @@ def run_distillation(
         return load_distilled(out_dir)
 
     predictions = teacher_predictions(topk, data)
-    train_users, held_users = split_users(data, cfg, config.max_users)
-    ta, rps = build_examples(data, predictions, train_users + held_users, cfg)
-    held = set(held_users)
-    train = {"ta": {u: e for u, e in ta.items() if u not in held}, "rps": {u: e for u, e in rps.items() if u not in held}}
-    heldout = {"ta": {u: e for u, e in ta.items() if u in held}, "rps": {u: e for u, e in rps.items() if u in held}}
-    if not heldout["rps"]:
-        raise DataError("stage 1: no held-out user has an RPS example; raise distill.heldout_users")
+    users = split_users(data, cfg, config.max_users)
+    # Donors (TA in-context examples) are training users for every set: a held-out user's case
+    # would put its teacher top-1, the held-out RPS label, into a training prompt.
+    train, selection, report = (build_examples(data, predictions, group, cfg, donors=users.train) for group in users)
+    for label, examples, field in (("selection", selection, "selection_users"), ("report", report, "heldout_users")):
+        if not examples["rps"]:
+            raise DataError(f"stage 1: no {label} user has an RPS example; raise distill.{field}")
 
     display = TEACHER_DISPLAY.get(teacher, teacher)
     builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
@@ -370,44 +418,60 @@ def run_distillation(
     else:
         soft = SoftPrompt.from_vocabulary(backbone, cfg.num_soft_tokens, cfg.seed)
     initial = soft.embeddings.detach().clone()
-    task = DistillTask(backbone, builder, soft, data.titles, train, heldout, cfg, teacher, config.llm, tasks)
+    task = DistillTask(backbone, builder, soft, data.titles, train, selection, cfg, teacher, config.llm, tasks)
     if not task.users:
         raise DataError("stage 1: no training user has both a TA and an RPS example")
 
     start = time.perf_counter()
-    before = task.heldout_scores(initial)
+    before = task.heldout_scores(initial, report)
+    selection_before = task.heldout_scores(initial, selection, tasks=("rps",))["rps"]
     trainer = Trainer(train_config(cfg), task, paths.distill / ".checkpoints" / name, desc=f"distill {name}",
                       progress=progress, callbacks=callbacks, identity={"inputs": inputs, "config": stage_config})  # fmt: skip
     result = trainer.train()
     trainer.load_best()
-    after = task.heldout_scores(soft.embeddings.detach())
+    after = task.heldout_scores(soft.embeddings.detach(), report)  # the selected soft prompt only
     seconds = time.perf_counter() - start
 
-    history = pd.DataFrame([{"step": 0, "fidelity": float(before["rps"].mean())}, *result.history])
+    popularity = item_popularity(data, split="train")
+    baselines = {t: heuristic_hits(report[t], popularity) for t in ("ta", "rps")}
+    history = pd.DataFrame([{"step": 0, "fidelity": float(selection_before.mean())}, *result.history])
     train_log = pd.DataFrame(result.train_log)
-    per_user = pd.DataFrame({"user_id": sorted(heldout["rps"]), "fidelity_before": before["rps"], "fidelity_after": after["rps"]})
+    per_user = pd.DataFrame({"user_id": sorted(report["rps"]), "fidelity_before": before["rps"],
+                             "fidelity_after": after["rps"], **baselines["rps"]})  # fmt: skip
     metrics = {
         "prompt": name,
         "teacher": teacher,
         "tasks": list(tasks),
+        # The report set: never trained on, never a donor, not used to select the step.
         "fidelity_before": _ci(before["rps"]),
         "fidelity_after": _ci(after["rps"]),
         "fidelity_chance": 1.0 / (cfg.rps_top_k + cfg.rps_random),
+        "fidelity_baselines": {k: _ci(v) for k, v in baselines["rps"].items()},
         "ta_accuracy_before": _ci(before["ta"]) if "ta" in before else None,
         "ta_accuracy_after": _ci(after["ta"]) if "ta" in after else None,
         "ta_chance": 1.0 / cfg.ta_candidates,
+        "ta_baselines": {k: _ci(v) for k, v in baselines["ta"].items()},
+        # The selection set, whose curve is history.csv; its fidelity at the best step is
+        # optimistic by construction (the step was chosen on it): set it beside fidelity_after.
+        "selection": {
+            "users": len(selection["rps"]),
+            "fidelity_before": float(selection_before.mean()),
+            "fidelity_best": result.best_metric,
+            "fidelity_baselines": {k: _ci(v) for k, v in heuristic_hits(selection["rps"], popularity).items()},
+        },
         "train_users": len(task.users),
-        "heldout_users": len(heldout["rps"]),
+        "heldout_users": len(report["rps"]),
+        "selection_users": len(selection["rps"]),
         "steps": result.steps,
         "best_step": result.best_step,
         "processes": result.processes,  # the global batch is processes x batch_size
         "seconds": round(seconds, 1),
         "soft_prompt_moved": float((soft.embeddings.detach() - initial).norm() / initial.norm()),
     }
-    example_user = sorted(heldout["rps"])[0]
-    examples_text = {"rps": task.prompt(heldout["rps"][example_user]).text}
-    if example_user in heldout["ta"]:
-        examples_text["ta"] = task.prompt(heldout["ta"][example_user]).text
+    example_user = sorted(report["rps"])[0]
+    examples_text = {"rps": task.prompt(report["rps"][example_user]).text}
+    if example_user in report["ta"]:
+        examples_text["ta"] = task.prompt(report["ta"][example_user]).text
     meta = {**inputs, "teacher": teacher, "prompt": name, "tasks": ",".join(tasks), "kind": SOFT_PROMPT_KIND}
     if trainer.is_main_process:  # every process holds the same soft prompt; one writes it
         with atomic_dir(out_dir) as tmp:
@@ -429,14 +493,14 @@ def describe_examples(examples: dict[str, DistillExample]) -> pd.DataFrame:
 
 
 def preview_prompts(config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str) -> dict[str, EncodedPrompt]:
-    """The TA and RPS prompts of the first held-out user, as stage 1 will render them."""
+    """The TA and RPS prompts of the first report-set user, as stage 1 will render them."""
     teacher, _ = parse_prompt_name(name)
     cfg = config.distill
     predictions = teacher_predictions(read_teacher_topk(paths.teachers / teacher, data, config.teachers), data)
-    _, held = split_users(data, cfg, config.max_users)
-    ta, rps = build_examples(data, predictions, held, cfg)
-    user = next(u for u in held if u in ta and u in rps)
+    users = split_users(data, cfg, config.max_users)
+    examples = build_examples(data, predictions, users.report, cfg, donors=users.train)
+    user = next(u for u in users.report if u in examples["ta"] and u in examples["rps"])
     builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
     task = DistillTask(backbone, builder, SoftPrompt(torch.zeros(cfg.num_soft_tokens, backbone.hidden_size)),
-                       data.titles, {"ta": ta, "rps": rps}, {}, cfg, teacher, config.llm)  # fmt: skip
-    return {"ta": task.prompt(ta[user]), "rps": task.prompt(rps[user])}
+                       data.titles, examples, {}, cfg, teacher, config.llm)  # fmt: skip
+    return {"ta": task.prompt(examples["ta"][user]), "rps": task.prompt(examples["rps"][user])}

@@ -224,7 +224,7 @@ def training_bench_setup(args: argparse.Namespace, root: str):
     # Evaluation only after the last step: the timed steps are training steps.
     config = replace(
         config,
-        distill=replace(config.distill, prompts=("popularity",), heldout_users=4, max_steps=args.steps + 2,
+        distill=replace(config.distill, prompts=("popularity",), heldout_users=4, selection_users=4, max_steps=args.steps + 2,
                         eval_every=args.steps + 2, warmup_steps=0),
         finetune=replace(config.finetune, variants=("delrec-popularity",), valid_users=4, max_steps=args.steps + 2,
                          eval_every=args.steps + 2, warmup_steps=0),

@@ -141,3 +141,22 @@ def plot_stage_curves(stage: str, curves, ax: plt.Axes | None = None) -> plt.Axe
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     return ax
+
+
+def plot_fidelity_curve(history, metrics: dict, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
+    """Stage 1's held-out fidelity per step on the selection set, the heuristics on the same users as
+    horizontal lines, and the report set's fidelity with the selected soft prompt (95% CI) at its step."""
+    ax = ax or plt.gca()
+    sel = metrics["selection"]
+    ax.plot(history["step"], history["fidelity"], marker="o", ms=3, color="#4C72B0",
+            label=f"LLM, selection set (n={sel['users']})")  # fmt: skip
+    for (name, v), style in zip(sel["fidelity_baselines"].items(), ("--", "-."), strict=False):
+        ax.axhline(v["mean"], color="#555555", ls=style, lw=1, label=name)
+    ax.axhline(metrics["fidelity_chance"], color="#AAAAAA", ls=":", label="chance")
+    after = metrics["fidelity_after"]
+    if metrics.get("best_step") is not None:
+        ax.errorbar([metrics["best_step"]], [after["mean"]], yerr=[[after["mean"] - after["ci_low"]], [after["ci_high"] - after["mean"]]],
+                    fmt="s", color="#DD8452", capsize=3, label=f"LLM, report set, selected step (n={metrics['heldout_users']})")  # fmt: skip
+    ax.set(xlabel="step", ylabel="LLM top-1 = teacher top-1", ylim=(0, 1), title=title)
+    ax.legend(fontsize=7)
+    return ax

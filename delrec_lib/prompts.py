@@ -5,7 +5,8 @@ vectors>") when the builder has ``num_soft_tokens > 0``, and without it otherwis
 LoRA without stage 1):
 
 - Temporal Analysis (TA, stage 1): an in-context example, then the user's history with its most
-  recent item hidden and the teacher's prediction; the answer is the hidden item.
+  recent item hidden and the teacher's prediction made after that item (from the full history);
+  the answer is the hidden item.
 - Recommendation Pattern Simulating (RPS, stage 1): the history and the teacher's predictions
   ranked 2..k; the answer is the teacher's top-1, among the teacher's top-k plus random items.
 - Recommendation (stage 2 and evaluation): the history; the answer is the next item.

@@ -38,8 +38,8 @@ def write_teacher_exports(directory: Path, data, *, fixed: int | None = FIXED_PR
                           leak_targets: bool = True) -> Path:  # fmt: skip
     """A teacher export whose top-1 is always ``fixed`` (when not None), then random items.
 
-    With ``leak_targets`` the user's valid and test targets are put high in the list, as a real
-    teacher may rank them: stage 1 must filter them out.
+    With ``leak_targets`` the user's valid and test targets come right after the top-1, as a real
+    teacher may rank them: stage 1 distils them as they are (dropping them would use the labels).
     """
     rng = np.random.default_rng(seed)
     rows = []

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from delrec_lib.config import DistillConfig, LLMConfig, RunConfig
 from delrec_lib.distill import (
+    DistillExample,
     build_examples,
-    forbidden_items,
+    heuristic_hits,
     read_teacher_topk,
     run_distillation,
     split_users,
     teacher_predictions,
 )
-from delrec_lib.errors import StaleArtifactError
+from delrec_lib.errors import DataError, StaleArtifactError
 from delrec_lib.llm import load_backbone
 from delrec_lib.runner import RunPaths
 from delrec_lib.soft_prompt import load_soft_prompt
@@ -35,8 +39,8 @@ def world(tmp_path_factory):
 
 
 def config(**distill) -> RunConfig:
-    base = DistillConfig(heldout_users=10, max_steps=30, batch_size=4, grad_accum=1, lr=0.1, eval_every=10,
-                         num_soft_tokens=4, warmup_steps=0, ta_candidates=6, rps_top_k=3, rps_random=3)  # fmt: skip
+    base = DistillConfig(heldout_users=10, selection_users=6, max_steps=30, batch_size=4, grad_accum=1, lr=0.1,
+                         eval_every=10, num_soft_tokens=4, warmup_steps=0, ta_candidates=6, rps_top_k=3, rps_random=3)  # fmt: skip
     return RunConfig(preset="smoke", llm=LLMConfig(history_len=4, title_style="with_year"),
                      distill=dataclasses.replace(base, **distill))  # fmt: skip
 
@@ -54,24 +58,170 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def test_no_example_touches_a_valid_or_test_target(world):
+def ta_case(data, preds, uid) -> tuple:
+    """A user's solved TA case as an in-context example shows it: (history, teacher top-1, hidden item)."""
+    train = data.train_items(uid)
+    return (tuple(train[:-1]), preds[uid][0], train[-1])
+
+
+def never_interacted(data, uid) -> set[int]:
+    return set(range(1, data.num_items + 1)) - set(data.interacted_items(uid).tolist())
+
+
+def test_examples_show_train_items_and_the_teachers_ranking_as_it_is(world):
     root, data, _ = world
     paths = paths_for(root, "leak")
+    # The teacher ranks each user's valid then test target right after its top-1.
     write_teacher_exports(paths.teachers / "sasrec", data, leak_targets=True)
-    preds = teacher_predictions(read_teacher_topk(paths.teachers / "sasrec", data), data)
+    topk = read_teacher_topk(paths.teachers / "sasrec", data)
+    preds = teacher_predictions(topk, data)
     cfg = config().distill
-    train, held = split_users(data, cfg)
-    ta, rps = build_examples(data, preds, train + held, cfg)
+    users = split_users(data, cfg)
+    examples = build_examples(data, preds, users.train + users.selection + users.report, cfg, donors=users.train)
+    ta, rps = examples["ta"], examples["rps"]
     assert len(ta) == len(rps) == data.num_users
-    for examples in (ta, rps):
-        for uid, ex in examples.items():
-            assert not ex.items() & forbidden_items(data, uid), f"user {uid}: {ex}"
-            assert set(ex.history) <= set(data.train_items(uid))
+    for row in topk.itertuples():
+        train = set(data.train_items(row.user_id))
+        assert preds[row.user_id] == [int(i) for i in row.items if i not in train]  # nothing else dropped
+    for uid, ex in rps.items():
+        valid, test = data.target(uid, "valid"), data.target(uid, "test")
+        assert ex.history == tuple(data.train_items(uid))
+        assert ex.target == preds[uid][0] == FIXED_PREDICTION
+        assert ex.ranked == tuple(preds[uid][1:3]) == (valid, test), "the teacher's ranks 2..k, targets included"
+        assert set(ex.candidates) - set(preds[uid][:3]) <= never_interacted(data, uid)  # the protocol's negatives
     for uid, ex in ta.items():
         assert ex.target == data.train_items(uid)[-1] and ex.history == tuple(data.train_items(uid)[:-1])
-    for uid, ex in rps.items():
-        assert ex.target == preds[uid][0] == FIXED_PREDICTION
-        assert ex.ranked == tuple(preds[uid][1:3])
+        assert ex.prediction == FIXED_PREDICTION
+        assert set(ex.candidates) - {ex.target} <= never_interacted(data, uid)
+
+
+def test_a_teacher_top1_that_is_a_later_target_stays_the_label(world):
+    root, data, _ = world
+    paths = paths_for(root, "target-first")
+    write_teacher_exports(paths.teachers / "sasrec", data, fixed=None, leak_targets=True)
+    preds = teacher_predictions(read_teacher_topk(paths.teachers / "sasrec", data), data)
+    users = split_users(data, config().distill)
+    examples = build_examples(data, preds, users.train, config().distill, donors=users.train)
+    for uid in users.train:
+        valid, test = data.target(uid, "valid"), data.target(uid, "test")
+        assert preds[uid][:2] == [valid, test]
+        assert examples["rps"][uid].target == valid and examples["rps"][uid].ranked[0] == test
+        assert examples["ta"][uid].prediction == valid
+
+
+def test_no_heldout_user_appears_in_a_training_example(world):
+    root, data, _ = world
+    paths = paths_for(root, "donors")
+    write_teacher_exports(paths.teachers / "sasrec", data, fixed=None, seed=3)  # a different top-1 per user
+    preds = teacher_predictions(read_teacher_topk(paths.teachers / "sasrec", data), data)
+    cfg = config().distill
+    users = split_users(data, cfg)
+    held = users.selection + users.report
+    assert not set(held) & set(users.train) and not set(users.selection) & set(users.report)
+    held_cases = {ta_case(data, preds, u) for u in held}
+    train_cases = {ta_case(data, preds, u) for u in users.train}
+    assert not held_cases & train_cases
+    for group in (users.train, users.selection, users.report):
+        ta = build_examples(data, preds, group, cfg, donors=users.train)["ta"]
+        assert set(ta) == set(group)
+        for uid, ex in ta.items():
+            assert ex.example in train_cases and ex.example != ta_case(data, preds, uid), f"user {uid}: {ex.example}"
+    # The check can fail: donors drawn from every user (the old behaviour) do show held-out cases.
+    everyone = build_examples(data, preds, users.train, cfg, donors=users.train + held)["ta"]
+    assert any(ex.example in held_cases for ex in everyone.values())
+
+
+def test_stage1_trains_on_training_users_only(world):
+    """Through run_distillation itself: the task it trains holds no held-out user, as trainee or donor."""
+    root, data, backbone = world
+    paths = paths_for(root, "wiring")
+    write_teacher_exports(paths.teachers / "sasrec", data, fixed=None, seed=3)
+    seen = {}
+
+    def capture(trainer, step):
+        seen["task"] = trainer.task
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_distillation(config(), paths, data, backbone, "sasrec", progress=False, callbacks=[capture])
+    task = seen["task"]
+    preds = teacher_predictions(read_teacher_topk(paths.teachers / "sasrec", data), data)
+    users = split_users(data, config().distill)
+    held = set(users.selection + users.report)
+    held_cases = {ta_case(data, preds, u) for u in held}
+    assert task.users and not set(task.users) & held
+    for t in ("ta", "rps"):
+        assert not set(task.train[t]) & held
+        assert set(task.selection[t]) <= set(users.selection)
+    for ex in task.train["ta"].values():
+        assert ex.example not in held_cases
+        for u in held:  # nor a held-out user's history with some other prediction
+            h = data.train_items(u)[:-1]
+            assert ex.example[0] != tuple(h)
+
+
+def test_changing_a_users_targets_changes_only_their_negatives(world):
+    root, data, _ = world
+    cfg = config().distill
+    users = split_users(data, cfg)
+    uid = users.train[0]
+    seq = list(data.interacted_items(uid).tolist())
+    others = [i for i in range(1, 28) if i not in seq][:2]  # items nobody in the user's sequence
+    splits, sequences = data.splits.copy(), data.sequences.copy()
+    row = data.splits.index[data.splits["user_id"] == uid][0]
+    splits.at[row, "valid_target"], splits.at[row, "test_target"] = others
+    srow = data.sequences.index[data.sequences["user_id"] == uid][0]
+    sequences.at[srow, "items"] = np.array(seq[:-2] + others, dtype=np.asarray(seq).dtype)
+    changed = dataclasses.replace(data, splits=splits, sequences=sequences)
+    assert changed.target(uid, "test") == others[1] and changed.train_items(uid) == data.train_items(uid)
+    # One teacher export for both: the teacher saw train items only, which did not change.
+    rng = np.random.default_rng(0)
+    topk = pd.DataFrame([{"user_id": int(u), "items": np.array(
+        [data.target(u, "valid"), data.target(u, "test"), *rng.permutation([i for i in range(1, 31)
+         if i not in data.train_items(u) and i not in (data.target(u, "valid"), data.target(u, "test"))])][:8])}
+        for u in data.user_ids()])  # fmt: skip
+    before, after = teacher_predictions(topk, data), teacher_predictions(topk, changed)
+    assert before == after and before[uid][:2] == [data.target(uid, "valid"), data.target(uid, "test")]
+    ex_before = build_examples(data, before, users.train, cfg, donors=users.train)
+    ex_after = build_examples(changed, after, users.train, cfg, donors=users.train)
+    for t in ("ta", "rps"):
+        assert set(ex_before[t]) == set(ex_after[t])
+        for u in ex_before[t]:
+            a, b = ex_before[t][u], ex_after[t][u]
+            if u != uid:
+                assert a == b, f"user {u} ({t}) changed with another user's targets"
+                continue
+            # All but the random negatives: history, teacher predictions, label, donor case.
+            assert (a.history, a.prediction, a.ranked, a.example, a.target) == (b.history, b.prediction, b.ranked, b.example, b.target)
+            shown = {a.target, *a.ranked} if t == "rps" else {a.target}
+            assert set(b.candidates) - shown <= never_interacted(changed, uid)
+
+
+def test_heuristic_baselines_on_hand_made_examples():
+    popularity = np.array([5, 9, 7, 1, 7])  # items 1..5
+    rps = {
+        # the teacher's top-1 is item 3; item 2 (the most popular) is listed as its rank 2
+        1: DistillExample(1, "rps", (4,), candidates=(1, 2, 3, 4), label=2, ranked=(2,)),
+        # unlisted items 3 and 5 tie on popularity: half a hit in expectation
+        2: DistillExample(2, "rps", (4,), candidates=(3, 2, 5, 1), label=0, ranked=(2,)),
+    }
+    hits = heuristic_hits(rps, popularity)
+    assert hits["most popular candidate"].tolist() == [0.0, 0.0]
+    assert hits["most popular unlisted candidate"].tolist() == [1.0, 0.5]
+    ta = {3: DistillExample(3, "ta", (1,), candidates=(4, 2, 1), label=1, prediction=5)}
+    assert heuristic_hits(ta, popularity) == {"most popular candidate": pytest.approx(np.array([1.0]))}
+
+
+def test_held_out_sets_are_disjoint_sized_and_shrink_loudly(world, caplog):
+    _, data, _ = world
+    users = split_users(data, config().distill)
+    assert (len(users.report), len(users.selection), len(users.train)) == (10, 6, 24)
+    with caplog.at_level(logging.WARNING, logger="delrec_lib.distill"):
+        small = split_users(data, DistillConfig(heldout_users=300, selection_users=100))
+    assert (len(small.report), len(small.selection)) == (15, 5) and "holding out 15 report + 5 selection" in caplog.text
+    assert len(set(small.train) | set(small.selection) | set(small.report)) == data.num_users
+    with pytest.raises(DataError, match="at least 4 are needed"):
+        split_users(data, config().distill, max_users=3)
 
 
 def test_stage1_learns_a_fixed_teacher_and_leaves_the_backbone_untouched(world):
@@ -87,6 +237,20 @@ def test_stage1_learns_a_fixed_teacher_and_leaves_the_backbone_untouched(world):
     assert m["fidelity_after"]["mean"] >= 0.8 > chance * 2
     assert m["fidelity_after"]["mean"] > m["fidelity_before"]["mean"] + 0.3
     assert m["soft_prompt_moved"] > 0
+    # Reported on the report set; the step was selected on the disjoint selection set.
+    assert (m["heldout_users"], m["selection_users"]) == (10, 6) and m["selection"]["users"] == 6
+    assert (result.history["step"].tolist(), result.history["selection_users"].dropna().unique().tolist()) == ([0, 10, 20, 30], [6])
+    assert m["selection"]["fidelity_best"] == result.history["fidelity"].iloc[1:].max()
+    assert m["selection"]["fidelity_before"] == result.history["fidelity"].iloc[0]
+    # Heuristic baselines on the same report examples, with intervals like the LLM's.
+    for key, names in (("fidelity_baselines", ["most popular unlisted candidate", "most popular candidate"]),
+                       ("ta_baselines", ["most popular candidate"])):  # fmt: skip
+        assert list(m[key]) == names
+        for v in m[key].values():
+            assert v["users"] == 10 and v["ci_low"] <= v["mean"] <= v["ci_high"]
+    assert list(m["selection"]["fidelity_baselines"]) == list(m["fidelity_baselines"])
+    per_user = pd.read_parquet(paths.distill / "sasrec" / "per_user.parquet")
+    assert per_user["most popular candidate"].mean() == pytest.approx(m["fidelity_baselines"]["most popular candidate"]["mean"])
     soft, meta = load_soft_prompt(paths.distill / "sasrec", backbone, data, config().llm)
     assert torch.equal(soft.embeddings, result.soft_prompt.embeddings)
     assert meta["teacher"] == "sasrec"

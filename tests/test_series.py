@@ -69,6 +69,12 @@ def test_03_pattern_distillation_metrics(smoke_run):
     for name, r in m.items():
         assert 0 <= r["fidelity_before"] <= 1 and 0 <= r["fidelity_after"] <= 1
         assert r["fidelity_chance"] == 1 / (cfg.distill.rps_top_k + cfg.distill.rps_random)
+        # reported on the report set beside the heuristics; the step chosen on the selection set
+        assert (r["heldout_users"], r["selection_users"]) == (cfg.distill.heldout_users, cfg.distill.selection_users)
+        assert sorted(r["fidelity_baselines"]) == ["most popular candidate", "most popular unlisted candidate"]
+        assert list(r["ta_baselines"]) == ["most popular candidate"]
+        for v in [*r["fidelity_baselines"].values(), *r["ta_baselines"].values(), r["selection_fidelity_best"]]:
+            assert 0 <= v <= 1
         assert r["steps"] == cfg.distill.max_steps
         assert (smoke_run.distill / name / "soft_prompt.safetensors").is_file()
     assert (smoke_run.figures / "03_distillation_curves.png").is_file()
