@@ -61,7 +61,7 @@ def _data(args: argparse.Namespace) -> None:
 
     config = load_config(args.preset, args.config)
     out = prepare_dataset(config.data, resolve_path(config.data_dir))
-    data = load_processed(resolve_path(config.data_dir), config.data.dataset)
+    data = load_processed(resolve_path(config.data_dir), config.data)
     print(f"{out}: {data.num_users} users, {data.num_items} items, {len(data.candidates)} candidate sets")
 
 
@@ -81,7 +81,7 @@ def _teachers(args: argparse.Namespace) -> None:
     config, paths, data_root = notebook_context(args.preset or "cpu", args.run_dir, args.config, **overrides)
     from .data import load_processed
 
-    data = load_processed(data_root, config.data.dataset)
+    data = load_processed(data_root, config.data)
     results = run_teachers(config.teachers, data, paths.teachers, progress=not args.no_progress)
     print(metrics_table(results, split="test").to_string())
     print(f"exports: {paths.teachers}")
@@ -99,7 +99,7 @@ def _llm_stage(args: argparse.Namespace):
     from .runner import notebook_context
 
     config, paths, data_root = notebook_context(args.preset or "cpu", args.run_dir, args.config)
-    data = load_processed(data_root, config.data.dataset)
+    data = load_processed(data_root, config.data)
     return config, paths, data, load_backbone_from_config(config.llm)
 
 
