@@ -44,6 +44,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _run_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--only", nargs="*", default=None, help="run only notebooks whose name starts with these (e.g. 01 02)")
+    p.add_argument("--rerun", nargs="+", default=None, metavar="STAGE",
+                   help="compute these stages again even where finished (a notebook's number, e.g. 02, or a stage: "
+                        "data teachers distill finetune p2rec evaluation analysis); what depends on them follows "
+                        "where their outputs change")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
 
 
@@ -51,7 +55,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> None:
     from .runner import run_series
 
-    run_series(args.preset or "cpu", args.run_dir, config_file=args.config, only=args.only, progress=not args.no_progress)
+    run_series(args.preset or "cpu", args.run_dir, config_file=args.config, only=args.only, rerun=args.rerun,
+               progress=not args.no_progress)  # fmt: skip
 
 
 @command("data", "acquire and process the dataset into data/processed/")(_common)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import hashlib
 import functools
+import hashlib
 import json
 import logging
 import os
