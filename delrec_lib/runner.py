@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import json
 import logging
 import os
@@ -191,6 +190,8 @@ def run_folder_lock(root: Path) -> Iterator[None]:
     recompute with settings the first run has just overwritten; the message says who holds the folder.
     The lock is ``fcntl.flock`` on ``<root>/.lock``, released by the system when the process ends,
     however it ends (no stale lock after a crash)."""
+    import fcntl  # POSIX only: imported here so that notebooks can use this module anywhere
+
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     try:
