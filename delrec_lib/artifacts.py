@@ -1,8 +1,10 @@
 """Atomic writes, content hashes and manifests: the contracts between stages.
 
 Every artifact directory holds a ``manifest.json`` naming the hashes of its inputs, its
-configuration and its output files. A stage compares the manifest of what it is about to
-read with what it expects and refuses stale or mismatched inputs instead of mixing runs.
+configuration and its output files, and the kit's version (and git commit) that made it. A
+stage compares the manifest of what it is about to read with what it expects and refuses stale
+or mismatched inputs instead of mixing runs; outputs of another version of the kit are reused
+with a warning (a code change need not change a result).
 Nothing is pickled: tensors go to safetensors, tables to Parquet/CSV, the rest to JSON.
 """
 
@@ -235,7 +237,7 @@ def build_manifest(
         "config_hash": sha256_json(config) if config is not None else None,
         "outputs": hash_outputs(directory),
         "extra": to_jsonable(dict(extra or {})),
-        "kit": kit_identity(),
+        "kit": dict(kit_identity()),  # what made it: a loader warns when that is not this code
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 

@@ -3,7 +3,9 @@
 ``python -m delrec_lib run --preset cpu`` executes every ``notebooks/NN_*.ipynb`` in order into
 ``outputs/<run>/notebooks/``, passing the preset, the run folder and the resolved config file
 as parameters. Each notebook ends by recording its metrics to ``outputs/<run>/metrics/``,
-which is what the tests read.
+which is what the tests read. The run folder is locked while the series runs, ``timings.json``
+records every execution, and ``--rerun STAGE`` recomputes a stage whatever its manifests say
+(README, "Running again").
 """
 
 from __future__ import annotations
