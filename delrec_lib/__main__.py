@@ -45,6 +45,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _run_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--only", nargs="*", default=None, help="run only notebooks whose name starts with these (e.g. 01 02)")
+    p.add_argument("--rerun", nargs="+", default=None, metavar="STAGE",
+                   help="compute these stages again even where finished (a notebook's number, e.g. 02, or a stage: "
+                        "data teachers distill finetune p2rec evaluation analysis); what depends on them follows "
+                        "where their outputs change")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
 
 
@@ -52,7 +56,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> None:
     from .runner import run_series
 
-    run_series(args.preset, args.run_dir, config_file=args.config, only=args.only, progress=not args.no_progress)
+    run_series(args.preset, args.run_dir, config_file=args.config, only=args.only, rerun=args.rerun,
+               progress=not args.no_progress)  # fmt: skip
 
 
 @command("data", "acquire and process the dataset into data/processed/")(_common)
@@ -62,7 +67,7 @@ def _data(args: argparse.Namespace) -> None:
 
     config = load_config(args.preset, args.config)
     out = prepare_dataset(config.data, resolve_path(config.data_dir))
-    data = load_processed(resolve_path(config.data_dir), config.data.dataset)
+    data = load_processed(resolve_path(config.data_dir), config.data)
     print(f"{out}: {data.num_users} users, {data.num_items} items, {len(data.candidates)} candidate sets")
 
 
@@ -83,7 +88,7 @@ def _teachers(args: argparse.Namespace) -> None:
     config, paths, data_root = notebook_context(args.preset, args.run_dir, args.config)
     from .data import load_processed
 
-    data = load_processed(data_root, config.data.dataset)
+    data = load_processed(data_root, config.data)
     names = tuple(args.models) if args.models else None
     results = run_teachers(config.teachers, data, paths.teachers, names=names, progress=not args.no_progress)
     print(metrics_table(results, split="test").to_string())
@@ -102,7 +107,7 @@ def _llm_stage(args: argparse.Namespace):
     from .runner import notebook_context
 
     config, paths, data_root = notebook_context(args.preset, args.run_dir, args.config)
-    data = load_processed(data_root, config.data.dataset)
+    data = load_processed(data_root, config.data)
     return config, paths, data, load_backbone_from_config(config.llm)
 
 

@@ -1,8 +1,10 @@
 """Atomic writes, content hashes and manifests: the contracts between stages.
 
 Every artifact directory holds a ``manifest.json`` naming the hashes of its inputs, its
-configuration and its output files. A stage compares the manifest of what it is about to
-read with what it expects and refuses stale or mismatched inputs instead of mixing runs.
+configuration and its output files, and the kit's version (and git commit) that made it. A
+stage compares the manifest of what it is about to read with what it expects and refuses stale
+or mismatched inputs instead of mixing runs; outputs of another version of the kit are reused
+with a warning (a code change need not change a result).
 Nothing is pickled: tensors go to safetensors, tables to Parquet/CSV, the rest to JSON.
 """
 
@@ -11,17 +13,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .errors import DataError, StaleArtifactError
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -150,6 +158,68 @@ def hash_outputs(directory: str | os.PathLike, names: list[str] | None = None) -
     return {n: sha256_file(directory / n) for n in names}
 
 
+@functools.cache
+def kit_identity() -> dict[str, Any]:
+    """The code that makes an artifact: the kit's version and, in a git checkout of the kit, its commit
+    and whether ``delrec_lib/`` has uncommitted changes (None when unknown: no git, or an installed copy)."""
+    package = Path(__file__).resolve().parent
+    commit = dirty = None
+    try:
+        def git(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=10)
+
+        top = git("rev-parse", "--show-toplevel")
+        # An installed copy may sit inside some other repository (a venv in a project): only the
+        # kit's own checkout, whose top level holds this package, has a commit that means anything.
+        if top.returncode == 0 and Path(top.stdout.strip()).resolve() == package.parent:
+            head = git("rev-parse", "HEAD")
+            if head.returncode == 0:
+                commit = head.stdout.strip()
+                dirty = git("diff", "--quiet", "HEAD", "--", ".").returncode == 1
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"version": __version__, "commit": commit, "dirty": dirty}
+
+
+def describe_kit(kit: Mapping[str, Any] | None) -> str:
+    if not kit:
+        return "an unrecorded version (made before manifests recorded the kit's version)"
+    commit = kit.get("commit")
+    where = f" at commit {commit[:12]}{' with uncommitted changes' if kit.get('dirty') else ''}" if commit else ""
+    return f"version {kit.get('version')}{where}"
+
+
+def same_kit(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) -> bool:
+    """Whether an artifact's recorded kit is this one: same version and, when both know it, same commit."""
+    if not recorded:
+        return False
+    if recorded.get("version") != current["version"]:
+        return False
+    return not (recorded.get("commit") and current["commit"] and recorded["commit"] != current["commit"])
+
+
+_warned_kit: set[tuple[str, str]] = set()
+
+
+def warn_if_other_kit(directory: str | os.PathLike, manifest: Mapping[str, Any]) -> bool:
+    """Log (once per artifact and process) that ``directory`` was made by other code than this; True if so.
+
+    Not an error: a code change need not change a result. ``python -m delrec_lib run --rerun STAGE``
+    recomputes the stage with this code."""
+    recorded, current = manifest.get("kit"), kit_identity()
+    if same_kit(recorded, current):
+        return False
+    key = (str(Path(directory).resolve()), json.dumps(recorded, sort_keys=True))
+    if key not in _warned_kit:
+        _warned_kit.add(key)
+        log.warning(
+            "!! %s was made by delrec_lib %s; this is %s. Its results are reused as they are; "
+            "`python -m delrec_lib run --rerun STAGE` recomputes a stage with this code.",
+            directory, describe_kit(recorded), describe_kit(current),
+        )  # fmt: skip
+    return True
+
+
 def build_manifest(
     kind: str,
     directory: str | os.PathLike,
@@ -167,6 +237,7 @@ def build_manifest(
         "config_hash": sha256_json(config) if config is not None else None,
         "outputs": hash_outputs(directory),
         "extra": to_jsonable(dict(extra or {})),
+        "kit": dict(kit_identity()),  # what made it: a loader warns when that is not this code
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
@@ -184,6 +255,7 @@ def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict
         raise DataError(f"{path}: not a manifest (fields 'kind' and 'outputs' expected)")
     if kind is not None and manifest["kind"] != kind:
         raise StaleArtifactError(f"{path}: holds a '{manifest['kind']}' artifact, expected '{kind}'")
+    warn_if_other_kit(directory, manifest)
     return manifest
 
 

@@ -3,21 +3,38 @@
 ``python -m delrec_lib run --preset cpu`` executes every ``notebooks/NN_*.ipynb`` in order into
 ``outputs/<run>/notebooks/``, passing the preset, the run folder and the resolved config file
 as parameters. Each notebook ends by recording its metrics to ``outputs/<run>/metrics/``,
-which is what the tests read.
+which is what the tests read. The run folder is locked while the series runs, ``timings.json``
+records every execution, and ``--rerun STAGE`` recomputes a stage whatever its manifests say
+(README, "Running again").
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
 import json
 import logging
 import os
+import shutil
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .artifacts import RunPaths, atomic_write_json, read_json
+from .artifacts import (
+    MANIFEST_NAME,
+    RunPaths,
+    atomic_write_json,
+    atomic_write_text,
+    describe_kit,
+    kit_identity,
+    read_json,
+    same_kit,
+    sha256_file,
+)
 from .config import RunConfig, config_to_dict, load_config, project_root, resolve_path
-from .errors import ConfigError, DelrecError
+from .errors import ConfigError, DataError, DelrecError
 
 log = logging.getLogger(__name__)
 
@@ -60,28 +77,27 @@ def series_notebooks(root: Path | None = None) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 
-def run_series(
-    preset: str | None,
-    run_dir: str | os.PathLike | None = None,
-    *,
-    config_file: str | os.PathLike | None = None,
-    only: list[str] | None = None,
-    kernel_name: str = "python3",
-    progress: bool = True,
-) -> Path:
-    """Execute the notebook series with papermill; returns the run folder.
+# What each notebook writes, as artifact folders (each artifact a folder with a manifest), under a
+# stage name: what ``--rerun`` recomputes. A folder listed for one notebook inside another's
+# (eval/shuffled inside eval) belongs to the deeper one only.
+STAGES: dict[str, tuple[str, Callable[[RunConfig, RunPaths], list[Path]]]] = {
+    "01_data_prep": ("data", lambda c, p: [processed_data_dir(c)]),
+    "02_teacher_training": ("teachers", lambda c, p: [p.teachers]),
+    "03_pattern_distillation": ("distill", lambda c, p: [p.distill]),
+    "04_llm_finetuning": ("finetune", lambda c, p: [p.finetune]),
+    "06_p2rec": ("p2rec", lambda c, p: [p.p2rec]),
+    "07_evaluation": ("evaluation", lambda c, p: [p.eval]),
+    "08_analysis": ("analysis", lambda c, p: [p.eval / "shuffled"]),
+}
 
-    Finished stages are skipped inside the notebooks themselves (their manifests match), so
-    running again with the same run folder resumes where an interrupted run stopped.
-    """
-    import papermill as pm
+LOCK_NAME = ".lock"
 
-    config = load_config(preset, config_file)
-    root = resolve_path(run_dir) if run_dir else default_run_dir(config.preset)
-    paths = RunPaths(root)
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(paths.config_file, config_to_dict(config))
-    notebooks = series_notebooks()
+
+def processed_data_dir(config: RunConfig) -> Path:
+    return resolve_path(config.data_dir) / "processed" / config.data.dataset
+
+
+def select_notebooks(notebooks: list[Path], only: list[str] | None) -> list[Path]:
     if only:
         unknown = [o for o in only if not any(nb.stem.startswith(o) for nb in notebooks)]
         if unknown:
@@ -89,32 +105,234 @@ def run_series(
         notebooks = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in only)]
     if not notebooks:
         raise ConfigError(f"no notebooks found in {project_root() / 'notebooks'}")
+    return notebooks
+
+
+def resolve_reruns(rerun: list[str] | None, every: list[Path], selected: list[Path]) -> set[str]:
+    """The notebook stems ``--rerun`` names (a notebook's number or name prefix, or its stage name)."""
+    out = set()
+    for value in rerun or ():
+        found = [nb.stem for nb in every if nb.stem.startswith(value) or STAGES.get(nb.stem, ("",))[0] == value]
+        names = sorted({STAGES[nb.stem][0] for nb in every if nb.stem in STAGES})
+        if len(found) != 1:
+            raise ConfigError(f"--rerun {value!r}: names {len(found)} notebooks {found}; give one notebook's number "
+                              f"or name ({[nb.stem for nb in every]}) or a stage ({names})")  # fmt: skip
+        if found[0] not in STAGES:
+            raise ConfigError(f"--rerun {value!r}: the runner does not know which artifacts {found[0]} writes")
+        if found[0] not in {nb.stem for nb in selected}:
+            raise ConfigError(f"--rerun {value!r}: {found[0]} is not among the notebooks this run executes "
+                              f"({[nb.stem for nb in selected]}); add it to --only")  # fmt: skip
+        out.add(found[0])
+    return out
+
+
+def _manifests(folder: Path, skip: list[Path]) -> list[Path]:
+    """Manifests of the artifacts under ``folder``; temporary and checkpoint folders (hidden) excluded."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for m in sorted(folder.rglob(MANIFEST_NAME)):
+        rel = m.relative_to(folder).parts
+        if any(part.startswith(".") for part in rel) or any(m.is_relative_to(s) for s in skip):
+            continue
+        found.append(m)
+    return found
+
+
+def stage_manifests(config: RunConfig, paths: RunPaths, stem: str) -> tuple[list[Path], list[Path]]:
+    """(manifests of the artifacts notebook ``stem`` writes, its folders)."""
+    folders = STAGES[stem][1](config, paths)
+    others = [f for other, (_, fn) in STAGES.items() if other != stem for f in fn(config, paths)]
+    out = []
+    for folder in folders:
+        out += _manifests(folder, [o for o in others if o != folder and o.is_relative_to(folder)])
+    return out, folders
+
+
+def invalidate_stage(config: RunConfig, paths: RunPaths, stem: str) -> list[Path]:
+    """Make the stage's finished artifacts count as not done (their manifests and training checkpoints
+    removed; their files stay until the stage replaces them), so that it computes them again."""
+    manifests, folders = stage_manifests(config, paths, stem)
+    for m in manifests:
+        m.unlink()
+    for folder in folders:
+        shutil.rmtree(folder / ".checkpoints", ignore_errors=True)
+    return [m.parent for m in manifests]
+
+
+def artifact_snapshot(config: RunConfig, paths: RunPaths) -> dict[str, str]:
+    """{artifact folder: hash of its manifest} for the run's artifacts and its processed data."""
+    out = {}
+    for folder in (paths.root, processed_data_dir(config)):
+        for m in _manifests(folder, []):
+            where = m.parent.relative_to(paths.root) if m.is_relative_to(paths.root) else m.parent
+            out[str(where)] = sha256_file(m)
+    return out
+
+
+def other_kit_artifacts(config: RunConfig, paths: RunPaths) -> list[tuple[str, str]]:
+    """(artifact folder, the kit that made it) for every artifact of the run not made by this code."""
+    current, out = kit_identity(), []
+    for folder in (processed_data_dir(config), paths.root):
+        for m in _manifests(folder, []):
+            try:
+                recorded = read_json(m).get("kit")
+            except (DataError, AttributeError):
+                continue  # not a manifest: the stage that reads it says so
+            if not same_kit(recorded, current):
+                out.append((str(m.parent), describe_kit(recorded)))
+    return out
+
+
+@contextlib.contextmanager
+def run_folder_lock(root: Path) -> Iterator[None]:
+    """Hold ``root`` for this process: a second run on the same folder stops at once, naming this one.
+
+    Stopping (rather than waiting) because a waiting run would mostly find everything done or would
+    recompute with settings the first run has just overwritten; the message says who holds the folder.
+    The lock is ``fcntl.flock`` on ``<root>/.lock``, released by the system when the process ends,
+    however it ends (no stale lock after a crash)."""
+    import fcntl  # POSIX only: imported here so that notebooks can use this module anywhere
+
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 65536, 0).decode("utf-8"))
+                who = f"pid {holder['pid']}, started {holder['started_at']}: {holder['command']}"
+            except (ValueError, KeyError, TypeError):
+                who = "a process that is just starting"
+            raise DelrecError(f"{root} is in use by another run ({who}); wait for it to end or use another "
+                              "--run-dir") from None  # fmt: skip
+        holder = {"pid": os.getpid(), "started_at": _now(), "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode("utf-8"), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
+
+
+def read_timings(path: Path) -> list[dict[str, Any]]:
+    """Every recorded execution of a notebook in this run folder, oldest first."""
+    if not path.is_file():
+        return []
+    recorded = read_json(path)
+    if isinstance(recorded, dict) and isinstance(recorded.get("executions"), list):
+        return recorded["executions"]
+    if isinstance(recorded, dict) and all(isinstance(v, (int, float)) for v in recorded.values()):
+        # the earlier form: {notebook: seconds of its last execution}
+        return [{"notebook": k, "seconds": v, "started_at": None, "outcome": "done", "skipped_finished_work": None,
+                 "written": None} for k, v in recorded.items()]  # fmt: skip
+    raise DataError(f"{path}: expected {{'executions': [...]}}; move it away to start a new record")
+
+
+def run_series(
+    preset: str | None,
+    run_dir: str | os.PathLike | None = None,
+    *,
+    config_file: str | os.PathLike | None = None,
+    only: list[str] | None = None,
+    rerun: list[str] | None = None,
+    kernel_name: str = "python3",
+    progress: bool = True,
+) -> Path:
+    """Execute the notebook series with papermill; returns the run folder.
+
+    Finished stages are skipped inside the notebooks themselves (their manifests match), so
+    running again with the same run folder resumes where an interrupted run stopped. ``rerun``
+    names notebooks (or stages) whose artifacts are computed again whatever their manifests say.
+    The arguments are checked before anything is written; the run folder is locked for the run
+    (a second run on it stops at once); ``config.json`` is written once the run proceeds, and put
+    back as it was if no notebook completes.
+    """
+    import papermill as pm
+
+    config = load_config(preset, config_file)
+    root = resolve_path(run_dir) if run_dir else default_run_dir(config.preset)
+    paths = RunPaths(root)
+    every = series_notebooks()
+    notebooks = select_notebooks(every, only)
+    forced = resolve_reruns(rerun, every, notebooks)
+    with run_folder_lock(root):
+        previous = paths.config_file.read_text(encoding="utf-8") if paths.config_file.is_file() else None
+        atomic_write_json(paths.config_file, config_to_dict(config))
+        done: list[str] = []
+        try:
+            timings = _execute(pm, config, paths, notebooks, forced, kernel_name, progress, done)
+        finally:
+            if not done:
+                _restore_config(paths, previous)
+    summary = {"run_dir": str(root), "timings_s": timings}
+    print(json.dumps(summary, indent=2))
+    print_outcome(paths)
+    return root
+
+
+def _restore_config(paths: RunPaths, previous: str | None) -> None:
+    """No notebook completed: the run's config.json goes back to describing what the folder holds."""
+    if previous is None:
+        paths.config_file.unlink(missing_ok=True)
+    else:
+        atomic_write_text(paths.config_file, previous)
+
+
+def _execute(pm, config: RunConfig, paths: RunPaths, notebooks: list[Path], forced: set[str], kernel_name: str,
+             progress: bool, done: list[str]) -> dict[str, float]:  # fmt: skip
+    """Execute ``notebooks`` in order, appending each completed one's stem to ``done``."""
+    root = paths.root
     paths.notebooks.mkdir(parents=True, exist_ok=True)
+    for where, made_by in (other := other_kit_artifacts(config, paths))[:5]:
+        print(f"[delrec] WARNING: {where} was made by delrec_lib {made_by}", flush=True)
+    if other:
+        print(f"[delrec] WARNING: {len(other)} artifacts of this run were made by another version of the kit than "
+              f"this one ({describe_kit(kit_identity())}); they are reused as they are. --rerun STAGE recomputes "
+              "a stage.", flush=True)  # fmt: skip
     timings_path = root / "timings.json"
-    timings = read_json(timings_path) if timings_path.is_file() else {}
+    executions = read_timings(timings_path)
+    timings: dict[str, float] = {}
     parameters = {"preset": config.preset, "run_dir": str(root), "config_file": str(paths.config_file)}
     # The kernel imports the delrec_lib of this checkout, whatever is installed in the environment.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root()), os.environ.get("PYTHONPATH")]))
     for nb in notebooks:
         out = paths.notebooks / nb.name
+        if nb.stem in forced:
+            again = invalidate_stage(config, paths, nb.stem)
+            print(f"[delrec] --rerun {nb.stem}: {len(again)} artifacts will be computed again", flush=True)
         log.info("executing %s -> %s", nb.name, out)
         print(f"[delrec] {nb.name} ...", flush=True)
+        before = artifact_snapshot(config, paths)
+        record = {"notebook": nb.stem, "started_at": _now(), "rerun": nb.stem in forced}
         start = time.perf_counter()
+        outcome = "interrupted"
         try:
-            pm.execute_notebook(
-                str(nb), str(out), parameters=parameters, kernel_name=kernel_name,
-                cwd=str(nb.parent), progress_bar=progress, request_save_on_cell_execute=True,
-            )  # fmt: skip
-        except execution_errors() as e:
-            raise execution_failure(nb.name, out, e) from None
-        elapsed = time.perf_counter() - start
+            try:
+                pm.execute_notebook(
+                    str(nb), str(out), parameters=parameters, kernel_name=kernel_name,
+                    cwd=str(nb.parent), progress_bar=progress, request_save_on_cell_execute=True,
+                )  # fmt: skip
+            except execution_errors() as e:
+                outcome = "failed"
+                raise execution_failure(nb.name, out, e) from None
+            outcome = "done"
+        finally:
+            elapsed = time.perf_counter() - start
+            after = artifact_snapshot(config, paths)
+            written = sorted(k for k, v in after.items() if before.get(k) != v)
+            # skipped finished work: the notebook's stage was complete and it (re)wrote no artifact
+            record.update(seconds=round(elapsed, 1), outcome=outcome, skipped_finished_work=not written, written=written)
+            executions.append(record)
+            atomic_write_json(timings_path, {"executions": executions})
+        done.append(nb.stem)
         timings[nb.stem] = round(elapsed, 1)
-        atomic_write_json(timings_path, timings)
         print(f"[delrec] {nb.name} done in {elapsed:.0f} s", flush=True)
-    summary = {"run_dir": str(root), "timings_s": timings}
-    print(json.dumps(summary, indent=2))
-    print_outcome(paths)
-    return root
+    return timings
 
 
 def execution_errors() -> tuple[type[BaseException], ...]:

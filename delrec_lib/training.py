@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .artifacts import atomic_dir, sha256_json, to_jsonable
-from .errors import ConfigError, StaleArtifactError
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,10 @@ def autocast_context(enabled: bool, device: torch.device):
 class Trainer:
     """Runs a ``TrainingTask``; checkpoints to ``checkpoint_dir`` and resumes from it.
 
+    A checkpoint resumes only the computation it belongs to: ``identity`` (what the stage's result
+    depends on: its settings and input hashes) with the training config. One of another identity
+    (the settings changed since an interruption) is discarded with a warning and training starts afresh.
+
     ``callbacks`` are called as ``cb(trainer, step)`` after every optimizer step; a callback may
     raise to stop training (the tests use this to simulate an interruption).
     """
@@ -270,14 +275,16 @@ class Trainer:
         if self.checkpoint_dir is None:
             return None
         last = self.checkpoint_dir / "last"
-        if not (last / "state.json").is_file():
+        meta = json.loads((last / "state.json").read_text()) if (last / "state.json").is_file() else None
+        if meta is not None and meta.get("identity") != self.identity:
+            # The stage's settings or inputs changed since it was interrupted: its progress belongs to
+            # another computation, so the stage starts afresh (as its artifact is recomputed).
+            log.warning("%s: discarding the checkpoint at step %s, made with other settings or inputs than this "
+                        "run's; training starts afresh", self.desc, meta.get("step"))  # fmt: skip
+            meta = None
+        if meta is None:
+            self._discard_checkpoints()
             return None
-        meta = json.loads((last / "state.json").read_text())
-        if meta.get("identity") != self.identity:
-            raise StaleArtifactError(
-                f"{last}: checkpoint of another configuration or input data; delete {self.checkpoint_dir} "
-                "to start this stage afresh"
-            )
         self.task.load_trainable_state(load_file(str(last / "params.safetensors")))
         optimizer.load_state_dict(_unflatten_optimizer(load_file(str(last / "optimizer.safetensors")), meta["optimizer"]))
         scheduler.load_state_dict(meta["scheduler"])
@@ -290,6 +297,16 @@ class Trainer:
         _set_rng_state(rng, meta["process_rng"][index - 1] if index else meta)
         log.info("%s: resumed from step %d", self.desc, meta["step"])
         return meta
+
+    def _discard_checkpoints(self) -> None:
+        """Remove what a fresh start must not pick up: a stale ``last``, and a ``best`` that no
+        evaluation of this training wrote (``load_best`` would otherwise load another run's state)."""
+        # Every process has decided the same (same file, same identity) before the main one deletes.
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            for name in ("last", "best"):
+                shutil.rmtree(self.checkpoint_dir / name, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
 
     def _save_best(self) -> None:
         if self.checkpoint_dir is None or not self.accelerator.is_main_process:

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from delrec_lib.errors import StaleArtifactError
 from delrec_lib.training import TrainConfig, Trainer, TrainingTask, process_seed, share_of
 
 
@@ -94,11 +93,21 @@ def test_early_stopping_and_load_best(tmp_path):
     assert any(not torch.equal(first[k], after[k]) for k in first), "the best (step 1) state was restored"
 
 
-def test_checkpoint_of_another_config_is_refused(tmp_path):
+def test_checkpoint_of_another_config_or_identity_is_discarded_and_training_starts_afresh(tmp_path, caplog):
     Trainer(CFG, Regression(), tmp_path / "ckpt", progress=False).train()
     other = TrainConfig(**{**CFG.__dict__, "lr": 0.01})
-    with pytest.raises(StaleArtifactError, match="checkpoint of another configuration"):
-        Trainer(other, Regression(), tmp_path / "ckpt", progress=False).train()
+    fresh_task, reused_task = Regression(), Regression()
+    fresh = Trainer(other, fresh_task, tmp_path / "empty", progress=False).train()
+    with caplog.at_level("WARNING", logger="delrec_lib.training"):
+        reused = Trainer(other, reused_task, tmp_path / "ckpt", progress=False).train()
+    assert "discarding the checkpoint" in caplog.text
+    assert reused.history == fresh.history and reused.steps == fresh.steps
+    assert reused_task.seen == fresh_task.seen, "every step trained again, none resumed"
+    # the stage's identity (its settings and inputs) counts as much as the training config
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="delrec_lib.training"):
+        Trainer(other, Regression(), tmp_path / "ckpt", progress=False, identity={"data": "other"}).train()
+    assert "discarding the checkpoint" in caplog.text
 
 
 def test_bf16_autocast_trains(tmp_path):

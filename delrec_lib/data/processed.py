@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ..artifacts import artifact_id, read_manifest, verify_outputs
+from ..artifacts import artifact_id, read_manifest, require_config, verify_outputs
+from ..config import DataConfig
 from ..errors import ConfigError
 from .pipeline import PROCESSED_KIND, SPLITS, processed_dir
 
@@ -98,11 +99,19 @@ class ProcessedData:
             raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
 
 
-def load_processed(data_dir: str | Path, dataset: str = "ml-100k") -> ProcessedData:
-    """Load ``<data_dir>/processed/<dataset>/`` after checking every file against its manifest."""
-    directory = processed_dir(Path(data_dir), dataset)
+def load_processed(data_dir: str | Path, dataset: str | DataConfig = "ml-100k") -> ProcessedData:
+    """Load ``<data_dir>/processed/<dataset>/`` after checking every file against its manifest.
+
+    Given the run's ``DataConfig`` (what every stage passes), the files must also have been made with
+    exactly its settings: the folder is one per dataset name, so data processed for another run
+    (another seed or number of negatives) is refused, naming both settings, instead of being used."""
+    settings = dataset if isinstance(dataset, DataConfig) else None
+    directory = processed_dir(Path(data_dir), settings.dataset if settings else dataset)
     manifest = read_manifest(directory, PROCESSED_KIND)
     verify_outputs(directory, manifest)
+    if settings is not None:
+        require_config("the processed data", manifest, settings, directory,
+                       "Re-run notebook 01 (or `python -m delrec_lib data`) with this run's config to process it again.")  # fmt: skip
 
     def read(name: str) -> pd.DataFrame:
         return pq.read_table(directory / name).to_pandas()

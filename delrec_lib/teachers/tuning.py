@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = load_config(args.preset, args.config)
     data_dir = resolve_path(config.data_dir)
     prepare_dataset(config.data, data_dir)
-    data = load_processed(data_dir, config.data.dataset)
+    data = load_processed(data_dir, config.data)
     table = validation_grid(args.model, parse_grid(args.grid, args.model), config.teachers, data)
     print(table.to_string(index=False))
     if args.csv:
