@@ -114,9 +114,17 @@ def states_by_step(path: Path) -> dict[int, dict[str, torch.Tensor]]:
 
 
 def assert_close_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
+    """Equal within float tolerance (rtol 1e-4, atol 1e-5) for at least 99% of each tensor's elements,
+    and every element within 2e-4. Adam divides each element's gradient by its own running norm, so an
+    element whose gradient is nearly cancelled amplifies the reduction-order noise of the two-process
+    average (seen: 1 element of 192 off by 8e-5 after two steps at lr 5e-3); a process that trained on
+    the wrong share or skipped the average moves most elements by about lr per step, far outside both."""
     assert sorted(a) == sorted(b), what
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{what}, {n}: {m}")
+        x, y = a[name].float(), b[name].float()
+        torch.testing.assert_close(x, y, rtol=0, atol=2e-4, msg=lambda m, n=name: f"{what}, {n}: {m}")
+        loose = ~torch.isclose(x, y, rtol=1e-4, atol=1e-5)
+        assert loose.float().mean() <= 0.01, f"{what}, {name}: {int(loose.sum())} of {loose.numel()} elements beyond rtol 1e-4, atol 1e-5"
 
 
 @pytest.fixture(scope="module", params=sorted(SCENARIOS))
