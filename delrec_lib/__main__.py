@@ -136,6 +136,17 @@ def _finetune(args: argparse.Namespace) -> None:
             print(f"{variant}: valid HR@1 {best['HR@1']:.3f} NDCG@5 {best['NDCG@5']:.3f} in {r.metrics['seconds']:.0f} s: {r.directory}")
 
 
+@command("llmsrec", "LLM-SRec: a frozen LLM taught the teacher's user representation through small MLPs")(_stage_args)
+def _llmsrec(args: argparse.Namespace) -> None:
+    from .llmsrec import run_llmsrec
+
+    config, paths, data, backbone = _llm_stage(args)
+    for name in args.only or config.llmsrec.variants:
+        r = run_llmsrec(config, paths, data, backbone, name, progress=not args.no_progress)
+        best = r.metrics["valid_best"]
+        print(f"{name}: valid HR@1 {best['HR@1']:.3f} NDCG@10 {best['NDCG@10']:.3f} in {r.metrics['seconds']:.0f} s: {r.directory}")
+
+
 def _p2rec_args(p: argparse.ArgumentParser) -> None:
     _stage_args(p)
     p.add_argument("--no-seeds", action="store_true", help="skip the seed study (extra teacher seeds)")

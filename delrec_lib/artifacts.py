@@ -345,6 +345,10 @@ class RunPaths:
         return self.root / "p2rec"
 
     @property
+    def llmsrec(self) -> Path:
+        return self.root / "llmsrec"
+
+    @property
     def eval(self) -> Path:
         return self.root / "eval"
 

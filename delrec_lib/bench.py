@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "scoring": "delrec_lib.scoring_bench",
     "distill": "delrec_lib.distill_bench",
     "finetune": "delrec_lib.finetune_bench",
+    "llmsrec": "delrec_lib.llmsrec.bench",
     "p2rec": "delrec_lib.p2rec.bench",
 }
 

@@ -162,6 +162,10 @@ class MethodFamily(ABC):
         """The method whose behaviour ``name`` is trained to follow (teacher-agreement analysis)."""
         return None
 
+    def teacher_in(self, config: RunConfig, name: str) -> str | None:
+        """``teacher`` for a family whose teacher is a setting of the run rather than part of the name."""
+        return self.teacher(name)
+
     def curves(self, ctx: MethodContext) -> list[Curve]:
         """Training curves of this family's methods in the run (those already trained)."""
         return []
@@ -178,6 +182,7 @@ FAMILIES: dict[str, str] = {
     "teachers": "delrec_lib.teachers.methods:TeacherFamily",
     "zero-shot": "delrec_lib.llm_ranker:ZeroShotFamily",
     "finetuned": "delrec_lib.finetune:FinetunedFamily",
+    "llm-srec": "delrec_lib.llmsrec.methods:LLMSRecFamily",
     "p2rec": "delrec_lib.p2rec.methods:P2RecFamily",
 }
 
@@ -249,4 +254,4 @@ def comparison_pairs(config: RunConfig) -> list[tuple[str, str]]:
 def teacher_pairs(config: RunConfig) -> list[tuple[str, str]]:
     """(student, teacher) pairs among the run's methods, for the teacher-agreement analysis."""
     found = method_families(config)
-    return [(n, t) for n, f in found.items() if (t := f.teacher(n)) is not None and t in found]
+    return [(n, t) for n, f in found.items() if (t := f.teacher_in(config, n)) is not None and t in found]

@@ -124,6 +124,30 @@ def test_08_analysis_metrics(smoke_run):
     assert "Best method" in m["reading"]
 
 
+def test_05_llm_srec_metrics(smoke_run):
+    from delrec_lib.config import preset_config
+
+    cfg = preset_config("smoke").llmsrec
+    m = read_metrics(smoke_run, "05_llm_srec")
+    assert m["variants"] == list(cfg.variants) and set(m["methods"]) == set(cfg.variants)
+    checksums = set()
+    for name, r in m["methods"].items():
+        assert r["steps"] == cfg.max_steps and r["train_examples"] == cfg.max_train_users
+        assert 0 < r["valid_NDCG@10"] <= 1 and -1 <= r["teacher_cosine_after"] <= 1
+        assert -1 <= r["shuffle_cosine"] <= 1
+        checksums.add(r["backbone_checksum"])
+        for f in ("heads.safetensors", "history.csv", "train_log.csv", "metrics.json", "manifest.json"):
+            assert (smoke_run.llmsrec / name / f).is_file(), f"{name}: {f} missing"
+    assert len(checksums) == 1  # every variant trained around the same, untouched LLM
+    assert {"popularity", "chance", cfg.teacher} <= set(m["baselines"])
+    assert (smoke_run.figures / "05_llmsrec_training.png").is_file()
+    ev = read_metrics(smoke_run, "07_evaluation")
+    assert set(cfg.variants) <= set(ev["methods"]) and set(cfg.variants) <= set(ev["catalogue"]["masked"])
+    assert ("llm-srec", "sasrec") in {(p["method"], p["versus"]) for p in ev["paired"]}
+    order = read_metrics(smoke_run, "08_analysis")["order"]
+    assert "llm-srec" in {r["method"] for r in order}
+
+
 def test_06_p2rec_metrics(smoke_run):
     from delrec_lib.config import parse_p2rec_variant, preset_config
 

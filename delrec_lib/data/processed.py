@@ -71,6 +71,11 @@ class ProcessedData:
         """Every item the user ever interacted with (train, valid and test): what negatives avoid."""
         return np.asarray(self.sequences["items"].iloc[self._row(user_id)])
 
+    def item_times(self, user_id: int) -> dict[int, int]:
+        """{item id: timestamp} of every interaction of the user (seconds; the protocol's own order)."""
+        row = self.sequences.iloc[self._row(user_id)]
+        return {int(i): int(t) for i, t in zip(row["items"], row["timestamps"], strict=True)}
+
     def target(self, user_id: int, split: str) -> int:
         self._check_split(split)
         return int(self.splits[f"{split}_target"].iloc[self._row(user_id)])
