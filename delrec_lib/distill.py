@@ -411,12 +411,8 @@ def run_distillation(
         if not examples["rps"]:
             raise DataError(f"stage 1: no {label} user has an RPS example; raise distill.{field}")
 
-    display = TEACHER_DISPLAY.get(teacher, teacher)
     builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
-    if cfg.init == "text":
-        soft = SoftPrompt.from_text(backbone, cfg.init_text.format(teacher=display), cfg.num_soft_tokens)
-    else:
-        soft = SoftPrompt.from_vocabulary(backbone, cfg.num_soft_tokens, cfg.seed)
+    soft = initial_soft_prompt(backbone, cfg, teacher)
     initial = soft.embeddings.detach().clone()
     task = DistillTask(backbone, builder, soft, data.titles, train, selection, cfg, teacher, config.llm, tasks)
     if not task.users:
@@ -486,6 +482,43 @@ def run_distillation(
                                                extra={"teacher": teacher, "prompt": name}))  # fmt: skip
     trainer.wait_for_everyone()
     return DistillResult(name, out_dir, metrics, history, train_log, soft)
+
+
+def initial_soft_prompt(backbone: Any, cfg: Any, teacher: str) -> SoftPrompt:
+    """The soft prompt before training: the embeddings of ``init_text`` (or seeded vocabulary rows)."""
+    if cfg.init == "text":
+        return SoftPrompt.from_text(backbone, cfg.init_text.format(teacher=TEACHER_DISPLAY.get(teacher, teacher)), cfg.num_soft_tokens)
+    return SoftPrompt.from_vocabulary(backbone, cfg.num_soft_tokens, cfg.seed)
+
+
+def teaching_table(config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str, trained: torch.Tensor,
+                   users: int = 3) -> pd.DataFrame:  # fmt: skip
+    """A few report-set users' RPS examples side by side, for a class: every candidate with the teacher's
+    rank (1 is the label; "-" for the random candidates), its train popularity, and the LLM's score and rank
+    with the soft prompt as initialised and as trained (``trained`` [K, hidden])."""
+    teacher, _ = parse_prompt_name(name)
+    cfg = distill_stage_config(config, name)["distill"]
+    predictions = teacher_predictions(read_teacher_topk(paths.teachers / teacher, data, config.teachers), data)
+    split = split_users(data, cfg, config.max_users)
+    rps = build_examples(data, predictions, split.report, cfg, donors=split.train)["rps"]
+    picked = [rps[u] for u in sorted(rps)[:users]]
+    builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
+    initial = initial_soft_prompt(backbone, cfg, teacher)
+    task = DistillTask(backbone, builder, initial, data.titles, {"ta": {}, "rps": {}}, {}, cfg, teacher, config.llm)
+    popularity = item_popularity(data, split="train")
+    rows = []
+    with torch.no_grad():
+        before = task.scores(picked, initial.embeddings.detach()).float().cpu().numpy()
+        after = task.scores(picked, trained.detach()).float().cpu().numpy()
+    for e, s0, s1 in zip(picked, before, after, strict=True):
+        ranks = {item: k + 1 for k, item in enumerate((e.target, *e.ranked))}
+        r0, r1 = (-s0).argsort().argsort() + 1, (-s1).argsort().argsort() + 1
+        for c, item in enumerate(e.candidates):
+            rows.append({"user": e.user_id, "candidate": data.titles[item], "teacher rank": ranks.get(item, "-"),
+                         "train popularity": int(popularity[item - 1]), "LLM score, initial": round(float(s0[c]), 3),
+                         "LLM rank, initial": int(r0[c]), "LLM score, trained": round(float(s1[c]), 3),
+                         "LLM rank, trained": int(r1[c])})  # fmt: skip
+    return pd.DataFrame(rows).sort_values(["user", "LLM rank, trained"]).reset_index(drop=True)
 
 
 def describe_examples(examples: dict[str, DistillExample]) -> pd.DataFrame:

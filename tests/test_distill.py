@@ -257,6 +257,18 @@ def test_stage1_learns_a_fixed_teacher_and_leaves_the_backbone_untouched(world):
     # a second call finds the artifact up to date and does not train again
     again = run_distillation(config(), paths, data, backbone, "sasrec", progress=False)
     assert again.skipped and again.metrics == result.metrics
+    # The teaching table: three report users, each candidate with the teacher's rank and both LLM rankings.
+    from delrec_lib.distill import teaching_table
+
+    table = teaching_table(config(), paths, data, backbone, "sasrec", result.soft_prompt.embeddings, users=3)
+    assert table["user"].nunique() == 3 and len(table) == 3 * 6  # rps_top_k 3 + rps_random 3 candidates each
+    for _, g in table.groupby("user"):
+        for col in ("LLM rank, initial", "LLM rank, trained"):
+            assert sorted(g[col]) == list(range(1, 7))
+        assert sorted(r for r in g["teacher rank"] if r != "-") == [1, 2, 3]
+    top = table[table["teacher rank"] == 1]
+    assert (top["LLM rank, trained"] == 1).mean() >= 2 / 3  # the trained prompt puts the fixed top-1 first
+    assert not (top["LLM rank, initial"] == 1).all()
 
 
 class Interrupt(Exception):

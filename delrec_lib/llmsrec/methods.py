@@ -29,6 +29,7 @@ class LLMSRecRecommender(Recommender):
         self.scorer = scorer
         self.num_items = num_items
         self._table: torch.Tensor | None = None
+        self._last: tuple[tuple, torch.Tensor] | None = None  # the evaluation asks score() and score_catalogue() alike
 
     def visible_history(self, history: Sequence[int]) -> int:
         return min(len(history), self.scorer.prompts.cfg.history_len)
@@ -40,15 +41,21 @@ class LLMSRecRecommender(Recommender):
             self._table = torch.cat([torch.zeros(1, items.shape[1]), items.cpu()])
         return self._table
 
+    def user_vectors(self, users, histories, progress: bool = False) -> torch.Tensor:
+        key = (tuple(int(u) for u in users), tuple(tuple(int(i) for i in h) for h in histories))
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self.scorer.users(users, histories, progress=progress).cpu())
+        return self._last[1]
+
     def score_catalogue(self, users, histories, *, progress=False) -> np.ndarray:
         table = self.item_table()
-        u = self.scorer.users(users, histories).cpu()
+        u = self.user_vectors(users, histories, progress)
         scores = (u @ table.T).double().numpy()
         scores[:, 0] = -np.inf
         return scores
 
     def score(self, users, histories, candidates, *, progress=False) -> np.ndarray:
-        full = self.score_catalogue(users, histories)
+        full = self.score_catalogue(users, histories, progress=progress)
         return np.take_along_axis(full, np.asarray(candidates, dtype=np.int64), axis=1)
 
 

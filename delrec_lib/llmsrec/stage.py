@@ -147,10 +147,15 @@ def teacher_representations(teacher: SequentialRecommender, users, histories, *,
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
-def _batched(fn, prompts: list[SlotPrompt], batch_size: int) -> torch.Tensor:
+def _batched(fn, prompts: list[SlotPrompt], batch_size: int, progress: str | None = None) -> torch.Tensor:
     # Similar lengths together waste little padding; the result comes back in the given order.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].ids))
-    parts = [fn([prompts[i] for i in order[s : s + batch_size]]) for s in range(0, len(order), batch_size)]
+    starts = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=progress, unit="batch")
+    parts = [fn([prompts[i] for i in order[s : s + batch_size]]) for s in starts]
     out = torch.cat(parts)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
@@ -164,13 +169,14 @@ class Scorer:
         self.model, self.prompts, self.batch_size = model, prompts, batch_size
 
     @torch.no_grad()
-    def users(self, users, histories) -> torch.Tensor:
+    def users(self, users, histories, progress: bool = False) -> torch.Tensor:
         prompts = [self.prompts.user(int(u), h) for u, h in zip(users, histories, strict=True)]
-        return _batched(self.model.user_vectors, prompts, self.batch_size)
+        return _batched(self.model.user_vectors, prompts, self.batch_size, "user vectors" if progress else None)
 
     @torch.no_grad()
-    def items(self, items) -> torch.Tensor:
-        return _batched(self.model.item_vectors, [self.prompts.item(int(i)) for i in items], self.batch_size * 4)
+    def items(self, items, progress: bool = False) -> torch.Tensor:
+        prompts = [self.prompts.item(int(i)) for i in items]
+        return _batched(self.model.item_vectors, prompts, self.batch_size * 4, "item vectors" if progress else None)
 
     def candidates(self, users, histories, candidates: np.ndarray) -> np.ndarray:
         """[U, C] scores of each user's candidates (item vectors computed once per distinct item)."""
