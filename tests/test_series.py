@@ -97,7 +97,9 @@ def test_07_evaluation_metrics(smoke_run):
 
     cfg = preset_config("smoke")
     m = read_metrics(smoke_run, "07_evaluation")
-    expected = {"popularity", "zero-shot", *cfg.teachers.models, *cfg.finetune.variants, *cfg.p2rec.variants}
+    expected = {
+        "popularity", "zero-shot", *cfg.teachers.models, *cfg.finetune.variants, *cfg.llmsrec.variants, *cfg.p2rec.variants
+    }
     assert set(m["methods"]) == expected
     assert m["users"] == cfg.max_users
     for method, r in m["methods"].items():
@@ -108,8 +110,9 @@ def test_07_evaluation_metrics(smoke_run):
     assert all(0 < p["p_value"] <= 1 for p in m["paired"])
     assert set(m["generation"]) == {"zero-shot", *cfg.finetune.variants}
     assert {("p2rec-sasrec", "sasrec"), ("p2rec-sasrec-nosft", "p2rec-sasrec")} <= {(p["method"], p["versus"]) for p in m["paired"]}
-    for protocol in ("masked", "unmasked"):  # full-catalogue methods: popularity, the teachers, P2Rec's teachers
-        assert set(m["catalogue"][protocol]) == {"popularity", *cfg.teachers.models, *cfg.p2rec.variants}
+    for protocol in ("masked", "unmasked"):  # full-catalogue methods: popularity, the teachers, LLM-SRec, P2Rec's teachers
+        full = {"popularity", *cfg.teachers.models, *cfg.llmsrec.variants, *cfg.p2rec.variants}
+        assert set(m["catalogue"][protocol]) == full
     assert m["chance"]["HR@1"] == 1 / 20
     for name in ("results.csv", "results.md", "paired_tests.csv", "generation_protocol.csv"):
         assert (smoke_run.eval / name).is_file()
