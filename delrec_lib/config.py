@@ -839,7 +839,7 @@ FIELD_RULES[LLMSRecConfig] = {
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation and analysis (notebooks 05 and 06)."""
+    """Evaluation and analysis (notebooks 07 and 08)."""
 
     bootstrap: int = 1000  # bootstrap resamples of users for the confidence intervals
     confidence: float = 0.95
@@ -848,7 +848,7 @@ class EvalConfig:
     # LLaRA-compatible protocol (greedy generation of a title): users it runs on, None = all.
     generation_users: int | None = 200
     max_new_tokens: int = 20
-    # "Lost in Sequence" order diagnostic (notebook 06): users re-ranked with shuffled histories.
+    # "Lost in Sequence" order diagnostic (notebook 08): users re-ranked with shuffled histories.
     shuffle_users: int | None = 300
 
     def __post_init__(self) -> None:
