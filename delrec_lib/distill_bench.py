@@ -1,6 +1,6 @@
 """Benchmark of DELRec stage 1 (``python -m delrec_lib.bench distill``): seconds per optimizer step on
 the preset's real prompts (a throw-away run whose teacher is the popularity baseline: its top-k lists
-make prompts as long as any teacher's), tokens/s, and achieved GFLOP/s against the bf16 matmul peak,
+make prompts as long as any teacher's), tokens/s, and achieved GFLOP/s against the matmul peak in the LLM's compute dtype,
 counting a training step as two forwards (the backward through a frozen trunk computes activation
 gradients only); the preset's minutes per soft prompt.
 """

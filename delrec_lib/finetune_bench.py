@@ -1,7 +1,7 @@
 """Benchmark of DELRec stage 2 (``python -m delrec_lib.bench finetune``): seconds per optimizer step on
 the preset's real prompts (a throw-away run; its soft prompt comes from a one-step stage 1 on the
 popularity baseline, whose quality does not change the cost), tokens/s, achieved GFLOP/s against the
-bf16 matmul peak (a training step counted as two forwards), the preset's minutes per variant.
+matmul peak in the LLM's compute dtype (a training step counted as two forwards), the preset's minutes per variant.
 """
 
 from __future__ import annotations

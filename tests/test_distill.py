@@ -334,7 +334,7 @@ def test_training_benchmark_times_real_steps(world, tmp_path, stage):
     row = json.loads(out.read_text())[stage]
     assert row["timed_steps"] == 2 and row["s_per_step"] > 0
     assert row["examples_per_step"] == (8 if stage == "distill" else 2)  # smoke: 2 users x accum (2 | 1)
-    assert row["tokens_per_step"] > row["examples_per_step"] * 10 and row["pct_bf16_peak"] > 0
+    assert row["tokens_per_step"] > row["examples_per_step"] * 10 and row["pct_peak"] > 0
     minutes = row["minutes_per_prompt" if stage == "distill" else "minutes_per_variant"]
     assert minutes == pytest.approx(row["s_per_step"] * 4 / 60)  # the smoke preset's 4 steps, not the bench's
 

@@ -304,7 +304,7 @@ def test_benchmark_times_real_steps_and_plans_the_preset(world, tmp_path):
     assert bench.main(args) == 0
     row = json.loads(out.read_text())["llmsrec"]
     assert row["train"]["s_per_step"] > 0 and row["train"]["examples_per_step"] == 4  # smoke: 4 users x 1
-    assert row["train"]["pct_bf16_peak"] > 0 and row["score"]["users_per_s"] > 0 and row["score"]["items_per_s"] > 0
+    assert row["train"]["pct_peak"] > 0 and row["score"]["users_per_s"] > 0 and row["score"]["items_per_s"] > 0
     plan = row["plan"]
     assert plan["steps"] == 4 and plan["evaluations"] == 3  # smoke: 4 steps, evaluated at 0, 2 and 4 (the last)
     assert plan["total_minutes"] == pytest.approx(plan["train_minutes"] + plan["selection_minutes"] + plan["test_minutes"]

@@ -1,5 +1,5 @@
-"""Benchmark of LLM-SRec on this machine: training examples/s, scoring users/s and items/s, % of the bf16
-matmul peak, and the minutes the preset's LLM-SRec costs (training, selection and test evaluation).
+"""Benchmark of LLM-SRec on this machine: training examples/s, scoring users/s and items/s, % of the matmul
+peak (in the LLM's compute dtype), and the minutes the preset's LLM-SRec costs (training, selection and test evaluation).
 
 ``python -m delrec_lib.bench llmsrec [--preset cpu] [--steps 4]`` (or ``python -m delrec_lib.llmsrec.bench``;
 ``python -m delrec_lib.bench all`` runs it with the others). Needs the run's trained teacher
@@ -38,7 +38,7 @@ from ..artifacts import RunPaths
 from ..config import load_config, resolve_path
 from ..data import load_processed, prepare_dataset
 from ..llm import load_backbone_from_config
-from ..perf import FlopModel, matmul_peak_gflops
+from ..perf import FlopModel, dtype_name, matmul_peak_gflops
 from .model import losses
 from .stage import Prompts, Scorer, build_model, select_users, teacher_representations, training_examples
 
@@ -58,8 +58,8 @@ def bench_llmsrec(preset: str = "cpu", config_file: str | None = None, run_dir: 
     data = load_processed(data_root, config.data)
     paths = RunPaths(resolve_path(run_dir or f"outputs/{config.preset}"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}", flush=True)
-    peak = matmul_peak_gflops(torch.bfloat16)
     backbone = load_backbone_from_config(config.llm)
+    peak = matmul_peak_gflops(backbone.compute_dtype)
     fm = FlopModel.of(backbone.model)
     model, teacher = build_model(config, paths, data, backbone)
     prompts = Prompts(backbone, data, cfg, config.llm.title_style)
@@ -91,7 +91,7 @@ def bench_llmsrec(preset: str = "cpu", config_file: str | None = None, run_dir: 
     step_flops = 2 * forward_flops(fm, lengths) / (steps + 1)
     train = {"s_per_step": s_step, "examples_per_step": per_step, "examples_per_s": per_step / s_step,
              "tokens_per_s": sum(lengths) / (steps + 1) / s_step, "gflops": step_flops / s_step / 1e9,
-             "pct_bf16_peak": 100 * step_flops / s_step / 1e9 / peak}  # fmt: skip
+             "pct_peak": 100 * step_flops / s_step / 1e9 / peak}  # fmt: skip
 
     model.eval()
     scorer = Scorer(model, prompts, cfg.eval_batch_size)
@@ -108,9 +108,9 @@ def bench_llmsrec(preset: str = "cpu", config_file: str | None = None, run_dir: 
     item_s = time.perf_counter() - start
     ilen = [len(prompts.item(i).ids) for i in range(1, n_items + 1)]
     score = {"users_per_s": len(test_users) / user_s, "user_prompt_tokens": float(np.mean(ulen)),
-             "user_pct_bf16_peak": 100 * forward_flops(fm, ulen) / user_s / 1e9 / peak,
+             "user_pct_peak": 100 * forward_flops(fm, ulen) / user_s / 1e9 / peak,
              "items_per_s": n_items / item_s, "item_prompt_tokens": float(np.mean(ilen)),
-             "item_pct_bf16_peak": 100 * forward_flops(fm, ilen) / item_s / 1e9 / peak}  # fmt: skip
+             "item_pct_peak": 100 * forward_flops(fm, ilen) / item_s / 1e9 / peak}  # fmt: skip
 
     n_train = len(examples)
     total_steps = cfg.max_steps or -(-n_train // per_step) * cfg.epochs
@@ -125,16 +125,16 @@ def bench_llmsrec(preset: str = "cpu", config_file: str | None = None, run_dir: 
     plan = {"variants": len(cfg.variants), "steps": total_steps, "evaluations": evals, "train_minutes": total_steps * s_step / 60,
             "selection_minutes": eval_minutes, "test_minutes": test_minutes, "order_diagnostic_minutes": diag_minutes,
             "total_minutes": len(cfg.variants) * (per_variant + test_minutes + diag_minutes)}  # fmt: skip
-    result = {"preset": config.preset, "peak_bf16_gflops": peak, "train": train, "score": score, "plan": plan,
+    result = {"preset": config.preset, "peak_gflops": peak, "peak_dtype": dtype_name(backbone.compute_dtype), "train": train, "score": score, "plan": plan,
               "cached": "teacher user representations (once per training), tokenized prompts; the LLM's forward is not cached"}  # fmt: skip
     if verbose:
-        print(f"bf16 matmul peak {peak:.0f} GFLOP/s")
+        print(f"{dtype_name(backbone.compute_dtype)} matmul peak {peak:.0f} GFLOP/s")
         print(f"training: {s_step:.2f} s/step ({per_step} users, a user prompt and {1 + cfg.num_negatives} item prompts each) = "
               f"{train['examples_per_s']:.2f} examples/s, {train['tokens_per_s']:.0f} tokens/s, ~{train['gflops']:.0f} GFLOP/s = "
-              f"{train['pct_bf16_peak']:.0f}% of the bf16 peak")  # fmt: skip
+              f"{train['pct_peak']:.0f}% of the matmul peak")  # fmt: skip
         print(f"scoring: {score['users_per_s']:.1f} users/s ({score['user_prompt_tokens']:.0f} tokens, "
-              f"{score['user_pct_bf16_peak']:.0f}% of the peak), {score['items_per_s']:.1f} items/s "
-              f"({score['item_prompt_tokens']:.0f} tokens, {score['item_pct_bf16_peak']:.0f}% of the peak)")  # fmt: skip
+              f"{score['user_pct_peak']:.0f}% of the peak), {score['items_per_s']:.1f} items/s "
+              f"({score['item_prompt_tokens']:.0f} tokens, {score['item_pct_peak']:.0f}% of the peak)")  # fmt: skip
         print(f"{config.preset} preset, per variant: {total_steps} steps = {plan['train_minutes']:.1f} min, {evals} selection "
               f"evaluations = {eval_minutes:.1f} min, test evaluation {test_minutes:.1f} min, order diagnostic "
               f"{diag_minutes:.1f} min; {len(cfg.variants)} variant(s): {plan['total_minutes']:.1f} min")  # fmt: skip
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> dict:
 def summary(result: dict) -> list[str]:
     t, s, plan = result["train"], result["score"], result["plan"]
     return [
-        f"LLM-SRec: {t['s_per_step']:.1f} s/step, {t['examples_per_s']:.2f} examples/s ({t['pct_bf16_peak']:.0f}% of the bf16 "
+        f"LLM-SRec: {t['s_per_step']:.1f} s/step, {t['examples_per_s']:.2f} examples/s ({t['pct_peak']:.0f}% of the matmul "
         f"peak); scoring {s['users_per_s']:.1f} users/s, {s['items_per_s']:.0f} items/s; {result['preset']} preset "
         f"~{plan['total_minutes']:.0f} min (training {plan['train_minutes']:.1f}, selection {plan['selection_minutes']:.1f}, "
         f"test {plan['test_minutes']:.1f}, order diagnostic {plan['order_diagnostic_minutes']:.1f})"

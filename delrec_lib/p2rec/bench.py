@@ -1,4 +1,4 @@
-"""Benchmark of P2Rec on this machine: SFT examples/s, augmentation items/s, % of the bf16 matmul peak,
+"""Benchmark of P2Rec on this machine: SFT examples/s, augmentation items/s, % of the matmul peak (in the LLM's compute dtype),
 and the minutes the preset's P2Rec stage costs.
 
 ``python -m delrec_lib.bench p2rec [--preset cpu] [--steps 4] [--items 256]`` (or ``python -m
@@ -30,7 +30,7 @@ import torch
 from ..config import load_config, parse_p2rec_variant, resolve_path
 from ..data import load_processed, prepare_dataset
 from ..llm import load_backbone_from_config
-from ..perf import FlopModel, matmul_peak_gflops
+from ..perf import FlopModel, dtype_name, matmul_peak_gflops
 from .categories import shown_items
 from .sft import PreferenceModel, PreferencePrompts, common_prefix, item_states, pad_right, preference_loss
 from .stage import peft_model, split_users, states_name
@@ -50,8 +50,8 @@ def bench_p2rec(preset: str = "cpu", config_file: str | None = None, steps: int 
     prepare_dataset(config.data, data_root)
     data = load_processed(data_root, config.data.dataset)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}", flush=True)
-    peak = matmul_peak_gflops(torch.bfloat16)
     backbone = load_backbone_from_config(config.llm)
+    peak = matmul_peak_gflops(backbone.compute_dtype)
     fm = FlopModel.of(backbone.model)
     prompts = PreferencePrompts(backbone, config.llm, data.titles, cfg.history_len)
     train_users, held_users = split_users(config, data)
@@ -82,7 +82,7 @@ def bench_p2rec(preset: str = "cpu", config_file: str | None = None, steps: int 
     sft = {
         "s_per_step": per_step, "users_per_step": users_per_step, "examples_per_s": users_per_step / per_step,
         "tokens_per_s": sum(lengths) / (steps + 1) / per_step, "mean_prompt_tokens": float(np.mean(lengths)),
-        "gflops": step_flops / per_step / 1e9, "pct_bf16_peak": 100 * step_flops / per_step / 1e9 / peak,
+        "gflops": step_flops / per_step / 1e9, "pct_peak": 100 * step_flops / per_step / 1e9 / peak,
     }  # fmt: skip
 
     n_items = min(items, data.num_items)  # items 1..n_items, one forward each (prompt building included)
@@ -97,7 +97,7 @@ def bench_p2rec(preset: str = "cpu", config_file: str | None = None, steps: int 
     aug_flops = forward_flops(fm, [shared]) + sum(fm.tokens(n, n * shared + n * (n + 1) // 2, 0) for n in own)
     aug = {"items": n_items, "items_per_s": n_items / seconds, "mean_prompt_tokens": float(np.mean([len(r) for r in item_ids])),
            "shared_prefix_tokens": shared,
-           "gflops": aug_flops / seconds / 1e9, "pct_bf16_peak": 100 * aug_flops / seconds / 1e9 / peak}  # fmt: skip
+           "gflops": aug_flops / seconds / 1e9, "pct_peak": 100 * aug_flops / seconds / 1e9 / peak}  # fmt: skip
 
     from ..teachers.bench import bench_teachers
 
@@ -118,16 +118,16 @@ def bench_p2rec(preset: str = "cpu", config_file: str | None = None, steps: int 
     plan = {"sft_runs": n_sft, "sft_steps": sft_steps, "item_state_passes": len(sources), "teacher_trainings": len(trained),
             "teacher_epochs_assumed": teacher_epochs, "sft_minutes": sft_minutes, "augmentation_minutes": aug_minutes,
             "teacher_minutes": teacher_minutes, "total_minutes": sft_minutes + aug_minutes + teacher_minutes}  # fmt: skip
-    result = {"preset": config.preset, "peak_bf16_gflops": peak, "sft": sft, "augmentation": aug,
+    result = {"preset": config.preset, "peak_gflops": peak, "peak_dtype": dtype_name(backbone.compute_dtype), "sft": sft, "augmentation": aug,
               "teacher_s_per_epoch": s_epoch, "plan": plan}  # fmt: skip
     if verbose:
-        print(f"bf16 matmul peak {peak:.0f} GFLOP/s")
+        print(f"{dtype_name(backbone.compute_dtype)} matmul peak {peak:.0f} GFLOP/s")
         print(f"SFT: {per_step:.2f} s/step ({users_per_step} users, {sft['mean_prompt_tokens']:.0f} tokens each) = "
               f"{sft['examples_per_s']:.2f} examples/s, {sft['tokens_per_s']:.0f} tokens/s, ~{sft['gflops']:.0f} GFLOP/s "
-              f"= {sft['pct_bf16_peak']:.0f}% of the bf16 peak")  # fmt: skip
+              f"= {sft['pct_peak']:.0f}% of the matmul peak")  # fmt: skip
         print(f"augmentation: {aug['items_per_s']:.1f} items/s ({aug['mean_prompt_tokens']:.0f} tokens each, the first "
               f"{shared} shared and run once), "
-              f"~{aug['gflops']:.0f} GFLOP/s = {aug['pct_bf16_peak']:.0f}% of the bf16 peak")  # fmt: skip
+              f"~{aug['gflops']:.0f} GFLOP/s = {aug['pct_peak']:.0f}% of the matmul peak")  # fmt: skip
         print("teachers: " + ", ".join(f"{t} {s:.1f} s/epoch" for t, s in s_epoch.items()))
         print(f"{config.preset} preset: {n_sft} SFT x {sft_steps} steps = {sft_minutes:.1f} min (held-out evaluations "
               f"included), {len(sources)} item passes = {aug_minutes:.1f} min, {len(trained)} teacher trainings x "
@@ -151,8 +151,8 @@ def run(args: argparse.Namespace) -> dict:
 def summary(result: dict) -> list[str]:
     sft, aug, plan = result["sft"], result["augmentation"], result["plan"]
     return [
-        f"P2Rec SFT: {sft['s_per_step']:.1f} s/step, {sft['examples_per_s']:.2f} examples/s ({sft['pct_bf16_peak']:.0f}% of "
-        f"the bf16 peak); item states {aug['items_per_s']:.1f} items/s; {result['preset']} preset "
+        f"P2Rec SFT: {sft['s_per_step']:.1f} s/step, {sft['examples_per_s']:.2f} examples/s ({sft['pct_peak']:.0f}% of "
+        f"the matmul peak); item states {aug['items_per_s']:.1f} items/s; {result['preset']} preset "
         f"~{plan['total_minutes']:.0f} min (SFT {plan['sft_minutes']:.1f}, items {plan['augmentation_minutes']:.1f}, "
         f"teachers {plan['teacher_minutes']:.1f})"
     ]  # fmt: skip
