@@ -71,7 +71,7 @@ from .data.processed import ProcessedData
 from .errors import ConfigError, DataError
 from .metrics import bootstrap_ci, per_user_metrics
 from .prompts import TEACHER_DISPLAY, EncodedPrompt, PromptBuilder, TemporalExample, prompt_format_id
-from .scoring import rank_candidates
+from .scoring import prefix_states, rank_candidates
 from .soft_prompt import SOFT_PROMPT_KIND, SoftPrompt, distill_stage_config, nearest_tokens
 from .teachers import export_spec
 from .training import TrainConfig, Trainer, TrainingTask
@@ -235,6 +235,8 @@ class DistillTask(TrainingTask):
         self.users = sorted(set.intersection(*(set(train_examples[t]) for t in self.tasks)))
         self.selection = selection  # held-out examples whose RPS fidelity selects the step
         self._prompts: dict[tuple[str, int], EncodedPrompt] = {}
+        # The frozen LLM's keys/values of each example's text before the slot, computed at its first use.
+        self._prefixes: dict[tuple[str, int], torch.Tensor] = {}
         self._pending: dict[str, torch.Tensor] = {}
 
     # -- prompts -------------------------------------------------------------------------------
@@ -256,8 +258,20 @@ class DistillTask(TrainingTask):
         return self._prompts[key]
 
     def scores(self, examples: list[DistillExample], soft: torch.Tensor) -> torch.Tensor:
-        return rank_candidates(self.backbone, [self.prompt(e) for e in examples], soft_prompt=soft,
-                               normalize=self.llm.normalize, batch_size=self.llm.score_batch_size)  # fmt: skip
+        prompts = [self.prompt(e) for e in examples]
+        return rank_candidates(self.backbone, prompts, soft_prompt=soft, normalize=self.llm.normalize,
+                               batch_size=self.llm.score_batch_size, prefixes=self.prefixes(examples, prompts))  # fmt: skip
+
+    def prefixes(self, examples: list[DistillExample], prompts: list[EncodedPrompt]) -> list[torch.Tensor] | None:
+        """The cached keys/values of each example's text before the slot (None: ``distill.cache_prefix``
+        off, or a model the cache does not support). The LLM is frozen in stage 1, so they never change."""
+        if not self.config.cache_prefix or self.backbone.family != "causal":
+            return None
+        missing = [(e, p) for e, p in zip(examples, prompts, strict=True) if (e.task, e.user_id) not in self._prefixes]
+        if missing:
+            states = prefix_states(self.backbone, [p for _, p in missing], self.llm.score_batch_size)
+            self._prefixes.update({(e.task, e.user_id): st for (e, _), st in zip(missing, states, strict=True)})
+        return [self._prefixes[(e.task, e.user_id)] for e in examples]
 
     # -- TrainingTask --------------------------------------------------------------------------
 

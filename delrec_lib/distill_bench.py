@@ -1,14 +1,22 @@
 """Benchmark of DELRec stage 1 (``python -m delrec_lib.bench distill``): seconds per optimizer step on
 the preset's real prompts (a throw-away run whose teacher is the popularity baseline: its top-k lists
-make prompts as long as any teacher's), tokens/s, and achieved GFLOP/s against the matmul peak in the LLM's compute dtype,
-counting a training step as two forwards (the backward through a frozen trunk computes activation
-gradients only); the preset's minutes per soft prompt.
+make prompts as long as any teacher's), users and tokens per second, and achieved GFLOP/s against the
+matmul peak in the LLM's compute dtype (the FLOPs that actually run; a training step's backward through
+the frozen trunk computes activation gradients only, counted as one more forward); the preset's minutes
+per soft prompt.
+
+With ``distill.cache_prefix`` (the default) a step costs less once its users have been seen: the
+first visit of an example computes the keys/values of its text before the soft-prompt slot (forward
+only) and every visit runs the slot, the text after it and the candidates forward and backward. Both
+kinds of step are timed: the throw-away run trains on just enough users for the timed steps, so its
+second epoch revisits them.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import replace
 
 from .distill import run_distillation
 from .perf import FlopModel, StepClock, prompt_cost, training_args, training_bench_setup, training_row
@@ -16,27 +24,67 @@ from .perf import FlopModel, StepClock, prompt_cost, training_args, training_ben
 add_args = training_args
 
 
-def measure(config, paths, data, backbone, peak, planned) -> dict:
+def measure(config, paths, data, backbone, peak, planned, steps: int) -> dict:
     cfg = config.distill
+    users_per_step = cfg.batch_size * cfg.grad_accum
+    # Epoch 1: a warm-up step and `steps` timed first visits; epoch 2 revisits the same users.
+    epoch = steps + 1
+    config = replace(config, distill=replace(cfg, max_train_users=users_per_step * epoch, max_steps=2 * epoch + 1,
+                                             eval_every=2 * epoch + 1))  # fmt: skip
     clock = StepClock()
     run_distillation(config, paths, data, backbone, "popularity", progress=False, callbacks=[clock])
     task = clock.trainer.task
-    users = task.users[:64]
-    prompts = [task.prompt(task.train[t][u]) for u in users for t in task.tasks]
-    tokens, flops = prompt_cost(FlopModel.of(backbone.model), backbone, prompts)
-    n = cfg.batch_size * cfg.grad_accum * len(task.tasks)  # users per step x (TA, RPS)
-    row = training_row("distill", clock, n, tokens * n, flops * n, peak)
-    row["minutes_per_prompt"] = row["s_per_step"] * planned["distill"] / 60
-    print(f"  {planned['distill']} steps of the run: {row['minutes_per_prompt']:.1f} min per soft prompt (evaluations excluded)")
+    times = clock.step_seconds()  # steps 2 .. 2 * epoch (the warm-up and the closing evaluation dropped)
+    first, later = times[: epoch - 1], times[epoch - 1 :]
+    prompts = [task.prompt(task.train[t][u]) for u in task.users for t in task.tasks]
+    cached = config.distill.cache_prefix and backbone.family == "causal"
+    fm = FlopModel.of(backbone.model)
+    n = users_per_step * len(task.tasks)  # prompts per step: (TA, RPS) per user
+    if cached:
+        prefix_tokens, prefix_flops, rest_tokens, rest_flops = prompt_cost(fm, backbone, prompts, split_at_slot=True)
+    else:
+        rest_tokens, rest_flops = prompt_cost(fm, backbone, prompts)
+        prefix_tokens = prefix_flops = 0.0
+    # A first visit runs the prefix forward only (one forward's FLOPs); the rest forward and backward (two).
+    row_first = training_row("distill, first visit", _clock(first), n, (prefix_tokens + rest_tokens) * n,
+                             (prefix_flops / 2 + rest_flops) * n, peak)  # fmt: skip
+    row_later = training_row("distill, revisit (cached prefix)" if cached else "distill, revisit", _clock(later), n,
+                             rest_tokens * n, rest_flops * n, peak)  # fmt: skip
+    row = {**row_first, "users_per_step": users_per_step, "users_per_minute": 60 * users_per_step / row_first["s_per_step"],
+           "revisit": row_later, "cache_prefix": cached, "prefix_tokens": prefix_tokens, "rest_tokens": rest_tokens}  # fmt: skip
+    row["revisit"]["users_per_minute"] = 60 * users_per_step / row_later["s_per_step"]
+    # The preset's run: its steps visit max_steps x users-per-step users, each training user once per epoch.
+    train_users = len(task_users(config=planned["config"], data=data))
+    visits = planned["distill"] * users_per_step
+    firsts = min(visits, train_users) / users_per_step
+    row["minutes_per_prompt"] = (firsts * row_first["s_per_step"] + (planned["distill"] - firsts) * row_later["s_per_step"]) / 60
+    print(f"  {planned['distill']} steps of the run ({train_users} training users, {visits} user visits): "
+          f"{row['minutes_per_prompt']:.1f} min per soft prompt (evaluations excluded)")  # fmt: skip
     return row
+
+
+def task_users(config, data) -> list[int]:
+    from .distill import split_users
+
+    return split_users(data, config.distill, config.max_users).train
+
+
+class _clock:
+    """The step times of a part of a run, as ``training_row`` reads them from a ``StepClock``."""
+
+    def __init__(self, seconds: list[float]) -> None:
+        self.seconds = seconds
+
+    def step_seconds(self) -> list[float]:
+        return self.seconds
 
 
 def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="delrec-bench-") as root:
-        return measure(*training_bench_setup(args, root))
-
-
+        return measure(*training_bench_setup(args, root), steps=args.steps)
 
 
 def summary(result: dict) -> list[str]:
-    return [f"stage 1: {result['s_per_step']:.1f} s/step, {result['minutes_per_prompt']:.1f} min per soft prompt"]
+    return [f"stage 1: {result['s_per_step']:.1f} s/step first visit, {result['revisit']['s_per_step']:.1f} revisited "
+            f"({result['users_per_minute']:.0f} / {result['revisit']['users_per_minute']:.0f} users/min), "
+            f"{result['minutes_per_prompt']:.1f} min per soft prompt"]  # fmt: skip

@@ -201,12 +201,26 @@ class StepClock:
         return d[1:-1]
 
 
-def prompt_cost(fm: FlopModel, backbone, prompts: list) -> tuple[float, float]:
-    """Mean (tokens, forward FLOPs) of scoring one prompt with all its candidates (shared prefix)."""
+def prompt_cost(fm: FlopModel, backbone, prompts: list, *, split_at_slot: bool = False) -> tuple[float, ...]:
+    """Mean (tokens, forward FLOPs) of scoring one prompt with all its candidates (shared prefix).
+
+    ``split_at_slot``: (prefix tokens, prefix FLOPs, rest tokens, rest FLOPs), the prefix being the text
+    before the soft-prompt slot (run once when cached) and the rest the slot, the text after it and the
+    candidates, which attend to the prefix.
+    """
     from .scoring import candidate_token_ids
 
-    costs = [shared_flops(fm, p.num_tokens, [len(t) for t in candidate_token_ids(backbone, p.candidates)]) for p in prompts]
-    return statistics.mean(c[0] for c in costs), statistics.mean(c[1] for c in costs)
+    costs = []
+    for p in prompts:
+        lens = [len(t) for t in candidate_token_ids(backbone, p.candidates)]
+        tokens, flops = shared_flops(fm, p.num_tokens, lens)
+        if not split_at_slot:
+            costs.append((tokens, flops))
+            continue
+        P = len(p.before_ids)
+        pre_tokens, pre_flops = P, fm.tokens(P, P * (P + 1) // 2, 0)
+        costs.append((pre_tokens, pre_flops, tokens - P, flops - pre_flops))
+    return tuple(statistics.mean(c[i] for c in costs) for i in range(len(costs[0])))
 
 
 def training_bench_setup(args: argparse.Namespace, root: str):
@@ -224,7 +238,7 @@ def training_bench_setup(args: argparse.Namespace, root: str):
     from .teachers import run_teachers
 
     config = load_config(args.preset, args.config)
-    planned = {"distill": config.distill.max_steps, "finetune": config.finetune.max_steps}
+    planned = {"distill": config.distill.max_steps, "finetune": config.finetune.max_steps, "config": config}
     data_root = resolve_path(config.data_dir)
     prepare_dataset(config.data, data_root)
     data = load_processed(data_root, config.data.dataset)

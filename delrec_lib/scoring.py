@@ -90,16 +90,20 @@ def candidate_token_ids(backbone: Backbone, titles: Sequence[str]) -> list[list[
 
 
 def prompt_embeddings(
-    backbone: Backbone, prompt: EncodedPrompt, soft_prompt: torch.Tensor | None
+    backbone: Backbone, prompt: EncodedPrompt, soft_prompt: torch.Tensor | None, *, after_slot: bool = False
 ) -> torch.Tensor:
-    """[num_tokens, hidden]: embed(before) ++ soft prompt ++ embed(after)."""
+    """[num_tokens, hidden]: embed(before) ++ soft prompt ++ embed(after); with ``after_slot`` only
+    soft prompt ++ embed(after) (the part a cached prefix does not hold)."""
     embed = backbone.input_embeddings
     dev = embed.weight.device
-    before = embed(torch.tensor(prompt.before_ids, dtype=torch.long, device=dev))
     if not prompt.num_soft_tokens:
-        return before
+        return embed(torch.tensor(prompt.before_ids, dtype=torch.long, device=dev))
     after = embed(torch.tensor(prompt.after_ids, dtype=torch.long, device=dev))
-    return torch.cat([before, soft_prompt.to(device=dev, dtype=before.dtype), after], dim=0)
+    soft = soft_prompt.to(device=dev, dtype=after.dtype)
+    if after_slot:
+        return torch.cat([soft, after], dim=0)
+    before = embed(torch.tensor(prompt.before_ids, dtype=torch.long, device=dev))
+    return torch.cat([before, soft, after], dim=0)
 
 
 def _head_logprobs(
@@ -142,28 +146,35 @@ def _finish(
 # --------------------------------------------------------------------------------------------
 
 
-def _causal_packed(backbone: Backbone, embeds: list[torch.Tensor], cands: list[list[list[int]]]):
-    """One forward over [prompt | cand_1[:-1] | cand_2[:-1] | ...] rows with a block mask."""
+def _causal_packed(backbone: Backbone, embeds: list[torch.Tensor], cands: list[list[list[int]]],
+                   prefixes: list[torch.Tensor] | None = None):  # fmt: skip
+    """One forward over [prompt | cand_1[:-1] | cand_2[:-1] | ...] rows with a block mask.
+
+    With ``prefixes`` (``prefix_states``, one per row), ``embeds`` are only what follows each prompt's
+    frozen prefix (soft prompt + text after it): the prefix's keys and values enter as a cache every
+    row attends to, and positions continue after it.
+    """
     dev = embeds[0].device
     embed = backbone.input_embeddings
     rows, seg, pos = [], [], []
     head_rows, targets, target_cand = [], [], []
     lengths = []
     width = max(len(c) for c in cands)
+    offsets = [0] * len(embeds) if prefixes is None else [int(k.shape[3]) for k in prefixes]
     T = max(e.shape[0] + sum(len(t) - 1 for t in c) for e, c in zip(embeds, cands, strict=True))
     for b, (e, c) in enumerate(zip(embeds, cands, strict=True)):
-        p = e.shape[0]
+        p, off = e.shape[0], offsets[b]
         flat_inputs = [tok for t in c for tok in t[:-1]]  # a candidate's last token is only a target
         parts = [e]
         if flat_inputs:
             parts.append(embed(torch.tensor(flat_inputs, dtype=torch.long, device=dev)))
         rows.append(torch.cat(parts, dim=0))
-        s_b, pos_b = [0] * p, list(range(p))
+        s_b, pos_b = [0] * p, list(range(off, off + p))
         start = p
         for ci, t in enumerate(c):
             n_in = len(t) - 1
             s_b += [ci + 1] * n_in
-            pos_b += range(p, p + n_in)
+            pos_b += range(off + p, off + p + n_in)
             # token j of the candidate is predicted from the prompt's last row (j = 0) or its own row j - 1
             head_rows += [b * T + p - 1] + [b * T + start + j for j in range(n_in)]
             targets += t
@@ -180,16 +191,72 @@ def _causal_packed(backbone: Backbone, embeds: list[torch.Tensor], cands: list[l
     visible = (q_idx[None, :, None] >= q_idx[None, None, :]) & (
         (seg_t[:, None, :] == 0) | (seg_t[:, None, :] == seg_t[:, :, None])
     )
+    cache = None
+    if prefixes is not None:
+        # Every query sees all of its own prefix ([B, T, P], P the longest prefix; shorter ones right-padded).
+        P = max(offsets)
+        seen = torch.arange(P, device=dev)[None, :] < torch.tensor(offsets, device=dev)[:, None]  # [B, P]
+        visible = torch.cat([seen[:, None, :].expand(-1, T, -1), visible], dim=2)  # [B, T, P + T]
+        cache = _prefix_cache(backbone, prefixes, P)
     mask = _attention_mask(backbone, visible[:, None])
     with backbone.autocast():
         out = backbone.base_model.base_model(
-            inputs_embeds=x, attention_mask=mask, position_ids=torch.tensor(pos, device=dev), use_cache=False
-        )
+            inputs_embeds=x, attention_mask=mask, position_ids=torch.tensor(pos, device=dev),
+            past_key_values=cache, use_cache=cache is not None,
+        )  # fmt: skip
     hidden = out.last_hidden_state.reshape(-1, x.shape[-1])
     logp = _head_logprobs(
         backbone, hidden, torch.tensor(head_rows, device=dev), torch.tensor(targets, device=dev)
     )
     return logp, torch.tensor(target_cand, device=dev), lengths, width
+
+
+def prefix_states(backbone: Backbone, prompts: Sequence[EncodedPrompt], batch_size: int = 8) -> list[torch.Tensor]:
+    """Per prompt, the frozen LLM's keys and values of its text before the soft-prompt slot
+    (``before_ids``): [layers, 2 (keys, values), kv_heads, len(before_ids), head_dim], no grad.
+
+    A frozen model reads that text the same way at every step, so stage 1 computes it once per example
+    and every step runs only the soft prompt, the text after it and the candidates on top
+    (``rank_candidates(..., prefixes=...)``): about two thirds of a stage-1 prompt's tokens are never
+    run again, forward or backward. Causal models only (a seq2seq encoder reads the text after the
+    slot too). The states are kept in the dtype the model computes them in.
+    """
+    if backbone.family != "causal":
+        raise ConfigError("prefix_states: cached prefixes need a causal (decoder-only) model")
+    from transformers import DynamicCache
+
+    for i, p in enumerate(prompts):
+        if not p.num_soft_tokens or not p.before_ids:
+            raise ConfigError(f"prompts[{i}]: prefix_states caches the text before a soft-prompt slot; this prompt has "
+                              + ("no slot" if not p.num_soft_tokens else "no text before its slot"))  # fmt: skip
+    dev = backbone.input_embeddings.weight.device
+    out: list[torch.Tensor] = [None] * len(prompts)  # type: ignore[list-item]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].before_ids))
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        lens = [len(prompts[i].before_ids) for i in idx]
+        ids = torch.full((len(idx), max(lens)), backbone.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(idx), max(lens), dtype=torch.long)
+        for b, i in enumerate(idx):  # right padding: positions 0..P-1 as in the full prompt
+            ids[b, : lens[b]] = torch.tensor(prompts[i].before_ids)
+            mask[b, : lens[b]] = 1
+        cache = DynamicCache(config=backbone.base_model.config)
+        with torch.no_grad(), backbone.autocast():
+            backbone.base_model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), past_key_values=cache,
+                                           use_cache=True)  # fmt: skip
+        layers = [(layer.keys, layer.values) for layer in cache.layers]  # each [B, kv_heads, P, head_dim]
+        for b, i in enumerate(idx):
+            out[i] = torch.stack([torch.stack([k[b, :, : lens[b]], v[b, :, : lens[b]]]) for k, v in layers])
+    return out
+
+
+def _prefix_cache(backbone: Backbone, prefixes: list[torch.Tensor], length: int):
+    """A ``DynamicCache`` holding the batch's prefixes, right-padded to ``length`` (the mask hides the padding)."""
+    from transformers import DynamicCache
+
+    padded = torch.stack([F.pad(p, (0, 0, 0, length - p.shape[3])) for p in prefixes])  # [B, L, 2, kvh, P, hd]
+    return DynamicCache(ddp_cache_data=[(padded[:, layer, 0], padded[:, layer, 1]) for layer in range(padded.shape[1])],
+                        config=backbone.base_model.config)  # fmt: skip
 
 
 def _attention_mask(backbone: Backbone, visible: torch.Tensor) -> torch.Tensor:
@@ -336,6 +403,7 @@ def rank_candidates(
     batch_size: int = 8,
     mode: str = "packed",
     progress: bool = False,
+    prefixes: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Scores [num_prompts, max_candidates] (higher is better; -inf pads shorter candidate lists).
 
@@ -344,6 +412,10 @@ def rank_candidates(
     ``soft_prompt`` [K, hidden] (or [num_prompts, K, hidden]) fills every prompt's slot; gradients
     reach it, and any trainable (e.g. LoRA) parameters of ``backbone.model``, unless the caller
     runs under ``torch.no_grad()``. The backbone's autocast is applied here.
+
+    ``prefixes`` (``prefix_states`` of the same prompts) replaces each prompt's text before its soft-prompt
+    slot by its cached keys and values (causal models, packed mode, prompts with a slot): the same scores,
+    for the cost of what follows the slot.
     """
     if normalize not in NORMALIZE:
         raise ConfigError(f"normalize: expected one of {list(NORMALIZE)}, got {normalize!r}")
@@ -357,6 +429,8 @@ def rank_candidates(
     n = len(encoded)
     if n == 0:
         return torch.empty(0, 0, device=backbone.device)
+    if prefixes is not None:
+        _check_prefixes(backbone, encoded, prefixes, mode)
     cand_ids = [candidate_token_ids(backbone, c) for c in titles]
     width = max(len(c) for c in titles)
     # Longest first: batches of similar length waste little padding.
@@ -373,9 +447,13 @@ def rank_candidates(
         scorer = _causal_packed if mode == "packed" else _causal_cache
     pieces = []
     for idx in batches:
-        embeds = [prompt_embeddings(backbone, encoded[i], _soft_for(soft_prompt, i)) for i in idx]
         cands = [cand_ids[i] for i in idx]
-        logp, target_cand, lengths, w = scorer(backbone, embeds, cands)
+        if prefixes is None:
+            embeds = [prompt_embeddings(backbone, encoded[i], _soft_for(soft_prompt, i)) for i in idx]
+            logp, target_cand, lengths, w = scorer(backbone, embeds, cands)
+        else:
+            embeds = [prompt_embeddings(backbone, encoded[i], _soft_for(soft_prompt, i), after_slot=True) for i in idx]
+            logp, target_cand, lengths, w = _causal_packed(backbone, embeds, cands, [prefixes[i] for i in idx])
         sums = torch.zeros(len(idx) * w, device=logp.device, dtype=logp.dtype).index_add(0, target_cand, logp)
         cand_index = torch.tensor(
             [b * w + ci for b, c in enumerate(cands) for ci in range(len(c))], device=logp.device
@@ -387,6 +465,19 @@ def rank_candidates(
     inverse = torch.empty(n, dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(n)
     return scores[inverse.to(scores.device)]
+
+
+def _check_prefixes(backbone: Backbone, prompts: list[EncodedPrompt], prefixes: Sequence[torch.Tensor], mode: str) -> None:
+    if backbone.family != "causal" or mode != "packed":
+        raise ConfigError("prefixes: cached prefixes need a causal model and mode='packed'")
+    if len(prefixes) != len(prompts):
+        raise ConfigError(f"prefixes: {len(prefixes)} cached prefixes for {len(prompts)} prompts")
+    for i, (p, k) in enumerate(zip(prompts, prefixes, strict=True)):
+        if not p.num_soft_tokens:
+            raise ConfigError(f"prompts[{i}]: a cached prefix needs a prompt with a soft-prompt slot")
+        if k.dim() != 5 or k.shape[3] != len(p.before_ids):
+            raise ConfigError(f"prefixes[{i}]: shape {tuple(k.shape)} does not hold the {len(p.before_ids)} tokens "
+                              "before the prompt's slot (prefix_states of another prompt?)")  # fmt: skip
 
 
 def _soft_for(soft_prompt: torch.Tensor | None, i: int) -> torch.Tensor | None:

@@ -307,6 +307,36 @@ def test_soft_prompt_receives_gradients_and_matches_naive(causal, t5, family, mo
     torch.testing.assert_close(scores.detach(), ref, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_cached_prefix_gives_the_same_scores_and_gradients(causal_dir, attention):
+    """Stage 1's cache: the text before the slot as stored keys/values, scored and trained as if read again."""
+    from delrec_lib.scoring import prefix_states
+
+    backbone = load_backbone(str(causal_dir), dtype="float32")
+    backbone.model.set_attn_implementation(attention)
+    prompts = mixed_batch(PromptBuilder(backbone, LLMConfig(), num_soft_tokens=3), teacher="SASRec")
+    assert len({len(p.before_ids) for p in prompts}) > 1  # prefixes of different lengths share a batch
+    torch.manual_seed(0)
+    soft = torch.nn.Parameter(torch.randn(3, backbone.hidden_size))
+    grads = []
+    for prefixes in (None, prefix_states(backbone, prompts, batch_size=3)):
+        soft.grad = None
+        scores = rank_candidates(backbone, prompts, soft_prompt=soft, batch_size=2, prefixes=prefixes)
+        torch.nn.functional.cross_entropy(scores, torch.tensor([0, 2, 0, 1])).backward()
+        grads.append((scores.detach(), soft.grad.clone()))
+    (full, g_full), (cached, g_cached) = grads
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
+    torch.testing.assert_close(g_cached, g_full, atol=1e-5, rtol=1e-3)
+    assert g_full.abs().sum() > 0
+    states = prefix_states(backbone, prompts)
+    assert all(not s.requires_grad and s.shape[3] == len(p.before_ids) for s, p in zip(states, prompts, strict=True))
+    with pytest.raises(ConfigError, match="prefixes\\[0\\]"):  # another prompt's prefix is refused
+        rank_candidates(backbone, prompts, soft_prompt=soft, prefixes=states[1:] + states[:1])
+    plain = mixed_batch(PromptBuilder(backbone, LLMConfig()))
+    with pytest.raises(ConfigError, match="soft-prompt slot"):
+        prefix_states(backbone, plain)
+
+
 def test_soft_prompt_position_matters(causal):
     builder = PromptBuilder(causal, LLMConfig(list_candidates=True))
     body = builder.recommendation(TITLES[:4], TITLES[10:14]).text
