@@ -558,6 +558,12 @@ class FinetuneConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # LoRA in the top lora_layers layers only (None: every layer). The layers below never change, so with
+    # cache_lower_layers each example's hidden states entering the first adapted layer are computed once
+    # (training and validation examples alike) and every step runs only the adapted layers, forward and
+    # backward. Decoder-only Llama-style models; the same scores as the full forward.
+    lora_layers: int | None = None
+    cache_lower_layers: bool = True
     # AdaLoRA (paper preset): ranks start at adalora_init_r and are pruned to lora_r on average.
     adalora_init_r: int = 12
     adalora_tinit: int = 10
@@ -597,6 +603,8 @@ FIELD_RULES[FinetuneConfig] = {
     "lora_alpha": COUNT,
     "lora_dropout": DROPOUT,
     "target_modules": MODULE_NAMES,
+    "lora_layers": COUNT_OR_NONE,
+    "cache_lower_layers": Flag(),
     "adalora_init_r": COUNT,
     "adalora_tinit": Int(0),
     "adalora_tfinal": Int(0),

@@ -269,7 +269,9 @@ class DistillTask(TrainingTask):
             return None
         missing = [(e, p) for e, p in zip(examples, prompts, strict=True) if (e.task, e.user_id) not in self._prefixes]
         if missing:
-            states = prefix_states(self.backbone, [p for _, p in missing], self.llm.score_batch_size)
+            # One prompt at a time: a state then never depends on which examples shared its batch (padding,
+            # kernel blocking), so a resumed run computes the same states as an uninterrupted one, bit for bit.
+            states = prefix_states(self.backbone, [p for _, p in missing], batch_size=1)
             self._prefixes.update({(e.task, e.user_id): st for (e, _), st in zip(missing, states, strict=True)})
         return [self._prefixes[(e.task, e.user_id)] for e in examples]
 
@@ -317,8 +319,7 @@ class DistillTask(TrainingTask):
         return {f"w_{t}": float(w) for t, w in zip(tasks, weights, strict=True)}
 
     def evaluate(self) -> dict[str, float]:
-        per_user = self.heldout_scores(self.soft_prompt(), self.selection, tasks=("rps",))
-        return {"fidelity": float(per_user["rps"].mean()), "selection_users": float(len(per_user["rps"]))}
+        return selection_metrics(self.heldout_scores(self.soft_prompt(), self.selection))
 
     # -- held-out evaluation ---------------------------------------------------------------------
 
@@ -335,6 +336,14 @@ class DistillTask(TrainingTask):
                 labels = np.array([e.label for e in examples])
                 out[t] = per_user_metrics(scores, labels)["HR@1"].to_numpy()
         return out
+
+
+def selection_metrics(per_user: dict[str, np.ndarray]) -> dict[str, float]:
+    """The selection set's RPS fidelity (it picks the step) and TA accuracy (for the learning curve)."""
+    out = {"fidelity": float(per_user["rps"].mean()), "selection_users": float(len(per_user["rps"]))}
+    if "ta" in per_user:
+        out["ta_accuracy"] = float(per_user["ta"].mean())
+    return out
 
 
 @dataclass
@@ -434,7 +443,7 @@ def run_distillation(
 
     start = time.perf_counter()
     before = task.heldout_scores(initial, report)
-    selection_before = task.heldout_scores(initial, selection, tasks=("rps",))["rps"]
+    selection_before = selection_metrics(task.heldout_scores(initial, selection))
     trainer = Trainer(train_config(cfg), task, paths.distill / ".checkpoints" / name, desc=f"distill {name}",
                       progress=progress, callbacks=callbacks, identity={"inputs": inputs, "config": stage_config})  # fmt: skip
     result = trainer.train()
@@ -444,7 +453,9 @@ def run_distillation(
 
     popularity = item_popularity(data, split="train")
     baselines = {t: heuristic_hits(report[t], popularity) for t in ("ta", "rps")}
-    history = pd.DataFrame([{"step": 0, "fidelity": float(selection_before.mean())}, *result.history])
+    history = pd.DataFrame([{"step": 0, **selection_before}, *result.history])
+    # The x of a learning curve: training users seen (each brings one example per task).
+    history.insert(1, "users_seen", history["step"] * cfg.batch_size * cfg.grad_accum * result.processes)
     train_log = pd.DataFrame(result.train_log)
     per_user = pd.DataFrame({"user_id": sorted(report["rps"]), "fidelity_before": before["rps"],
                              "fidelity_after": after["rps"], **baselines["rps"]})  # fmt: skip
@@ -465,9 +476,11 @@ def run_distillation(
         # optimistic by construction (the step was chosen on it): set it beside fidelity_after.
         "selection": {
             "users": len(selection["rps"]),
-            "fidelity_before": float(selection_before.mean()),
+            "fidelity_before": selection_before["fidelity"],
+            "ta_accuracy_before": selection_before.get("ta_accuracy"),
             "fidelity_best": result.best_metric,
             "fidelity_baselines": {k: _ci(v) for k, v in heuristic_hits(selection["rps"], popularity).items()},
+            "ta_baselines": {k: _ci(v) for k, v in heuristic_hits(selection["ta"], popularity).items()},
         },
         "train_users": len(task.users),
         "heldout_users": len(report["rps"]),

@@ -19,7 +19,15 @@ import tempfile
 from dataclasses import replace
 
 from .distill import run_distillation
-from .perf import FlopModel, StepClock, prompt_cost, training_args, training_bench_setup, training_row
+from .perf import (
+    FlopModel,
+    PartClock,
+    StepClock,
+    prompt_cost,
+    training_args,
+    training_bench_setup,
+    training_row,
+)
 
 add_args = training_args
 
@@ -46,9 +54,9 @@ def measure(config, paths, data, backbone, peak, planned, steps: int) -> dict:
         rest_tokens, rest_flops = prompt_cost(fm, backbone, prompts)
         prefix_tokens = prefix_flops = 0.0
     # A first visit runs the prefix forward only (one forward's FLOPs); the rest forward and backward (two).
-    row_first = training_row("distill, first visit", _clock(first), n, (prefix_tokens + rest_tokens) * n,
+    row_first = training_row("distill, first visit", PartClock(first), n, (prefix_tokens + rest_tokens) * n,
                              (prefix_flops / 2 + rest_flops) * n, peak)  # fmt: skip
-    row_later = training_row("distill, revisit (cached prefix)" if cached else "distill, revisit", _clock(later), n,
+    row_later = training_row("distill, revisit (cached prefix)" if cached else "distill, revisit", PartClock(later), n,
                              rest_tokens * n, rest_flops * n, peak)  # fmt: skip
     row = {**row_first, "users_per_step": users_per_step, "users_per_minute": 60 * users_per_step / row_first["s_per_step"],
            "revisit": row_later, "cache_prefix": cached, "prefix_tokens": prefix_tokens, "rest_tokens": rest_tokens}  # fmt: skip
@@ -67,16 +75,6 @@ def task_users(config, data) -> list[int]:
     from .distill import split_users
 
     return split_users(data, config.distill, config.max_users).train
-
-
-class _clock:
-    """The step times of a part of a run, as ``training_row`` reads them from a ``StepClock``."""
-
-    def __init__(self, seconds: list[float]) -> None:
-        self.seconds = seconds
-
-    def step_seconds(self) -> list[float]:
-        return self.seconds
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ from .llm_ranker import ZERO_SHOT, LLMRanker, LLMRecommender, RecExample, llm_id
 from .methods import Curve, MethodContext, MethodFamily, Recommender
 from .metrics import summarize
 from .prompts import TEACHER_DISPLAY, prompt_format_id
+from .scoring import layer_split_supported
 from .soft_prompt import load_run_soft_prompt
 from .training import TrainConfig, Trainer, TrainingTask
 
@@ -165,13 +167,39 @@ def peft_config_for(backbone, cfg: FinetuneConfig, total_steps: int):
     modules = list(cfg.target_modules)
     if backbone.family == "seq2seq" and modules == ["q_proj", "k_proj", "v_proj", "o_proj"]:
         modules = ["q", "k", "v", "o"]  # T5's attention projections
+    layers = {}
+    if cfg.lora_layers is not None:
+        n = num_layers(backbone)
+        if backbone.family != "causal" or cfg.lora_layers > n:
+            raise ConfigError(f"finetune.lora_layers={cfg.lora_layers}: " + (
+                "the top layers of an encoder-decoder model are not defined; leave it unset" if backbone.family != "causal"
+                else f"the backbone has {n} layers"))  # fmt: skip
+        layers = {"layers_to_transform": list(range(n - cfg.lora_layers, n)), "layers_pattern": "layers"}
     if cfg.method == "adalora":
         return AdaLoraConfig(task_type=task_type, target_modules=modules, init_r=cfg.adalora_init_r,
                              target_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              tinit=cfg.adalora_tinit, tfinal=cfg.adalora_tfinal, deltaT=cfg.adalora_delta_t,
-                             total_step=total_steps)  # fmt: skip
+                             total_step=total_steps, **layers)  # fmt: skip
     return LoraConfig(task_type=task_type, target_modules=modules, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout)  # fmt: skip
+                      lora_dropout=cfg.lora_dropout, **layers)  # fmt: skip
+
+
+def num_layers(backbone) -> int:
+    return int(backbone.base_model.config.num_hidden_layers)
+
+
+def frozen_below(model, backbone, cfg: FinetuneConfig) -> int:
+    """The first layer with a trainable parameter when ``finetune.lora_layers`` and ``cache_lower_layers``
+    allow caching the layers below it (0: no caching). Checked on the wrapped model itself: a cached state
+    from a layer that trains would be stale after the first step."""
+    if cfg.lora_layers is None or not cfg.cache_lower_layers or not layer_split_supported(backbone):
+        return 0
+    trained = {int(m.group(1)) for n, p in model.named_parameters() if p.requires_grad
+               for m in [re.search(r"\.layers\.(\d+)\.", n)] if m}  # fmt: skip
+    untied = [n for n, p in model.named_parameters() if p.requires_grad and not re.search(r"\.layers\.\d+\.", n)]
+    if untied or not trained:
+        raise ConfigError(f"finetune.cache_lower_layers: trainable parameters outside the adapted layers ({untied[:3]})")
+    return min(trained)
 
 
 def train_config(cfg: FinetuneConfig) -> TrainConfig:
@@ -263,7 +291,7 @@ def run_finetuning(
     with peft_wrapping():
         model = get_peft_model(copy.deepcopy(backbone.model), peft_config_for(backbone, cfg, tcfg.max_steps))
     tuned = backbone.with_model(model)
-    scorer = LLMRanker(tuned, config.llm, data.titles, soft, teacher)
+    scorer = LLMRanker(tuned, config.llm, data.titles, soft, teacher, frozen_below=frozen_below(model, tuned, cfg))
     task = FinetuneTask(model, scorer, train, valid, cfg, tcfg.max_steps)
 
     start = time.perf_counter()

@@ -25,7 +25,7 @@ from .data.processed import ProcessedData
 from .methods import Capabilities, Generations, MethodContext, MethodFamily, Recommender
 from .metrics import per_user_frame
 from .prompts import EncodedPrompt, PromptBuilder, prompt_format_id
-from .scoring import prompt_embeddings, rank_candidates
+from .scoring import PackedRow, lower_states, prompt_embeddings, rank_candidates, rank_rows
 
 ZERO_SHOT = "zero-shot"
 
@@ -58,11 +58,18 @@ def split_examples(data: ProcessedData, split: str, users: list[int]) -> list[Re
 
 
 class LLMRanker:
-    """Ranks recommendation examples with a (possibly peft-wrapped) backbone and an optional frozen soft prompt."""
+    """Ranks recommendation examples with a (possibly peft-wrapped) backbone and an optional frozen soft prompt.
+
+    ``frozen_below`` > 0 says that layers below it never change (stage 2 with LoRA on the upper layers only):
+    each example's hidden states entering that layer are computed once and kept, and every later scoring of
+    the example runs only the layers above (``scoring.lower_states`` / ``rank_rows``).
+    """
 
     def __init__(self, backbone, llm_config: LLMConfig, titles: list[str], soft_prompt: torch.Tensor | None,
-                 teacher: str | None):  # fmt: skip
+                 teacher: str | None, *, frozen_below: int = 0):  # fmt: skip
         self.backbone = backbone
+        self.frozen_below = frozen_below
+        self._rows: dict[tuple, PackedRow] = {}
         self.llm = llm_config
         self.titles = titles
         self.soft = None if soft_prompt is None else soft_prompt.detach()
@@ -71,8 +78,11 @@ class LLMRanker:
         self.teacher = teacher
         self._prompts: dict[tuple, EncodedPrompt] = {}
 
+    def _key(self, ex: RecExample) -> tuple:
+        return ex.user_id, ex.history[-self.llm.history_len :] if self.llm.history_len else (), ex.candidates
+
     def prompt(self, ex: RecExample) -> EncodedPrompt:
-        key = (ex.user_id, ex.history[-self.llm.history_len :] if self.llm.history_len else (), ex.candidates)
+        key = self._key(ex)
         if key not in self._prompts:
             t = self.titles
             self._prompts[key] = self.builder.recommendation([t[i] for i in ex.history], [t[i] for i in ex.candidates],
@@ -80,8 +90,22 @@ class LLMRanker:
         return self._prompts[key]
 
     def scores(self, examples: list[RecExample], progress: bool = False) -> torch.Tensor:
+        if self.frozen_below:
+            return rank_rows(self.backbone, self.rows(examples), normalize=self.llm.normalize,
+                             batch_size=self.llm.score_batch_size)  # fmt: skip
         return rank_candidates(self.backbone, [self.prompt(e) for e in examples], soft_prompt=self.soft,
                                normalize=self.llm.normalize, batch_size=self.llm.score_batch_size, progress=progress)  # fmt: skip
+
+    def rows(self, examples: list[RecExample]) -> list[PackedRow]:
+        """Each example's hidden states entering layer ``frozen_below``, computed at its first scoring."""
+        missing = list({self._key(e): e for e in examples if self._key(e) not in self._rows}.values())
+        if missing:
+            # One example at a time: a state then never depends on which examples shared its batch, so a
+            # resumed training computes the same states as an uninterrupted one, bit for bit.
+            states = lower_states(self.backbone, [self.prompt(e) for e in missing], None, self.frozen_below,
+                                  soft_prompt=self.soft, batch_size=1)  # fmt: skip
+            self._rows.update({self._key(e): r for e, r in zip(missing, states, strict=True)})
+        return [self._rows[self._key(e)] for e in examples]
 
     def evaluate(self, examples: list[RecExample], progress: bool = False) -> pd.DataFrame:
         """Per-example metrics (one row per user): rank, HR@k, NDCG@k, MRR."""

@@ -201,6 +201,16 @@ class StepClock:
         return d[1:-1]
 
 
+class PartClock:
+    """The step times of a part of a run (first visits, revisits), read as ``training_row`` reads a ``StepClock``."""
+
+    def __init__(self, seconds: list[float]) -> None:
+        self.seconds = seconds
+
+    def step_seconds(self) -> list[float]:
+        return self.seconds
+
+
 def prompt_cost(fm: FlopModel, backbone, prompts: list, *, split_at_slot: bool = False) -> tuple[float, ...]:
     """Mean (tokens, forward FLOPs) of scoring one prompt with all its candidates (shared prefix).
 

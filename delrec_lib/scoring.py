@@ -27,7 +27,9 @@ tests compare against and the baseline of the benchmark.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -146,6 +148,96 @@ def _finish(
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class PackedRow:
+    """One prompt and its candidates laid out as one row of a forward pass:
+    ``[prompt | cand_1[:-1] | cand_2[:-1] | ...]`` (a candidate's last token is only a target).
+
+    ``x`` [T, d] is the row's input: embeddings, or the hidden states entering layer ``layer`` when a
+    frozen lower part of the model has already run (``lower_states``). Everything else says how the
+    row attends and what it predicts, so a row can be batched again with any others.
+    """
+
+    x: torch.Tensor
+    seg: list[int]  # per position: 0 the prompt, c + 1 candidate c's input tokens
+    pos: list[int]  # position ids (after a cached prefix of ``offset`` tokens)
+    head_rows: list[int]  # per target token: the row position whose hidden state predicts it
+    targets: list[int]
+    target_cand: list[int]  # per target token: its candidate's index in the row
+    lengths: list[int]  # per candidate: its scored tokens
+    offset: int = 0  # tokens of a cached prefix (``prefix_states``) the row continues
+    layer: int = 0  # the layer ``x`` enters
+
+
+def _layout(backbone: Backbone, e: torch.Tensor, cands: list[list[int]], offset: int = 0) -> PackedRow:
+    """A prompt's embeddings ``e`` [p, d] and its candidates' token ids as one ``PackedRow``."""
+    p = e.shape[0]
+    flat_inputs = [tok for t in cands for tok in t[:-1]]
+    x = e
+    if flat_inputs:
+        x = torch.cat([e, backbone.input_embeddings(torch.tensor(flat_inputs, dtype=torch.long, device=e.device))])
+    row = PackedRow(x, [0] * p, list(range(offset, offset + p)), [], [], [], [], offset)
+    start = p
+    for ci, t in enumerate(cands):
+        n_in = len(t) - 1
+        row.seg += [ci + 1] * n_in
+        row.pos += range(offset + p, offset + p + n_in)
+        # token j of the candidate is predicted from the prompt's last position (j = 0) or its own j - 1
+        row.head_rows += [p - 1] + [start + j for j in range(n_in)]
+        row.targets += t
+        row.target_cand += [ci] * len(t)
+        row.lengths.append(len(t))
+        start += n_in
+    return row
+
+
+def _collate(rows: list[PackedRow], width: int):
+    """Rows as one batch: inputs [B, T, d], visibility [B, T, T], positions [B, T], and the flat head rows,
+    targets and owning candidates (``b * width + c``)."""
+    dev = rows[0].x.device
+    T = max(r.x.shape[0] for r in rows)
+    x = torch.nn.utils.rnn.pad_sequence([r.x for r in rows], batch_first=True)  # zero rows are padding
+    seg = torch.tensor([r.seg + [-1] * (T - len(r.seg)) for r in rows], device=dev)
+    pos = torch.tensor([r.pos + [0] * (T - len(r.pos)) for r in rows], device=dev)
+    q = torch.arange(T, device=dev)
+    # key k visible to query q if k <= q and k is prompt or in q's own candidate. Padding queries
+    # (segment -1) see the prompt too, so no softmax row is empty (no NaN).
+    visible = (q[None, :, None] >= q[None, None, :]) & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))
+    head_rows = [b * T + h for b, r in enumerate(rows) for h in r.head_rows]
+    targets = [t for r in rows for t in r.targets]
+    target_cand = [b * width + c for b, r in enumerate(rows) for c in r.target_cand]
+    return x, visible, pos, head_rows, targets, target_cand
+
+
+def _score_rows(backbone: Backbone, rows: list[PackedRow], prefixes: list[torch.Tensor] | None = None):
+    """One forward over the rows (from their ``layer`` on) and the log-probability of every target token."""
+    width = max(len(r.lengths) for r in rows)
+    x, visible, pos, head_rows, targets, target_cand = _collate(rows, width)
+    dev, T = x.device, x.shape[1]
+    layer = rows[0].layer
+    if any(r.layer != layer for r in rows):
+        raise ConfigError("rows entering different layers cannot share a forward pass")
+    cache = None
+    if prefixes is not None:
+        # Every query sees all of its own prefix ([B, T, P], P the longest prefix; shorter ones right-padded).
+        offsets = [r.offset for r in rows]
+        P = max(offsets)
+        seen = torch.arange(P, device=dev)[None, :] < torch.tensor(offsets, device=dev)[:, None]  # [B, P]
+        visible = torch.cat([seen[:, None, :].expand(-1, T, -1), visible], dim=2)  # [B, T, P + T]
+        cache = _prefix_cache(backbone, prefixes, P)
+    mask = _attention_mask(backbone, visible[:, None])
+    with backbone.autocast():
+        if layer == 0:
+            out = backbone.base_model.base_model(inputs_embeds=x, attention_mask=mask, position_ids=pos,
+                                                 past_key_values=cache, use_cache=cache is not None)  # fmt: skip
+            hidden = out.last_hidden_state
+        else:
+            hidden = run_layers(backbone, x, mask, pos, layer, None)
+    logp = _head_logprobs(backbone, hidden.reshape(-1, x.shape[-1]), torch.tensor(head_rows, device=dev),
+                          torch.tensor(targets, device=dev))  # fmt: skip
+    return logp, torch.tensor(target_cand, device=dev), [n for r in rows for n in r.lengths], width
+
+
 def _causal_packed(backbone: Backbone, embeds: list[torch.Tensor], cands: list[list[list[int]]],
                    prefixes: list[torch.Tensor] | None = None):  # fmt: skip
     """One forward over [prompt | cand_1[:-1] | cand_2[:-1] | ...] rows with a block mask.
@@ -154,61 +246,88 @@ def _causal_packed(backbone: Backbone, embeds: list[torch.Tensor], cands: list[l
     frozen prefix (soft prompt + text after it): the prefix's keys and values enter as a cache every
     row attends to, and positions continue after it.
     """
-    dev = embeds[0].device
-    embed = backbone.input_embeddings
-    rows, seg, pos = [], [], []
-    head_rows, targets, target_cand = [], [], []
-    lengths = []
-    width = max(len(c) for c in cands)
     offsets = [0] * len(embeds) if prefixes is None else [int(k.shape[3]) for k in prefixes]
-    T = max(e.shape[0] + sum(len(t) - 1 for t in c) for e, c in zip(embeds, cands, strict=True))
-    for b, (e, c) in enumerate(zip(embeds, cands, strict=True)):
-        p, off = e.shape[0], offsets[b]
-        flat_inputs = [tok for t in c for tok in t[:-1]]  # a candidate's last token is only a target
-        parts = [e]
-        if flat_inputs:
-            parts.append(embed(torch.tensor(flat_inputs, dtype=torch.long, device=dev)))
-        rows.append(torch.cat(parts, dim=0))
-        s_b, pos_b = [0] * p, list(range(off, off + p))
-        start = p
-        for ci, t in enumerate(c):
-            n_in = len(t) - 1
-            s_b += [ci + 1] * n_in
-            pos_b += range(off + p, off + p + n_in)
-            # token j of the candidate is predicted from the prompt's last row (j = 0) or its own row j - 1
-            head_rows += [b * T + p - 1] + [b * T + start + j for j in range(n_in)]
-            targets += t
-            target_cand += [b * width + ci] * len(t)
-            lengths.append(len(t))
-            start += n_in
-        seg.append(s_b + [-1] * (T - len(s_b)))
-        pos.append(pos_b + [0] * (T - len(pos_b)))
-    x = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # [B, T, d], zero rows are padding
-    seg_t = torch.tensor(seg, device=dev)
-    q_idx = torch.arange(T, device=dev)
-    # [B, 1, T, T]: key k visible to query q if k <= q and k is prompt or in q's own candidate.
-    # Padding queries (segment -1) see the prompt too, so no softmax row is empty (no NaN).
-    visible = (q_idx[None, :, None] >= q_idx[None, None, :]) & (
-        (seg_t[:, None, :] == 0) | (seg_t[:, None, :] == seg_t[:, :, None])
+    rows = [_layout(backbone, e, c, off) for e, c, off in zip(embeds, cands, offsets, strict=True)]
+    return _score_rows(backbone, rows, prefixes)
+
+
+# --------------------------------------------------------------------------------------------
+# Frozen lower layers: their output computed once, only the upper layers run again
+# --------------------------------------------------------------------------------------------
+
+
+def layer_split_supported(backbone: Backbone) -> bool:
+    """Whether ``run_layers`` can run a part of this model's layers: decoder-only trunks with ``layers``,
+    ``rotary_emb`` and ``norm`` (Llama, Qwen2, Mistral, SmolLM2) and sdpa or eager attention."""
+    trunk = backbone.base_model.base_model
+    impl = getattr(backbone.base_model.config, "_attn_implementation", "sdpa")
+    return backbone.family == "causal" and impl in ("sdpa", "eager") and all(
+        hasattr(trunk, a) for a in ("layers", "rotary_emb", "norm")
     )
-    cache = None
-    if prefixes is not None:
-        # Every query sees all of its own prefix ([B, T, P], P the longest prefix; shorter ones right-padded).
-        P = max(offsets)
-        seen = torch.arange(P, device=dev)[None, :] < torch.tensor(offsets, device=dev)[:, None]  # [B, P]
-        visible = torch.cat([seen[:, None, :].expand(-1, T, -1), visible], dim=2)  # [B, T, P + T]
-        cache = _prefix_cache(backbone, prefixes, P)
-    mask = _attention_mask(backbone, visible[:, None])
-    with backbone.autocast():
-        out = backbone.base_model.base_model(
-            inputs_embeds=x, attention_mask=mask, position_ids=torch.tensor(pos, device=dev),
-            past_key_values=cache, use_cache=cache is not None,
-        )  # fmt: skip
-    hidden = out.last_hidden_state.reshape(-1, x.shape[-1])
-    logp = _head_logprobs(
-        backbone, hidden, torch.tensor(head_rows, device=dev), torch.tensor(targets, device=dev)
-    )
-    return logp, torch.tensor(target_cand, device=dev), lengths, width
+
+
+def run_layers(backbone: Backbone, x: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, start: int,
+               stop: int | None) -> torch.Tensor:  # fmt: skip
+    """Hidden states after layers ``start .. stop - 1`` (``stop`` None: every layer from ``start`` on, then
+    the final norm, as the model's own forward ends). ``x`` [B, T, d] enters layer ``start``; ``mask`` is
+    the 4D mask of ``_attention_mask``. The caller applies autocast."""
+    if not layer_split_supported(backbone):
+        raise ConfigError(f"{type(backbone.base_model).__name__}: running a part of its layers needs a decoder-only "
+                          "trunk with layers, rotary_emb and norm (Llama-style) and sdpa or eager attention")  # fmt: skip
+    trunk = backbone.base_model.base_model
+    embeddings = trunk.rotary_emb(x, position_ids=pos)
+    h = x
+    for layer in trunk.layers[start:stop]:
+        h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=embeddings)
+    return trunk.norm(h) if stop is None else h
+
+
+def lower_states(backbone: Backbone, prompts: Sequence[EncodedPrompt], candidate_titles: Sequence[Sequence[str]] | None,
+                 stop: int, *, soft_prompt: torch.Tensor | None = None, batch_size: int = 8) -> list[PackedRow]:  # fmt: skip
+    """Each prompt with its candidates as a ``PackedRow`` whose ``x`` is the hidden state entering layer
+    ``stop``: what layers ``0 .. stop - 1`` make of it, computed once, no grad.
+
+    When only the layers from ``stop`` on are trained (stage 2 with ``finetune.lora_layers``), the lower
+    layers read every example the same way at every step: ``rank_rows`` then runs only the upper ones,
+    forward and backward, for the same scores. Needs ``layer_split_supported``.
+    """
+    if not layer_split_supported(backbone):
+        raise ConfigError("lower_states: " + ("an encoder-decoder model" if backbone.family != "causal" else
+                          f"{type(backbone.base_model).__name__} is not a Llama-style decoder with sdpa/eager attention"))  # fmt: skip
+    soft_prompt = _check_soft_prompt(backbone, soft_prompt, len(prompts))
+    encoded = _as_prompts(backbone, prompts, soft_prompt)
+    titles = _candidate_lists(encoded, candidate_titles)
+    out: list[PackedRow] = [None] * len(encoded)  # type: ignore[list-item]
+    order = sorted(range(len(encoded)), key=lambda i: -encoded[i].num_tokens)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        with torch.no_grad():
+            rows = [_layout(backbone, prompt_embeddings(backbone, encoded[i], _soft_for(soft_prompt, i)),
+                            candidate_token_ids(backbone, titles[i])) for i in idx]  # fmt: skip
+            x, visible, pos, *_ = _collate(rows, max(len(r.lengths) for r in rows))
+            with backbone.autocast():
+                h = run_layers(backbone, x, _attention_mask(backbone, visible[:, None]), pos, 0, stop)
+        for b, (i, r) in enumerate(zip(idx, rows, strict=True)):
+            out[i] = dataclasses.replace(r, x=h[b, : r.x.shape[0]].clone(), layer=stop)
+    return out
+
+
+def rank_rows(backbone: Backbone, rows: Sequence[PackedRow], *, normalize: str = "mean", batch_size: int = 8) -> torch.Tensor:
+    """Scores [num_rows, max_candidates] of rows from ``lower_states``: only the layers above them run
+    (gradients reach what is trainable there). The same scores as ``rank_candidates`` on the prompts."""
+    if normalize not in NORMALIZE:
+        raise ConfigError(f"normalize: expected one of {list(NORMALIZE)}, got {normalize!r}")
+    n = len(rows)
+    if n == 0:
+        return torch.empty(0, 0, device=backbone.device)
+    width = max(len(r.lengths) for r in rows)
+    order = sorted(range(n), key=lambda i: -rows[i].x.shape[0])
+    pieces = []
+    for s in range(0, n, batch_size):
+        idx = order[s : s + batch_size]
+        pieces.append(_scores_block(*_score_rows(backbone, [rows[i] for i in idx]), [len(rows[i].lengths) for i in idx],
+                                    width, normalize))  # fmt: skip
+    return _unsort(torch.cat(pieces, dim=0), order)
 
 
 def prefix_states(backbone: Backbone, prompts: Sequence[EncodedPrompt], batch_size: int = 8) -> list[torch.Tensor]:
@@ -450,20 +569,29 @@ def rank_candidates(
         cands = [cand_ids[i] for i in idx]
         if prefixes is None:
             embeds = [prompt_embeddings(backbone, encoded[i], _soft_for(soft_prompt, i)) for i in idx]
-            logp, target_cand, lengths, w = scorer(backbone, embeds, cands)
+            out = scorer(backbone, embeds, cands)
         else:
             embeds = [prompt_embeddings(backbone, encoded[i], _soft_for(soft_prompt, i), after_slot=True) for i in idx]
-            logp, target_cand, lengths, w = _causal_packed(backbone, embeds, cands, [prefixes[i] for i in idx])
-        sums = torch.zeros(len(idx) * w, device=logp.device, dtype=logp.dtype).index_add(0, target_cand, logp)
-        cand_index = torch.tensor(
-            [b * w + ci for b, c in enumerate(cands) for ci in range(len(c))], device=logp.device
-        )
-        lens = torch.tensor(lengths, device=logp.device, dtype=logp.dtype)
-        block = _finish(sums[cand_index], lens, cand_index, len(idx), w, normalize)
-        pieces.append(F.pad(block, (0, width - w), value=float("-inf")))
-    scores = torch.cat(pieces, dim=0)  # rows in `order`
-    inverse = torch.empty(n, dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(n)
+            out = _causal_packed(backbone, embeds, cands, [prefixes[i] for i in idx])
+        pieces.append(_scores_block(*out, [len(c) for c in cands], width, normalize))
+    return _unsort(torch.cat(pieces, dim=0), order)
+
+
+def _scores_block(logp: torch.Tensor, target_cand: torch.Tensor, lengths: list[int], w: int, counts: list[int],
+                  width: int, normalize: str) -> torch.Tensor:  # fmt: skip
+    """[B, width] scores of one batch from its target tokens' log-probabilities (-inf past each prompt's
+    ``counts`` candidates)."""
+    sums = torch.zeros(len(counts) * w, device=logp.device, dtype=logp.dtype).index_add(0, target_cand, logp)
+    cand_index = torch.tensor([b * w + ci for b, c in enumerate(counts) for ci in range(c)], device=logp.device)
+    lens = torch.tensor(lengths, device=logp.device, dtype=logp.dtype)
+    block = _finish(sums[cand_index], lens, cand_index, len(counts), w, normalize)
+    return F.pad(block, (0, width - w), value=float("-inf"))
+
+
+def _unsort(scores: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """Rows scored in ``order`` back in the callers' order."""
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
     return scores[inverse.to(scores.device)]
 
 

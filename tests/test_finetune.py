@@ -11,6 +11,7 @@ import torch
 
 from delrec_lib.config import DistillConfig, FinetuneConfig, LLMConfig, RunConfig
 from delrec_lib.distill import run_distillation
+from delrec_lib.errors import ConfigError
 from delrec_lib.finetune import (
     FinetuneTask,
     load_recommender,
@@ -118,13 +119,49 @@ def test_saved_adapter_reloads_to_identical_scores(world):
     assert best == pytest.approx(result.metrics["valid_best"][cfg.finetune.select_metric], abs=1e-6)
 
 
+def test_upper_layer_lora_trains_over_cached_lower_layers_and_matches_the_full_forward(world, tmp_path):
+    """finetune.lora_layers: adapters in the top layer only; training and validation run it over the lower
+    layer's cached output, and the saved adapter scores like that on the full model (evaluation's path)."""
+    _, data, backbone, paths = world
+    cfg = config(lora_layers=1)
+    run_paths = RunPaths(tmp_path / "upper")
+    run_paths.distill.mkdir(parents=True)
+    (run_paths.distill / "sasrec").symlink_to(paths.distill / "sasrec")
+    seen = []
+    original = FinetuneTask.training_loss
+
+    def spy(self, batch):
+        seen.append(self.scorer.frozen_below)
+        return original(self, batch)
+
+    FinetuneTask.training_loss = spy
+    try:
+        result = run_finetuning(cfg, run_paths, data, backbone, "delrec-sasrec", progress=False)
+    finally:
+        FinetuneTask.training_loss = original
+    assert set(seen) == {1}  # every step ran layer 1 only, over cached layer-0 states
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(result.directory / "adapter" / "adapter_model.safetensors"))
+    assert adapter and all(".layers.1." in k for k in adapter)
+    # the cached path's validation metric is what the full forward of the saved adapter gets
+    reloaded = load_recommender(run_paths, "delrec-sasrec", backbone, data, cfg)
+    assert reloaded.frozen_below == 0
+    valid = split_examples(data, "valid", select_users(data, cfg.finetune, None)[1])
+    best = reloaded.evaluate(valid)[cfg.finetune.select_metric].mean()
+    assert best == pytest.approx(result.metrics["valid_best"][cfg.finetune.select_metric], abs=1e-4)
+    with pytest.raises(ConfigError, match="lora_layers=3: the backbone has 2 layers"):
+        run_finetuning(config(lora_layers=3), RunPaths(tmp_path / "too-many"), data, backbone, "lora", progress=False)
+
+
 class Interrupt(Exception):
     pass
 
 
-def test_interrupted_finetuning_resumes_to_the_same_adapter(world, tmp_path):
+@pytest.mark.parametrize("lora_layers", [None, 1])  # 1: over cached lower-layer states, recomputed after the resume
+def test_interrupted_finetuning_resumes_to_the_same_adapter(world, tmp_path, lora_layers):
     _, data, backbone, paths = world
-    cfg = config(max_steps=6, eval_every=2)
+    cfg = config(max_steps=6, eval_every=2, lora_layers=lora_layers)
     full_paths = RunPaths(tmp_path / "full")
     cut_paths = RunPaths(tmp_path / "cut")
     full = run_finetuning(cfg, full_paths, data, backbone, "lora", progress=False)

@@ -373,6 +373,41 @@ def test_lora_adapters_receive_gradients(causal_dir):
     assert (base - scores.detach()).abs().nan_to_num().max() > 1e-3  # the adapters change the scores
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_upper_layers_over_cached_lower_states_give_the_same_scores_and_gradients(causal_dir, attention):
+    """Stage 2's cache: LoRA in the upper layer only, the lower layer's output computed once (soft prompt in it)."""
+    from peft import LoraConfig, get_peft_model
+
+    from delrec_lib.llm import peft_wrapping
+    from delrec_lib.scoring import lower_states, rank_rows
+
+    backbone = load_backbone(str(causal_dir), dtype="float32")
+    backbone.model.set_attn_implementation(attention)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], layers_to_transform=[1],
+                      layers_pattern="layers", init_lora_weights=False)  # fmt: skip
+    with peft_wrapping():
+        tuned = backbone.with_model(get_peft_model(backbone.model, lora))
+    prompts = mixed_batch(PromptBuilder(tuned, LLMConfig(), num_soft_tokens=2), teacher="SASRec")
+    soft = torch.randn(2, tuned.hidden_size, generator=torch.Generator().manual_seed(3))
+    rows = lower_states(tuned, prompts, None, 1, soft_prompt=soft, batch_size=3)
+    assert all(r.layer == 1 and not r.x.requires_grad for r in rows)
+    labels = torch.tensor([0, 2, 0, 1])
+    results = []
+    for score in (lambda: rank_candidates(tuned, prompts, soft_prompt=soft, batch_size=2),
+                  lambda: rank_rows(tuned, rows, batch_size=2)):  # fmt: skip
+        tuned.model.zero_grad()
+        scores = score()
+        torch.nn.functional.cross_entropy(scores, labels).backward()
+        results.append((scores.detach(), [p.grad.clone() for n, p in tuned.model.named_parameters() if "lora_" in n]))
+    (full, g_full), (cached, g_cached) = results
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
+    assert len(g_full) == 4 and all(g.abs().sum() > 0 for g in g_full)  # q and v of layer 1
+    for a, b in zip(g_cached, g_full, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
+    with pytest.raises(ConfigError, match="encoder-decoder"):
+        lower_states(load_backbone(str(save_tiny_t5(causal_dir.parent / "t5-split")), dtype="float32"), prompts[:1], None, 1)
+
+
 def test_scoring_rejects_bad_input(causal):
     builder = PromptBuilder(causal, LLMConfig())
     prompt = builder.recommendation(TITLES[:3], TITLES[10:12])
