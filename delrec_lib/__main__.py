@@ -126,10 +126,10 @@ def _distill(args: argparse.Namespace) -> None:
 
 @command("finetune", "stage 2: LoRA fine-tuning with the frozen soft prompt, per variant")(_stage_args)
 def _finetune(args: argparse.Namespace) -> None:
-    from .finetune import run_finetuning
+    from .finetune import run_finetuning, seeded_names
 
     config, paths, data, backbone = _llm_stage(args)
-    for variant in args.only or config.finetune.variants:
+    for variant in args.only or [*config.finetune.variants, *seeded_names(config)]:
         r = run_finetuning(config, paths, data, backbone, variant, progress=not args.no_progress)
         best = r.metrics["valid_best"]
         if is_main_process():

@@ -144,19 +144,22 @@ def generation_metrics(users, answers: list[str], shown: list[list[str]], labels
 # --------------------------------------------------------------------------------------------
 
 
-def _eval_settings(ctx: MethodContext, users: list[int]) -> dict[str, Any]:
+def _eval_settings(ctx: MethodContext, users: list[int], *, generation: bool = True) -> dict[str, Any]:
     e = ctx.config.eval
-    return {"users": {"count": len(users), "ids": sha256_json(users)}, "generation_users": e.generation_users, "max_new_tokens": e.max_new_tokens,
+    return {"users": {"count": len(users), "ids": sha256_json(users)}, "generation_users": e.generation_users if generation else 0,
+            "max_new_tokens": e.max_new_tokens,
             "generation_protocol": GENERATION_PROTOCOL, "catalogue_protocols": list(CATALOGUE_PROTOCOLS)}  # fmt: skip
 
 
 def evaluate_method(ctx: MethodContext, method: str, *, progress: bool = True) -> MethodResult:
     """One method on the test candidate sets (and, by its capabilities, the full catalogue and the
-    generation protocol); cached in ``<run>/eval/<method>/``, keyed by the method's identity."""
+    generation protocol); cached in ``<run>/eval/<method>/``, keyed by the method's identity. Another
+    seed's copy of a method (a seed study) is ranked like any method, without the generation protocol."""
     family = family_of(ctx.config, method)
     users = ctx.users()
     inputs = family.identity(ctx, method)
-    settings = _eval_settings(ctx, users)
+    replica = family.replicate_of(ctx.config, method) is not None
+    settings = _eval_settings(ctx, users, generation=not replica)
     out = ctx.paths.eval / method
     kind = family.kind(method)
     if is_complete(out, EVAL_KIND, inputs=inputs, config=settings):
@@ -165,7 +168,7 @@ def evaluate_method(ctx: MethodContext, method: str, *, progress: bool = True) -
 
         return MethodResult(method, kind, read("per_user.parquet"), read("generations.parquet"), read("catalogue.parquet"))
     rec = family.load(ctx, method)
-    result = score_method(rec, ctx.data, users, kind, generation_users=ctx.config.eval.generation_users,
+    result = score_method(rec, ctx.data, users, kind, generation_users=settings["generation_users"],
                           max_new_tokens=ctx.config.eval.max_new_tokens, progress=progress)  # fmt: skip
     with atomic_dir(out) as tmp:
         result.per_user.to_parquet(tmp / "per_user.parquet", index=False)
@@ -292,10 +295,38 @@ def generation_table(results: dict[str, MethodResult]) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+def seed_study(paired: pd.DataFrame, replicas: dict[str, tuple[str, int]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paired tests of every comparison whose methods were also trained with other seeds, one row per
+    seed ("run" is the methods as the run trains them; N their copies with seed N, compared with each
+    other), and a summary per comparison and metric: the seeds' mean difference, its spread (sample sd),
+    and how many seeds have p < 0.05 in each direction. ``replicas``: ``methods.replicates``."""
+    cols = ["method", "versus", "metric", "seed", "mean_diff", "ci_low", "ci_high", "p_value"]
+    rows = []
+    for r in paired.to_dict(orient="records"):
+        a, b = replicas.get(r["method"]), replicas.get(r["versus"])
+        if a is None and b is None:
+            rows.append({**r, "seed": "run"})
+        elif a is not None and b is not None and a[1] == b[1]:
+            rows.append({**r, "method": a[0], "versus": b[0], "seed": str(a[1])})
+    per_seed = pd.DataFrame(rows, columns=[*cols, *[c for c in paired.columns if c not in cols]])
+    seeded = {(m, v) for m, v, s in zip(per_seed["method"], per_seed["versus"], per_seed["seed"], strict=True) if s != "run"}
+    per_seed = per_seed[[(m, v) in seeded for m, v in zip(per_seed["method"], per_seed["versus"], strict=True)]]
+    per_seed = per_seed[cols].reset_index(drop=True)
+    summary = []
+    for (m, v, metric), g in per_seed.groupby(["method", "versus", "metric"], sort=False):
+        summary.append({"method": m, "versus": v, "metric": metric, "seeds": len(g), "mean_diff": g["mean_diff"].mean(),
+                        "sd_diff": g["mean_diff"].std(ddof=1) if len(g) > 1 else float("nan"),
+                        "min_diff": g["mean_diff"].min(), "max_diff": g["mean_diff"].max(),
+                        "seeds_p<0.05_above": int(((g["p_value"] < 0.05) & (g["mean_diff"] > 0)).sum()),
+                        "seeds_p<0.05_below": int(((g["p_value"] < 0.05) & (g["mean_diff"] < 0)).sum())})  # fmt: skip
+    return per_seed, pd.DataFrame(summary)
+
+
 def write_tables(paths: Any, table: pd.DataFrame, paired: pd.DataFrame, generation: pd.DataFrame,
-                 catalogue: dict[str, pd.DataFrame] | None = None, chance: pd.DataFrame | None = None) -> dict[str, Path]:  # fmt: skip
-    """results.csv / results.md (and the paired tests, the generation protocol and the full-catalogue
-    tables per protocol) under ``<run>/eval/``."""
+                 catalogue: dict[str, pd.DataFrame] | None = None, chance: pd.DataFrame | None = None,
+                 seeds: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> dict[str, Path]:  # fmt: skip
+    """results.csv / results.md (and the paired tests, the generation protocol, the full-catalogue tables
+    per protocol and the seed study's per-seed tests and summary) under ``<run>/eval/``."""
     flat = table.copy()
     flat.columns = [f"{m} {c}" for m, c in flat.columns]
     files = {
@@ -313,6 +344,10 @@ def write_tables(paths: Any, table: pd.DataFrame, paired: pd.DataFrame, generati
         if len(frame):
             files[f"catalogue_{protocol}_md"] = paths.eval / f"catalogue_{protocol}.md"
             atomic_write_text(files[f"catalogue_{protocol}_md"], markdown_table(format_table(frame)))
+    if seeds is not None and len(seeds[0]):
+        files["seed_study_csv"], files["seed_summary_csv"] = paths.eval / "seed_study.csv", paths.eval / "seed_summary.csv"
+        atomic_write_text(files["seed_study_csv"], seeds[0].to_csv(index=False))
+        atomic_write_text(files["seed_summary_csv"], seeds[1].to_csv(index=False))
     return files
 
 

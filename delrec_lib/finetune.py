@@ -49,7 +49,7 @@ from .errors import ConfigError, DataError
 from .llm import peft_wrapping
 from .llm_ranker import ZERO_SHOT, LLMRanker, LLMRecommender, RecExample, llm_identity, split_examples
 from .methods import Curve, MethodContext, MethodFamily, Recommender
-from .metrics import summarize
+from .metrics import per_user_frame, summarize
 from .prompts import TEACHER_DISPLAY, prompt_format_id
 from .scoring import layer_split_supported
 from .soft_prompt import load_run_soft_prompt
@@ -58,6 +58,7 @@ from .training import TrainConfig, Trainer, TrainingTask
 log = logging.getLogger(__name__)
 
 ADAPTER_KIND = "finetuned-adapter"
+VALID_METRICS = ("HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR")
 
 
 def training_examples(data: ProcessedData, users: list[int], cfg: FinetuneConfig) -> list[RecExample]:
@@ -128,7 +129,7 @@ class FinetuneTask(TrainingTask):
 
     def evaluate(self):
         per_user = self.scorer.evaluate(self.valid)
-        return {m: float(per_user[m].mean()) for m in ("HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR")}
+        return {m: float(per_user[m].mean()) for m in VALID_METRICS}
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
         """AdaLoRA's importance estimates, so a resumed run allocates ranks as an uninterrupted one."""
@@ -221,7 +222,9 @@ class FinetuneResult:
 
 
 def variant_soft_prompt(variant: str) -> str | None:
-    """The stage-1 soft prompt a variant uses ("delrec-sasrec-ta" -> "sasrec-ta"), None for "lora"."""
+    """The stage-1 soft prompt a variant uses ("delrec-sasrec-ta" -> "sasrec-ta", "delrec-sasrec-seed1" ->
+    "sasrec"), None for "lora"."""
+    variant, _ = parse_variant_name(variant)
     if variant == "lora":
         return None
     if not variant.startswith("delrec-"):
@@ -243,10 +246,57 @@ def load_variant_parts(config: RunConfig, paths: Any, variant: str, backbone, da
     return soft.embeddings.detach(), TEACHER_DISPLAY.get(teacher, teacher), soft_id
 
 
-def finetune_stage_config(config: RunConfig, variant: str) -> dict[str, Any]:
-    """The settings a stage-2 variant depends on (its manifest's config)."""
-    cfg = dataclasses.replace(config.finetune, variants=(variant,))
-    return {"finetune": cfg, "llm": config.llm, "max_users": config.max_users, "variant": variant}
+def validation_baselines(paths: Any, data: ProcessedData, valid: list[RecExample], names: list[str]) -> dict[str, dict[str, float]]:
+    """What rankings that are no LLM get on the very validation examples stage 2 selects on: each named
+    exported ranking (``popularity``, a teacher) from its ``candidate_scores`` export, and chance
+    (expected). Beside the stage-2 curve they tell "above chance" from "learned"."""
+    from .metrics import metrics_from_counts
+
+    users = [e.user_id for e in valid]
+    out = {}
+    for name in names:
+        directory = paths.teachers / name
+        if not (directory / "candidate_scores.parquet").is_file():  # a run without that ranking
+            continue
+        manifest = read_manifest(directory)
+        verify_outputs(directory, manifest)
+        require_inputs(f"'{name}' exports", manifest, {"data": data.data_id}, directory)
+        scores = pd.read_parquet(directory / "candidate_scores.parquet")
+        rows = scores[scores["split"] == "valid"].set_index("user_id").loc[users]
+        for e, cands in zip(valid, rows["candidates"], strict=True):
+            if tuple(int(c) for c in cands) != e.candidates:  # the export must rank the same candidate sets
+                raise DataError(f"{paths.teachers / name}: user {e.user_id}'s validation candidates differ from the run's")
+        per_user = per_user_frame(users, np.stack(rows["scores"].to_numpy()), rows["target_position"].to_numpy())
+        out[name] = {m: float(per_user[m].mean()) for m in VALID_METRICS}
+    width = len(valid[0].candidates) if valid else 1
+    chance = metrics_from_counts(np.array([0]), np.array([width - 1]))
+    out["chance"] = {m: float(chance[m].iloc[0]) for m in VALID_METRICS}
+    return out
+
+
+SEED_SUFFIX = "-seed"
+
+
+def parse_variant_name(name: str) -> tuple[str, int | None]:
+    """"delrec-sasrec-seed1" -> ("delrec-sasrec", 1): a variant trained again with another training seed
+    (``finetune.seeds``); "lora" -> ("lora", None)."""
+    base, sep, seed = name.rpartition(SEED_SUFFIX)
+    if sep and seed.isdigit() and base:
+        return base, int(seed)
+    return name, None
+
+
+def seeded_names(config: RunConfig) -> list[str]:
+    """Every variant trained again with each of ``finetune.seeds``, in variant order."""
+    return [f"{v}{SEED_SUFFIX}{s}" for v in config.finetune.variants for s in config.finetune.seeds]
+
+
+def finetune_stage_config(config: RunConfig, name: str) -> dict[str, Any]:
+    """The settings a stage-2 variant (or a seeded copy) depends on (its manifest's config)."""
+    variant, seed = parse_variant_name(name)
+    cfg = dataclasses.replace(config.finetune, variants=(variant,), seeds=())
+    return {"finetune": cfg, "llm": config.llm, "max_users": config.max_users, "variant": variant,
+            "train_seed": cfg.seed if seed is None else seed}  # fmt: skip
 
 
 def finetune_inputs(data: ProcessedData, backbone, llm_config: Any, soft: torch.Tensor | None, soft_id: str | None) -> dict[str, str]:
@@ -267,11 +317,17 @@ def load_finetuned(directory: Path) -> FinetuneResult:
 def run_finetuning(
     config: RunConfig, paths: Any, data: ProcessedData, backbone, variant: str, *, progress: bool = True, callbacks=()
 ) -> FinetuneResult:
-    """Stage 2 for one variant: writes ``<run>/finetune/<variant>/`` (skipped when up to date)."""
+    """Stage 2 for one variant: writes ``<run>/finetune/<variant>/`` (skipped when up to date).
+
+    A seeded name (``<variant>-seed<N>``, ``finetune.seeds``) trains the variant again with training seed
+    N: another adapter initialisation, example order, dropout and training negatives; the same training
+    users and validation users (chosen by ``finetune.seed``), so seeds differ only in the training's chance.
+    """
     from peft import get_peft_model
 
     stage_config = finetune_stage_config(config, variant)
-    cfg = stage_config["finetune"]
+    base = stage_config["finetune"]
+    cfg = dataclasses.replace(base, seed=stage_config["train_seed"])
     soft, teacher, soft_id = load_variant_parts(config, paths, variant, backbone, data)
     inputs = finetune_inputs(data, backbone, config.llm, soft, soft_id)
     out_dir = paths.finetune / variant
@@ -279,7 +335,7 @@ def run_finetuning(
         log.info("%s is up to date", out_dir)
         return load_finetuned(out_dir)
 
-    train_users, valid_users = select_users(data, cfg, config.max_users)
+    train_users, valid_users = select_users(data, base, config.max_users)
     train = training_examples(data, train_users, cfg)
     valid = split_examples(data, "valid", valid_users)
     if not train:
@@ -304,12 +360,13 @@ def run_finetuning(
     model.eval()
     seconds = time.perf_counter() - start
 
-    history = pd.DataFrame(
-        [{"step": 0, **{m: float(before[m].mean()) for m in ("HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR")}}, *result.history]
-    )
+    history = pd.DataFrame([{"step": 0, **{m: float(before[m].mean()) for m in VALID_METRICS}}, *result.history])
+    # The x of a learning curve: training examples seen (visits; an epoch visits every example once).
+    history.insert(1, "examples_seen", history["step"] * cfg.batch_size * cfg.grad_accum * result.processes)
     best = history[history["step"] == result.best_step].iloc[-1] if result.best_step is not None else history.iloc[-1]
     metrics = {
         "variant": variant,
+        "train_seed": cfg.seed,
         "soft_prompt": variant_soft_prompt(variant),
         "method": cfg.method,
         "train_examples": len(train),
@@ -319,7 +376,9 @@ def run_finetuning(
         "processes": result.processes,  # the global batch is processes x batch_size
         "seconds": round(seconds, 1),
         "valid_before": summarize(before).to_dict(orient="index"),
-        "valid_best": {m: float(best[m]) for m in ("HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR")},
+        "valid_best": {m: float(best[m]) for m in VALID_METRICS},
+        # The same validation examples ranked by popularity, the teachers and chance.
+        "valid_baselines": validation_baselines(paths, data, valid, ["popularity", *config.teachers.models]),
         "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
     }
     if trainer.is_main_process:  # every process holds the same adapter; one writes it
@@ -371,7 +430,11 @@ class FinetunedFamily(MethodFamily):
     """DELRec's stage-2 variants: ``lora`` (no soft prompt) and ``delrec-<soft prompt>``."""
 
     def names(self, config: RunConfig) -> list[str]:
-        return list(config.finetune.variants)
+        return list(config.finetune.variants) + seeded_names(config)
+
+    def replicate_of(self, config: RunConfig, name: str) -> tuple[str, int] | None:
+        variant, seed = parse_variant_name(name)
+        return None if seed is None else (variant, seed)
 
     def identity(self, ctx: MethodContext, name: str) -> dict[str, str]:
         soft, _, soft_id = load_variant_parts(ctx.config, ctx.paths, name, ctx.backbone, ctx.data)
@@ -383,6 +446,9 @@ class FinetunedFamily(MethodFamily):
         return LLMRecommender(name, load_recommender(ctx.paths, name, ctx.backbone, ctx.data, ctx.config))
 
     def comparisons(self, config: RunConfig, name: str) -> list[str]:
+        variant, seed = parse_variant_name(name)
+        if seed is not None:  # a seed's copy is compared with LoRA of the same seed (the seed study)
+            return [] if variant == "lora" else [f"lora{SEED_SUFFIX}{seed}"]
         prompt = variant_soft_prompt(name)
         if prompt is None:
             return [ZERO_SHOT]

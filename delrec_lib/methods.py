@@ -162,6 +162,11 @@ class MethodFamily(ABC):
         """The method whose behaviour ``name`` is trained to follow (teacher-agreement analysis)."""
         return None
 
+    def replicate_of(self, config: RunConfig, name: str) -> tuple[str, int] | None:
+        """(method, seed) when ``name`` is ``method`` trained again with another seed (a seed study): it
+        appears in the results table and the seed study, and the per-method diagnostics skip it."""
+        return None
+
     def teacher_in(self, config: RunConfig, name: str) -> str | None:
         """``teacher`` for a family whose teacher is a setting of the run rather than part of the name."""
         return self.teacher(name)
@@ -249,6 +254,11 @@ def comparison_pairs(config: RunConfig) -> list[tuple[str, str]]:
             if other in found and other != name and (name, other) not in pairs:
                 pairs.append((name, other))
     return pairs
+
+
+def replicates(config: RunConfig) -> dict[str, tuple[str, int]]:
+    """{replicate: (method, seed)} for every method that is another seed's copy of a method of the run."""
+    return {n: r for n, f in method_families(config).items() if (r := f.replicate_of(config, n)) is not None}
 
 
 def teacher_pairs(config: RunConfig) -> list[tuple[str, str]]:

@@ -143,20 +143,77 @@ def plot_stage_curves(stage: str, curves, ax: plt.Axes | None = None) -> plt.Axe
     return ax
 
 
-def plot_fidelity_curve(history, metrics: dict, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
-    """Stage 1's held-out fidelity per step on the selection set, the heuristics on the same users as
-    horizontal lines, and the report set's fidelity with the selected soft prompt (95% CI) at its step."""
+BASELINE_STYLES = ("--", "-.", (0, (5, 1)), (0, (1, 1)))
+
+
+def plot_learning_curve(frame, x: str, y: str, lines: dict[str, float], ax: plt.Axes | None = None, *, label: str = "LLM",
+                        title: str = "", ylabel: str = "", point: tuple[float, dict] | None = None) -> plt.Axes:  # fmt: skip
+    """A held-out metric against training examples seen, with what needs no training on the same examples
+    as horizontal lines (``lines``: label -> value; "chance" drawn lightest), and optionally a reported
+    point with its 95% CI (``point``: x, {"mean", "ci_low", "ci_high"}, its label in "label")."""
     ax = ax or plt.gca()
+    f = frame.dropna(subset=[y])
+    ax.plot(f[x], f[y], marker="o", ms=3, color="#4C72B0", label=label)
+    styles = iter(BASELINE_STYLES)
+    for name, value in lines.items():
+        if value is None:
+            continue
+        if name == "chance":
+            ax.axhline(value, color="#AAAAAA", ls=":", lw=1, label="chance")
+        else:
+            ax.axhline(value, color="#555555", ls=next(styles, "--"), lw=1, label=name)
+    if point is not None:
+        px, v = point
+        ax.errorbar([px], [v["mean"]], yerr=[[v["mean"] - v["ci_low"]], [v["ci_high"] - v["mean"]]], fmt="s",
+                    color="#DD8452", capsize=3, label=v.get("label", "reported"))  # fmt: skip
+    ax.set(xlabel=x.replace("_", " "), ylabel=ylabel or y, ylim=(0, 1), title=title)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_fidelity_curve(history, metrics: dict, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
+    """Stage 1's held-out fidelity against training users seen on the selection set, the heuristics on the same
+    users as horizontal lines, and the report set's fidelity with the selected soft prompt (95% CI)."""
     sel = metrics["selection"]
-    ax.plot(history["step"], history["fidelity"], marker="o", ms=3, color="#4C72B0",
-            label=f"LLM, selection set (n={sel['users']})")  # fmt: skip
-    for (name, v), style in zip(sel["fidelity_baselines"].items(), ("--", "-."), strict=False):
-        ax.axhline(v["mean"], color="#555555", ls=style, lw=1, label=name)
-    ax.axhline(metrics["fidelity_chance"], color="#AAAAAA", ls=":", label="chance")
-    after = metrics["fidelity_after"]
+    lines = {k: v["mean"] for k, v in sel["fidelity_baselines"].items()} | {"chance": metrics["fidelity_chance"]}
+    point = None
     if metrics.get("best_step") is not None:
-        ax.errorbar([metrics["best_step"]], [after["mean"]], yerr=[[after["mean"] - after["ci_low"]], [after["ci_high"] - after["mean"]]],
-                    fmt="s", color="#DD8452", capsize=3, label=f"LLM, report set, selected step (n={metrics['heldout_users']})")  # fmt: skip
-    ax.set(xlabel="step", ylabel="LLM top-1 = teacher top-1", ylim=(0, 1), title=title)
+        at = history.loc[history["step"] == metrics["best_step"], "users_seen"].iloc[-1]
+        point = (at, {**metrics["fidelity_after"], "label": f"LLM, report set, selected step (n={metrics['heldout_users']})"})
+    return plot_learning_curve(history, "users_seen", "fidelity", lines, ax, label=f"LLM, selection set (n={sel['users']})",
+                               title=title, ylabel="LLM top-1 = teacher top-1", point=point)  # fmt: skip
+
+
+def plot_ta_curve(history, metrics: dict, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
+    """Stage 1's Temporal Analysis accuracy on the selection set against training users seen, beside the most
+    popular candidate and chance on the same examples, and the report set's accuracy at the selected step."""
+    sel = metrics["selection"]
+    lines = {k: v["mean"] for k, v in sel.get("ta_baselines", {}).items()} | {"chance": metrics["ta_chance"]}
+    point = None
+    if metrics.get("best_step") is not None and metrics.get("ta_accuracy_after"):
+        at = history.loc[history["step"] == metrics["best_step"], "users_seen"].iloc[-1]
+        point = (at, {**metrics["ta_accuracy_after"], "label": f"LLM, report set (n={metrics['ta_accuracy_after']['users']})"})
+    if "ta_accuracy" not in history:
+        return ax or plt.gca()
+    return plot_learning_curve(history, "users_seen", "ta_accuracy", lines, ax, label=f"LLM, selection set (n={sel['users']})",
+                               title=title, ylabel="hidden item picked (TA accuracy)", point=point)  # fmt: skip
+
+
+def plot_validation_curves(results: dict, metric: str, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
+    """Stage 2: each variant's validation ``metric`` against training examples seen (``results``: name ->
+    (history, metrics)), beside popularity, the teachers and chance on the same validation examples."""
+    ax = ax or plt.gca()
+    baselines = {}
+    for name, (history, _) in results.items():
+        f = history.dropna(subset=[metric])
+        ax.plot(f["examples_seen"], f[metric], marker="o", ms=3, label=name)
+    for _, m in results.values():
+        baselines = m.get("valid_baselines") or baselines
+    styles = iter(BASELINE_STYLES)
+    for name, values in baselines.items():
+        chance = name == "chance"
+        ax.axhline(values[metric], color="#AAAAAA" if chance else "#555555", ls=":" if chance else next(styles, "--"), lw=1,
+                   label=name)  # fmt: skip
+    ax.set(xlabel="training examples seen", ylabel=f"valid {metric} (20 candidates)", ylim=(0, 1), title=title)
     ax.legend(fontsize=7)
     return ax

@@ -91,6 +91,12 @@ STAGES: dict[str, tuple[str, Callable[[RunConfig, RunPaths], list[Path]]]] = {
     "08_analysis": ("analysis", lambda c, p: [p.eval / "shuffled"]),
 }
 
+# Notebooks of a method the run's preset may leave out: skipped (and recorded as such) when it trains none.
+OPTIONAL: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
+    "05_llm_srec": (lambda c: bool(c.llmsrec.variants), "llmsrec.variants is empty"),
+    "06_p2rec": (lambda c: bool(c.p2rec.variants), "p2rec.variants is empty"),
+}
+
 LOCK_NAME = ".lock"
 
 
@@ -303,6 +309,14 @@ def _execute(pm, config: RunConfig, paths: RunPaths, notebooks: list[Path], forc
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root()), os.environ.get("PYTHONPATH")]))
     for nb in notebooks:
         out = paths.notebooks / nb.name
+        needed, why = OPTIONAL.get(nb.stem, (lambda c: True, ""))
+        if not needed(config):
+            print(f"[delrec] {nb.name} skipped: the {config.preset} preset trains no such method ({why})", flush=True)
+            executions.append({"notebook": nb.stem, "started_at": _now(), "rerun": False, "seconds": 0.0,
+                               "outcome": f"not in this preset ({why})", "skipped_finished_work": True, "written": []})  # fmt: skip
+            atomic_write_json(timings_path, {"executions": executions})
+            done.append(nb.stem)
+            continue
         if nb.stem in forced:
             again = invalidate_stage(config, paths, nb.stem)
             print(f"[delrec] --rerun {nb.stem}: {len(again)} artifacts will be computed again", flush=True)

@@ -340,24 +340,32 @@ def prefix_states(backbone: Backbone, prompts: Sequence[EncodedPrompt], batch_si
     run again, forward or backward. Causal models only (a seq2seq encoder reads the text after the
     slot too). The states are kept in the dtype the model computes them in.
     """
-    if backbone.family != "causal":
-        raise ConfigError("prefix_states: cached prefixes need a causal (decoder-only) model")
-    from transformers import DynamicCache
-
     for i, p in enumerate(prompts):
         if not p.num_soft_tokens or not p.before_ids:
             raise ConfigError(f"prompts[{i}]: prefix_states caches the text before a soft-prompt slot; this prompt has "
                               + ("no slot" if not p.num_soft_tokens else "no text before its slot"))  # fmt: skip
+    return token_prefix_states(backbone, [p.before_ids for p in prompts], batch_size)
+
+
+def token_prefix_states(backbone: Backbone, token_ids: Sequence[Sequence[int]], batch_size: int = 8) -> list[torch.Tensor]:
+    """Per token sequence, the frozen causal LLM's keys and values: [layers, 2, kv_heads, len, head_dim], no grad.
+    What ``prefix_states`` computes for prompts; LLM-SRec uses it for the text before an item's embedding slot."""
+    if backbone.family != "causal":
+        raise ConfigError("prefix_states: cached prefixes need a causal (decoder-only) model")
+    from transformers import DynamicCache
+
+    if any(len(ids) == 0 for ids in token_ids):
+        raise ConfigError("prefix_states: an empty prefix")
     dev = backbone.input_embeddings.weight.device
-    out: list[torch.Tensor] = [None] * len(prompts)  # type: ignore[list-item]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].before_ids))
+    out: list[torch.Tensor] = [None] * len(token_ids)  # type: ignore[list-item]
+    order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        lens = [len(prompts[i].before_ids) for i in idx]
+        lens = [len(token_ids[i]) for i in idx]
         ids = torch.full((len(idx), max(lens)), backbone.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(idx), max(lens), dtype=torch.long)
         for b, i in enumerate(idx):  # right padding: positions 0..P-1 as in the full prompt
-            ids[b, : lens[b]] = torch.tensor(prompts[i].before_ids)
+            ids[b, : lens[b]] = torch.tensor(list(token_ids[i]))
             mask[b, : lens[b]] = 1
         cache = DynamicCache(config=backbone.base_model.config)
         with torch.no_grad(), backbone.autocast():
@@ -367,6 +375,27 @@ def prefix_states(backbone: Backbone, prompts: Sequence[EncodedPrompt], batch_si
         for b, i in enumerate(idx):
             out[i] = torch.stack([torch.stack([k[b, :, : lens[b]], v[b, :, : lens[b]]]) for k, v in layers])
     return out
+
+
+def continue_prefixes(backbone: Backbone, x: torch.Tensor, lengths: Sequence[int], prefixes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Last-layer hidden states [B, T, d] of right-padded rows ``x`` [B, T, d] (``lengths`` real positions each),
+    each continuing its cached prefix (``token_prefix_states``): causal attention within the row, every
+    position seeing its whole prefix, positions counted after it. The caller applies autocast."""
+    dev = x.device
+    B, T = x.shape[:2]
+    offsets = [int(p.shape[3]) for p in prefixes]
+    P = max(offsets)
+    q = torch.arange(T, device=dev)
+    real = q[None, :] < torch.tensor(list(lengths), device=dev)[:, None]  # [B, T] keys that are not padding
+    # Padding queries see their row's real keys and prefix like the rest, so no softmax row is empty.
+    visible = (q[None, :, None] >= q[None, None, :]) & real[:, None, :]  # [B, T, T]
+    seen = torch.arange(P, device=dev)[None, :] < torch.tensor(offsets, device=dev)[:, None]  # [B, P]
+    visible = torch.cat([seen[:, None, :].expand(-1, T, -1), visible], dim=2)
+    pos = torch.tensor(offsets, device=dev)[:, None] + q[None, :]
+    out = backbone.base_model.base_model(inputs_embeds=x, attention_mask=_attention_mask(backbone, visible[:, None]),
+                                         position_ids=pos, past_key_values=_prefix_cache(backbone, list(prefixes), P),
+                                         use_cache=True)  # fmt: skip
+    return out.last_hidden_state
 
 
 def _prefix_cache(backbone: Backbone, prefixes: list[torch.Tensor], length: int):

@@ -76,3 +76,25 @@ def test_generation_matches_whole_titles_not_prefixes():
     # the year may be left out only where it does not decide between candidates
     assert named_candidates("Hamlet (1996)", cands) == [5]
     assert named_candidates("Hamlet", cands) == []
+
+
+def test_seed_study_pairs_each_seeds_copies_and_summarises_them():
+    import pandas as pd
+
+    from delrec_lib.evaluation import seed_study
+
+    def row(a, b, diff, p):
+        return {"method": a, "versus": b, "metric": "HR@1", "mean_diff": diff, "ci_low": diff - 0.01,
+                "ci_high": diff + 0.01, "p_value": p}  # fmt: skip
+
+    paired = pd.DataFrame([row("delrec", "lora", 0.02, 0.01), row("delrec", "zero-shot", 0.1, 0.001),
+                           row("delrec-seed1", "lora-seed1", -0.01, 0.3), row("delrec-seed2", "lora-seed2", 0.03, 0.02),
+                           row("delrec-seed1", "lora-seed2", 0.5, 0.0)])  # mismatched seeds: never paired  # fmt: skip
+    replicas = {"delrec-seed1": ("delrec", 1), "delrec-seed2": ("delrec", 2), "lora-seed1": ("lora", 1), "lora-seed2": ("lora", 2)}
+    per_seed, summary = seed_study(paired, replicas)
+    assert per_seed[["method", "versus", "seed"]].values.tolist() == [["delrec", "lora", "run"], ["delrec", "lora", "1"],
+                                                                      ["delrec", "lora", "2"]]  # fmt: skip
+    s = summary.iloc[0]
+    assert (s["seeds"], s["seeds_p<0.05_above"], s["seeds_p<0.05_below"]) == (3, 2, 0)
+    assert s["mean_diff"] == pytest.approx(0.04 / 3) and s["sd_diff"] == pytest.approx(pd.Series([0.02, -0.01, 0.03]).std())
+    assert len(seed_study(paired.iloc[:2], {})[0]) == 0  # no seeds, no seed study

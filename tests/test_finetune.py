@@ -154,6 +154,33 @@ def test_upper_layer_lora_trains_over_cached_lower_layers_and_matches_the_full_f
         run_finetuning(config(lora_layers=3), RunPaths(tmp_path / "too-many"), data, backbone, "lora", progress=False)
 
 
+def test_a_seeded_copy_trains_with_its_own_seed_on_the_same_users(world, tmp_path):
+    """finetune.seeds: "<variant>-seed<N>" is the variant trained again with training seed N (another adapter
+    initialisation, order and negatives), on the same training and validation users."""
+    from delrec_lib.finetune import FinetunedFamily, parse_variant_name
+
+    _, data, backbone, paths = world
+    cfg = config(seeds=(7,))
+    family = FinetunedFamily()
+    assert family.names(cfg) == ["lora", "delrec-sasrec", "lora-seed7", "delrec-sasrec-seed7"]
+    assert parse_variant_name("delrec-sasrec-seed7") == ("delrec-sasrec", 7) and parse_variant_name("lora") == ("lora", None)
+    assert family.replicate_of(cfg, "delrec-sasrec-seed7") == ("delrec-sasrec", 7) and family.replicate_of(cfg, "lora") is None
+    assert family.comparisons(cfg, "delrec-sasrec-seed7") == ["lora-seed7"] and family.comparisons(cfg, "lora-seed7") == []
+    run_paths = RunPaths(tmp_path / "seeds")
+    main = run_finetuning(cfg, run_paths, data, backbone, "lora", progress=False)
+    copy = run_finetuning(cfg, run_paths, data, backbone, "lora-seed7", progress=False)
+    assert (main.metrics["train_seed"], copy.metrics["train_seed"]) == (cfg.finetune.seed, 7)
+    assert main.metrics["valid_users"] == copy.metrics["valid_users"]
+    assert main.metrics["valid_before"] == copy.metrics["valid_before"]  # the same validation examples, untrained
+    a = (main.directory / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert a != (copy.directory / "adapter" / "adapter_model.safetensors").read_bytes()
+    # adding seeds does not make the variants themselves stale
+    again = run_finetuning(config(seeds=(7, 8)), run_paths, data, backbone, "lora", progress=False)
+    assert again.skipped
+    with pytest.raises(ConfigError, match="finetune.seeds: 2024 is finetune.seed"):
+        config(seeds=(2024,))
+
+
 class Interrupt(Exception):
     pass
 

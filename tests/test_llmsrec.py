@@ -165,6 +165,27 @@ def test_gradients_reach_the_projection_the_heads_and_both_token_vectors(world):
     assert set(logs) == {"loss_ret", "loss_dist", "loss_unif"}
 
 
+def test_cached_item_prefixes_give_the_same_vectors_and_gradients(world):
+    """llmsrec.cache_prefix: an item prompt's text before its embedding slot as stored keys/values."""
+    _, data, backbone, paths = world
+    config = small_config()
+    prompts = Prompts(backbone, data, config.llmsrec, "no_year")
+    items = [prompts.item(i) for i in (1, 5, 9, 5, 30)]  # titles of different lengths, one item twice
+    results = []
+    for cache in (False, True):
+        model, _ = build_model(dataclasses.replace(config, llmsrec=dataclasses.replace(config.llmsrec, cache_prefix=cache)),
+                               paths, data, backbone)  # fmt: skip
+        vectors = model.item_vectors(items)
+        vectors.pow(2).sum().backward()
+        results.append((vectors.detach(), model.item_proj[0].weight.grad.clone(), model.item_token.grad.clone(), model))
+    (full, g_full, t_full, _), (cached, g_cached, t_cached, model) = results
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g_cached, g_full, atol=1e-5, rtol=1e-3)
+    torch.testing.assert_close(t_cached, t_full, atol=1e-5, rtol=1e-3)
+    assert len(model._item_prefixes) == 4  # one per distinct item, computed once
+    assert all(not k.requires_grad for k in model._item_prefixes.values())
+
+
 # -- training -------------------------------------------------------------------------------------
 
 

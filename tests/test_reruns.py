@@ -142,6 +142,17 @@ def test_timings_keep_every_execution_and_whether_it_skipped_finished_work(serie
     assert all(r["started_at"] and r["seconds"] >= 0 for r in runs)
 
 
+def test_a_method_notebook_the_preset_trains_nothing_for_is_skipped_and_recorded(series, capsys):
+    f = series.root / "no-p2rec.toml"
+    f.write_text(f'preset = "smoke"\ndata_dir = "{series.root / "data"}"\n[p2rec]\nvariants = []\n')
+    run_series("smoke", series.paths.root, config_file=f, progress=False, only=["05", "06"])
+    assert series.executed == ["05_llm_srec"]
+    assert "06_p2rec.ipynb skipped: the smoke preset trains no such method (p2rec.variants is empty)" in capsys.readouterr().out
+    runs = json.loads((series.paths.root / "timings.json").read_text())["executions"]
+    assert [(r["notebook"], r["outcome"]) for r in runs] == [("05_llm_srec", "done"),
+                                                             ("06_p2rec", "not in this preset (p2rec.variants is empty)")]
+
+
 def test_timings_of_the_earlier_form_are_kept(series):
     series.paths.root.mkdir(parents=True)
     (series.paths.root / "timings.json").write_text('{"01_data_prep": 12.5}')

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..scoring import continue_prefixes, token_prefix_states
 
 HISTORY_SLOT, USER_SLOT, ITEM_SLOT = "[HistoryEmb]", "[UserOut]", "[ItemOut]"
 USER_HEAD = "This user has watched a series of movies in the following order: "
@@ -115,9 +116,14 @@ class LLMSRec(nn.Module):
     """The trainable parts: f_I, f_user, f_item, f_CF and the [UserOut]/[ItemOut] vectors. The backbone
     (frozen) and the teacher's item table (a buffer, not saved) are attached, not owned."""
 
-    def __init__(self, backbone, teacher_items: torch.Tensor, *, head_width: int = 2048, output_dim: int = 128):
+    def __init__(self, backbone, teacher_items: torch.Tensor, *, head_width: int = 2048, output_dim: int = 128,
+                 cache_prefix: bool = True):  # fmt: skip
         super().__init__()
         self.backbone = backbone  # not an nn.Module attribute of ours: never saved, never trained
+        # The frozen LLM's keys/values of each item prompt's text before its embedding slot (the same at every
+        # step and evaluation: nothing trainable comes before it), computed at its first use. Causal models only.
+        self.cache_prefix = cache_prefix and backbone.family == "causal"
+        self._item_prefixes: dict[tuple[int, ...], torch.Tensor] = {}
         d, d_t = backbone.hidden_size, int(teacher_items.shape[1])
         self.register_buffer("teacher_items", teacher_items.detach().float().clone(), persistent=False)  # [N+1, d_t]
         self.item_proj = _mlp(d_t, d, d, nn.LeakyReLU())  # f_I
@@ -129,26 +135,35 @@ class LLMSRec(nn.Module):
         self.user_token = nn.Parameter(torch.randn(d) * std + mean)  # [UserOut]
         self.item_token = nn.Parameter(torch.randn(d) * std + mean)  # [ItemOut]
 
-    def hidden_at_output(self, prompts: Sequence[SlotPrompt], token: torch.Tensor) -> torch.Tensor:
-        """[B, d] float32: the last layer's hidden state at each prompt's output slot."""
+    def hidden_at_output(self, prompts: Sequence[SlotPrompt], token: torch.Tensor,
+                         prefixes: Sequence[torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
+        """[B, d] float32: the last layer's hidden state at each prompt's output slot.
+
+        With ``prefixes`` (``token_prefix_states`` of each prompt's ids before its first slot) only the rest
+        of each prompt runs, continuing its cached prefix: the same states for a fraction of the tokens.
+        """
         bb = self.backbone
         dev = bb.input_embeddings.weight.device
-        B, T = len(prompts), max(len(p.ids) for p in prompts)
+        start = [0] * len(prompts) if prefixes is None else [int(k.shape[3]) for k in prefixes]
+        B, T = len(prompts), max(len(p.ids) - s for p, s in zip(prompts, start, strict=True))
         ids = torch.full((B, T), bb.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros(B, T, dtype=torch.long)
-        for b, p in enumerate(prompts):  # right padding: the output slot is each row's last real token
-            ids[b, : len(p.ids)] = torch.tensor(p.ids)
-            mask[b, : len(p.ids)] = 1
+        for b, (p, s) in enumerate(zip(prompts, start, strict=True)):  # right padding: the output slot ends each row
+            ids[b, : len(p.ids) - s] = torch.tensor(p.ids[s:])
+            mask[b, : len(p.ids) - s] = 1
         x = bb.input_embeddings(ids.to(dev)).float()  # [B, T, d], frozen
         rows = torch.tensor([b for b, p in enumerate(prompts) for _ in p.items], dtype=torch.long, device=dev)
-        cols = torch.tensor([c for p in prompts for c in p.history_positions], dtype=torch.long, device=dev)
+        cols = torch.tensor([c - s for p, s in zip(prompts, start, strict=True) for c in p.history_positions],
+                            dtype=torch.long, device=dev)  # fmt: skip
         items = torch.tensor([i for p in prompts for i in p.items], dtype=torch.long, device=dev)
         if len(items):
             x = x.index_put((rows, cols), self.item_proj(self.teacher_items[items]))  # [M, d] into the slots
-        out = torch.tensor([p.output_position for p in prompts], dtype=torch.long, device=dev)
+        out = torch.tensor([p.output_position - s for p, s in zip(prompts, start, strict=True)], dtype=torch.long, device=dev)
         x = x.index_put((torch.arange(B, device=dev), out), token.expand(B, -1))
         with bb.autocast():
-            if bb.family == "seq2seq":  # an encoder-decoder (the paper preset's T5): its encoder's last layer
+            if prefixes is not None:
+                h = continue_prefixes(bb, x, [len(p.ids) - s for p, s in zip(prompts, start, strict=True)], prefixes)
+            elif bb.family == "seq2seq":  # an encoder-decoder (the paper preset's T5): its encoder's last layer
                 h = bb.base_model.get_encoder()(inputs_embeds=x, attention_mask=mask.to(dev)).last_hidden_state
             else:
                 h = bb.base_model.base_model(inputs_embeds=x, attention_mask=mask.to(dev), use_cache=False).last_hidden_state
@@ -160,7 +175,18 @@ class LLMSRec(nn.Module):
 
     def item_vectors(self, prompts: Sequence[SlotPrompt]) -> torch.Tensor:
         """[B, D] f_item(h_i)."""
-        return self.item_head(self.hidden_at_output(prompts, self.item_token))
+        return self.item_head(self.hidden_at_output(prompts, self.item_token, self.item_prefixes(prompts)))
+
+    def item_prefixes(self, prompts: Sequence[SlotPrompt]) -> list[torch.Tensor] | None:
+        """The cached keys/values of each item prompt's text before its embedding slot (None: not cached)."""
+        if not self.cache_prefix or any(not p.history_positions or not p.history_positions[0] for p in prompts):
+            return None
+        keys = [tuple(p.ids[: p.history_positions[0]]) for p in prompts]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._item_prefixes))
+        if missing:
+            # One prompt at a time: a state never depends on its batch-mates, so a resumed run computes the same.
+            self._item_prefixes.update(zip(missing, token_prefix_states(self.backbone, missing, batch_size=1), strict=True))
+        return [self._item_prefixes[k] for k in keys]
 
     def teacher_vectors(self, teacher_reps: torch.Tensor) -> torch.Tensor:
         """[B, D] f_CF(o_u) for the teacher's user representations o_u [B, d_t]."""

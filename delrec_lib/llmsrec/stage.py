@@ -178,12 +178,13 @@ class Scorer:
         prompts = [self.prompts.item(int(i)) for i in items]
         return _batched(self.model.item_vectors, prompts, self.batch_size * 4, "item vectors" if progress else None)
 
-    def candidates(self, users, histories, candidates: np.ndarray) -> np.ndarray:
-        """[U, C] scores of each user's candidates (item vectors computed once per distinct item)."""
+    def candidates(self, users, histories, candidates: np.ndarray, user_vectors: torch.Tensor | None = None) -> np.ndarray:
+        """[U, C] scores of each user's candidates (item vectors computed once per distinct item; the users'
+        vectors computed here unless given)."""
         candidates = np.asarray(candidates, dtype=np.int64)
         distinct, inverse = np.unique(candidates, return_inverse=True)
         table = self.items(distinct.tolist())  # [I, D]
-        u = self.users(users, histories)  # [U, D]
+        u = self.users(users, histories) if user_vectors is None else user_vectors  # [U, D]
         cand = table[torch.as_tensor(inverse.reshape(candidates.shape))]  # [U, C, D]
         return torch.einsum("ud,ucd->uc", u, cand).double().numpy()
 
@@ -218,9 +219,8 @@ class LLMSRecTask(TrainingTask):
 
     def evaluate(self):
         v = self.valid
-        scores = self.scorer.candidates(v["users"], v["histories"], v["candidates"])
-        per_user = per_user_metrics(scores, v["labels"])
         u = self.scorer.users(v["users"], v["histories"])
+        per_user = per_user_metrics(self.scorer.candidates(v["users"], v["histories"], v["candidates"], u), v["labels"])
         with torch.no_grad():
             t = self.model.teacher_vectors(v["teacher_reps"])
         cosine = F.cosine_similarity(u, t, dim=1)
@@ -271,7 +271,8 @@ def build_model(config: RunConfig, paths: RunPaths, data: ProcessedData, backbon
     cfg = config.llmsrec
     teacher = load_teacher(paths.teachers / cfg.teacher, data, config.teachers).model.eval()
     torch.manual_seed(cfg.seed)
-    model = LLMSRec(backbone, teacher.item_embeddings().detach(), head_width=cfg.head_width, output_dim=cfg.output_dim)
+    model = LLMSRec(backbone, teacher.item_embeddings().detach(), head_width=cfg.head_width, output_dim=cfg.output_dim,
+                    cache_prefix=cfg.cache_prefix)  # fmt: skip
     return model, teacher
 
 

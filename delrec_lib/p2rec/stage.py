@@ -54,7 +54,7 @@ from ..artifacts import (
 )
 from ..config import P2RecConfig, P2RecVariant, RunConfig, parse_p2rec_variant
 from ..data import ProcessedData
-from ..errors import StaleArtifactError
+from ..errors import ConfigError, StaleArtifactError
 from ..llm import Backbone, peft_wrapping
 from ..teachers import build_model, export_model, fit, load_teacher, teacher_spec
 from ..teachers.base import SequentialRecommender
@@ -380,6 +380,9 @@ def run_p2rec(config: RunConfig, paths: RunPaths, data: ProcessedData, backbone:
     """The whole stage for ``variants`` (default: the run's), then the seed study (finished parts skipped)."""
     cfg = config.p2rec
     parsed = [parse_p2rec_variant(v) for v in (variants if variants is not None else cfg.variants)]
+    if not parsed:
+        raise ConfigError(f"p2rec.variants is empty in the {config.preset} preset: it trains no P2Rec method (the cpu "
+                          "preset leaves P2Rec to cpu-long); set [p2rec] variants, or run with --preset cpu-long")  # fmt: skip
     run = P2RecRun({}, {}, {})
     for v in parsed:
         name = states_name(config, v)
