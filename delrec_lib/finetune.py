@@ -47,7 +47,16 @@ from .config import FinetuneConfig, RunConfig, parse_prompt_name
 from .data.processed import ProcessedData
 from .errors import ConfigError, DataError
 from .llm import peft_wrapping
-from .llm_ranker import ZERO_SHOT, LLMRanker, LLMRecommender, RecExample, llm_identity, split_examples
+from .llm_ranker import (
+    ZERO_SHOT,
+    LLMRanker,
+    LLMRecommender,
+    RecExample,
+    evaluation_ranker,
+    llm_identity,
+    run_boundary,
+    split_examples,
+)
 from .methods import Curve, MethodContext, MethodFamily, Recommender
 from .metrics import per_user_frame, summarize
 from .prompts import TEACHER_DISPLAY, prompt_format_id
@@ -405,14 +414,30 @@ def load_recommender(
     soft, teacher, soft_id = load_variant_parts(config, paths, variant, backbone, data)
     if not adapter:
         return LLMRanker(backbone, config.llm, data.titles, soft, teacher)
+    return LLMRanker(backbone.with_model(load_adapter(config, paths, variant, backbone, data, soft, soft_id)), config.llm,
+                     data.titles, soft, teacher)  # fmt: skip
+
+
+def load_adapter(config: RunConfig, paths: Any, variant: str, backbone, data: ProcessedData, soft, soft_id):
+    """The backbone with the variant's trained adapter (a copy: the backbone stays untouched), in eval mode."""
     from peft import PeftModel
 
-    directory = paths.finetune / variant
     check_adapter(config, paths, variant, backbone, data, soft, soft_id)
     with peft_wrapping():
-        model = PeftModel.from_pretrained(copy.deepcopy(backbone.model), str(directory / "adapter"))
-    model.eval()
-    return LLMRanker(backbone.with_model(model), config.llm, data.titles, soft, teacher)
+        model = PeftModel.from_pretrained(copy.deepcopy(backbone.model), str(paths.finetune / variant / "adapter"))
+    return model.eval()
+
+
+def first_adapted_layer(model) -> int | None:
+    """The lowest layer index holding an adapter (None: an adapter outside the numbered layers, or none)."""
+    layers = set()
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and len(module.lora_A):
+            m = re.search(r"\.layers\.(\d+)\.", name)
+            if m is None:
+                return None
+            layers.add(int(m.group(1)))
+    return min(layers) if layers else None
 
 
 def check_adapter(config: RunConfig, paths: Any, variant: str, backbone, data: ProcessedData, soft, soft_id) -> dict:
@@ -443,7 +468,15 @@ class FinetunedFamily(MethodFamily):
         return {**llm_identity(ctx, k), "model": artifact_id(manifest)}
 
     def load(self, ctx: MethodContext, name: str) -> Recommender:
-        return LLMRecommender(name, load_recommender(ctx.paths, name, ctx.backbone, ctx.data, ctx.config))
+        soft, teacher, soft_id = load_variant_parts(ctx.config, ctx.paths, name, ctx.backbone, ctx.data)
+        model = load_adapter(ctx.config, ctx.paths, name, ctx.backbone, ctx.data, soft, soft_id)
+        # Adapters in the upper layers only: the layers below are the backbone's, so their states of a test
+        # prompt are shared with the zero-shot LLM (no soft prompt) or the variants of the same soft prompt.
+        boundary = run_boundary(ctx.config, ctx.backbone)
+        first = first_adapted_layer(model)
+        frozen = boundary if boundary and first is not None and first >= boundary else 0
+        ranker = evaluation_ranker(ctx, ctx.backbone.with_model(model), soft, teacher, frozen, (soft_id or "no soft prompt",))
+        return LLMRecommender(name, ranker)
 
     def comparisons(self, config: RunConfig, name: str) -> list[str]:
         variant, seed = parse_variant_name(name)

@@ -25,7 +25,14 @@ from .data.processed import ProcessedData
 from .methods import Capabilities, Generations, MethodContext, MethodFamily, Recommender
 from .metrics import per_user_frame
 from .prompts import EncodedPrompt, PromptBuilder, prompt_format_id
-from .scoring import PackedRow, lower_states, prompt_embeddings, rank_candidates, rank_rows
+from .scoring import (
+    PackedRow,
+    layer_split_supported,
+    lower_states,
+    prompt_embeddings,
+    rank_candidates,
+    rank_rows,
+)
 
 ZERO_SHOT = "zero-shot"
 
@@ -60,16 +67,24 @@ def split_examples(data: ProcessedData, split: str, users: list[int]) -> list[Re
 class LLMRanker:
     """Ranks recommendation examples with a (possibly peft-wrapped) backbone and an optional frozen soft prompt.
 
-    ``frozen_below`` > 0 says that layers below it never change (stage 2 with LoRA on the upper layers only):
-    each example's hidden states entering that layer are computed once and kept, and every later scoring of
-    the example runs only the layers above (``scoring.lower_states`` / ``rank_rows``).
+    ``frozen_below`` > 0 says that layers below it are the backbone's own, never trained (stage 2 with LoRA on
+    the upper layers only): each example's hidden states entering that layer are computed once and kept, and
+    every later scoring of the example runs only the layers above (``scoring.lower_states`` / ``rank_rows``).
+    Rankers whose lower layers read a prompt alike (the zero-shot LLM and every LoRA variant without a soft
+    prompt; the variants sharing a soft prompt) may share one ``shared_rows`` store: ``share_key`` names what
+    the stored states depend on besides the prompt (the backbone, the soft prompt).
     """
 
     def __init__(self, backbone, llm_config: LLMConfig, titles: list[str], soft_prompt: torch.Tensor | None,
-                 teacher: str | None, *, frozen_below: int = 0):  # fmt: skip
+                 teacher: str | None, *, frozen_below: int = 0, shared_rows: dict | None = None,
+                 share_key: tuple = (), rows_batch_size: int = 1):  # fmt: skip
         self.backbone = backbone
         self.frozen_below = frozen_below
-        self._rows: dict[tuple, PackedRow] = {}
+        self._rows: dict[tuple, PackedRow] = {} if shared_rows is None else shared_rows
+        self._share_key = share_key
+        # 1 (training): a state never depends on its batch-mates, so a resumed training computes the same
+        # states as an uninterrupted one, bit for bit; evaluation batches them.
+        self.rows_batch_size = rows_batch_size
         self.llm = llm_config
         self.titles = titles
         self.soft = None if soft_prompt is None else soft_prompt.detach()
@@ -77,6 +92,7 @@ class LLMRanker:
         self.builder = PromptBuilder(backbone, llm_config, num_soft_tokens=k, catalogue=titles)
         self.teacher = teacher
         self._prompts: dict[tuple, EncodedPrompt] = {}
+        self._row_prefix = (*share_key, frozen_below, self.builder.fingerprint(), teacher)
 
     def _key(self, ex: RecExample) -> tuple:
         return ex.user_id, ex.history[-self.llm.history_len :] if self.llm.history_len else (), ex.candidates
@@ -91,21 +107,20 @@ class LLMRanker:
 
     def scores(self, examples: list[RecExample], progress: bool = False) -> torch.Tensor:
         if self.frozen_below:
-            return rank_rows(self.backbone, self.rows(examples), normalize=self.llm.normalize,
-                             batch_size=self.llm.score_batch_size)  # fmt: skip
+            return rank_rows(self.backbone, self.rows(examples, progress), normalize=self.llm.normalize,
+                             batch_size=self.llm.score_batch_size, progress=progress)  # fmt: skip
         return rank_candidates(self.backbone, [self.prompt(e) for e in examples], soft_prompt=self.soft,
                                normalize=self.llm.normalize, batch_size=self.llm.score_batch_size, progress=progress)  # fmt: skip
 
-    def rows(self, examples: list[RecExample]) -> list[PackedRow]:
+    def rows(self, examples: list[RecExample], progress: bool = False) -> list[PackedRow]:
         """Each example's hidden states entering layer ``frozen_below``, computed at its first scoring."""
-        missing = list({self._key(e): e for e in examples if self._key(e) not in self._rows}.values())
+        keys = [(*self._row_prefix, *self._key(e)) for e in examples]
+        missing = list({k: e for k, e in zip(keys, examples, strict=True) if k not in self._rows}.items())
         if missing:
-            # One example at a time: a state then never depends on which examples shared its batch, so a
-            # resumed training computes the same states as an uninterrupted one, bit for bit.
-            states = lower_states(self.backbone, [self.prompt(e) for e in missing], None, self.frozen_below,
-                                  soft_prompt=self.soft, batch_size=1)  # fmt: skip
-            self._rows.update({self._key(e): r for e, r in zip(missing, states, strict=True)})
-        return [self._rows[self._key(e)] for e in examples]
+            states = lower_states(self.backbone, [self.prompt(e) for _, e in missing], None, self.frozen_below,
+                                  soft_prompt=self.soft, batch_size=self.rows_batch_size, progress=progress)  # fmt: skip
+            self._rows.update({k: r for (k, _), r in zip(missing, states, strict=True)})
+        return [self._rows[k] for k in keys]
 
     def evaluate(self, examples: list[RecExample], progress: bool = False) -> pd.DataFrame:
         """Per-example metrics (one row per user): rank, HR@k, NDCG@k, MRR."""
@@ -118,6 +133,7 @@ class LLMRanker:
         protocol needs (a model cannot name a candidate it was not shown)."""
         if self.llm.list_candidates:
             return self
+        # Generation runs the whole model: no lower-layer states.
         return LLMRanker(self.backbone, dataclasses.replace(self.llm, list_candidates=True), self.titles, self.soft,
                          self.teacher)  # fmt: skip
 
@@ -191,6 +207,28 @@ def llm_identity(ctx: MethodContext, num_soft_tokens: int) -> dict[str, str]:
     }
 
 
+SHARED_ROWS = "llm lower-layer states"
+
+
+def run_boundary(config: RunConfig, backbone) -> int:
+    """The layer below which every stage-2 adapter of this run leaves the backbone as it is
+    (``finetune.lora_layers``), when those layers' states may be cached (0: they may not)."""
+    cfg = config.finetune
+    if cfg.lora_layers is None or not cfg.cache_lower_layers or not layer_split_supported(backbone):
+        return 0
+    return int(backbone.base_model.config.num_hidden_layers) - cfg.lora_layers
+
+
+def evaluation_ranker(ctx: MethodContext, backbone, soft: torch.Tensor | None, teacher: str | None, frozen_below: int,
+                      share_key: tuple) -> LLMRanker:  # fmt: skip
+    """A ranker for evaluating a method, whose lower-layer states are shared with the run's other methods
+    that read prompts alike through the same layers (``ctx.shared``): the zero-shot LLM and every adapter
+    of the upper layers compute the lower layers of a test prompt once between them."""
+    return LLMRanker(backbone, ctx.config.llm, ctx.data.titles, soft, teacher, frozen_below=frozen_below,
+                     shared_rows=ctx.shared.setdefault(SHARED_ROWS, {}), share_key=(backbone.identity, *share_key),
+                     rows_batch_size=ctx.config.llm.score_batch_size)  # fmt: skip
+
+
 class ZeroShotFamily(MethodFamily):
     """The untouched backbone with the recommendation template: what titles alone give."""
 
@@ -201,7 +239,8 @@ class ZeroShotFamily(MethodFamily):
         return llm_identity(ctx, 0)
 
     def load(self, ctx: MethodContext, name: str) -> Recommender:
-        return LLMRecommender(ZERO_SHOT, LLMRanker(ctx.backbone, ctx.config.llm, ctx.data.titles, None, None))
+        boundary = run_boundary(ctx.config, ctx.backbone)
+        return LLMRecommender(ZERO_SHOT, evaluation_ranker(ctx, ctx.backbone, None, None, boundary, ("no soft prompt",)))
 
     def comparisons(self, config: RunConfig, name: str) -> list[str]:
         return ["popularity"]

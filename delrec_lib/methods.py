@@ -120,6 +120,9 @@ class MethodContext:
     paths: RunPaths
     data: ProcessedData
     _backbone: Any = field(default=None, repr=False)
+    # What the methods of one notebook may share, by name (e.g. an LLM's lower-layer states of the prompts
+    # that several methods read alike); families own their entries' meaning.
+    shared: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def backbone(self) -> Backbone:

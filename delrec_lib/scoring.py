@@ -283,7 +283,8 @@ def run_layers(backbone: Backbone, x: torch.Tensor, mask: torch.Tensor, pos: tor
 
 
 def lower_states(backbone: Backbone, prompts: Sequence[EncodedPrompt], candidate_titles: Sequence[Sequence[str]] | None,
-                 stop: int, *, soft_prompt: torch.Tensor | None = None, batch_size: int = 8) -> list[PackedRow]:  # fmt: skip
+                 stop: int, *, soft_prompt: torch.Tensor | None = None, batch_size: int = 8,
+                 progress: bool = False) -> list[PackedRow]:  # fmt: skip
     """Each prompt with its candidates as a ``PackedRow`` whose ``x`` is the hidden state entering layer
     ``stop``: what layers ``0 .. stop - 1`` make of it, computed once, no grad.
 
@@ -299,7 +300,12 @@ def lower_states(backbone: Backbone, prompts: Sequence[EncodedPrompt], candidate
     titles = _candidate_lists(encoded, candidate_titles)
     out: list[PackedRow] = [None] * len(encoded)  # type: ignore[list-item]
     order = sorted(range(len(encoded)), key=lambda i: -encoded[i].num_tokens)
-    for s in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"layers 0-{stop - 1}", unit="batch")
+    for s in starts:
         idx = order[s : s + batch_size]
         with torch.no_grad():
             rows = [_layout(backbone, prompt_embeddings(backbone, encoded[i], _soft_for(soft_prompt, i)),
@@ -312,7 +318,8 @@ def lower_states(backbone: Backbone, prompts: Sequence[EncodedPrompt], candidate
     return out
 
 
-def rank_rows(backbone: Backbone, rows: Sequence[PackedRow], *, normalize: str = "mean", batch_size: int = 8) -> torch.Tensor:
+def rank_rows(backbone: Backbone, rows: Sequence[PackedRow], *, normalize: str = "mean", batch_size: int = 8,
+              progress: bool = False) -> torch.Tensor:  # fmt: skip
     """Scores [num_rows, max_candidates] of rows from ``lower_states``: only the layers above them run
     (gradients reach what is trainable there). The same scores as ``rank_candidates`` on the prompts."""
     if normalize not in NORMALIZE:
@@ -323,7 +330,12 @@ def rank_rows(backbone: Backbone, rows: Sequence[PackedRow], *, normalize: str =
     width = max(len(r.lengths) for r in rows)
     order = sorted(range(n), key=lambda i: -rows[i].x.shape[0])
     pieces = []
-    for s in range(0, n, batch_size):
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"layers {rows[0].layer}+", unit="batch")
+    for s in starts:
         idx = order[s : s + batch_size]
         pieces.append(_scores_block(*_score_rows(backbone, [rows[i] for i in idx]), [len(rows[i].lengths) for i in idx],
                                     width, normalize))  # fmt: skip

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,7 +21,7 @@ from delrec_lib.finetune import (
     training_examples,
 )
 from delrec_lib.llm import load_backbone
-from delrec_lib.llm_ranker import split_examples
+from delrec_lib.llm_ranker import RecExample, split_examples
 from delrec_lib.runner import RunPaths
 
 from .llm_fixtures import save_tiny_causal
@@ -179,6 +180,45 @@ def test_a_seeded_copy_trains_with_its_own_seed_on_the_same_users(world, tmp_pat
     assert again.skipped
     with pytest.raises(ConfigError, match="finetune.seeds: 2024 is finetune.seed"):
         config(seeds=(2024,))
+
+
+def test_evaluation_shares_lower_layer_states_between_zero_shot_and_upper_layer_adapters(world, tmp_path, monkeypatch):
+    """With finetune.lora_layers, the zero-shot LLM and every adapter without a soft prompt read a test prompt
+    alike through the lower layers: evaluation computes those states once, and scores as the full forward does."""
+    from delrec_lib import scoring
+    from delrec_lib.finetune import FinetunedFamily
+    from delrec_lib.llm_ranker import ZeroShotFamily
+    from delrec_lib.methods import MethodContext
+
+    _, data, backbone, paths = world
+    cfg = config(lora_layers=1, seeds=(7,))
+    run_paths = RunPaths(tmp_path / "shared")
+    run_paths.distill.mkdir(parents=True)
+    (run_paths.distill / "sasrec").symlink_to(paths.distill / "sasrec")
+    for name in ("lora", "lora-seed7", "delrec-sasrec"):
+        run_finetuning(cfg, run_paths, data, backbone, name, progress=False)
+    computed = []
+    original = scoring.lower_states
+    monkeypatch.setattr("delrec_lib.llm_ranker.lower_states",
+                        lambda bb, prompts, *a, **k: computed.append(len(prompts)) or original(bb, prompts, *a, **k))  # fmt: skip
+    ctx = MethodContext(cfg, run_paths, data, backbone)
+    users = data.user_ids(8)
+    histories = [data.history(int(u), "test") for u in users]
+    candidates = np.stack(data.candidate_sets("test").set_index("user_id").loc[users, "candidates"].to_numpy())
+    scored = {}
+    for name, family in (("zero-shot", ZeroShotFamily()), ("lora", FinetunedFamily()), ("lora-seed7", FinetunedFamily()),
+                         ("delrec-sasrec", FinetunedFamily())):  # fmt: skip
+        rec = family.load(ctx, name)
+        assert rec.ranker.frozen_below == 1
+        scored[name] = rec.score(users, histories, candidates)
+    assert computed == [8, 8]  # once without a soft prompt (zero-shot, lora, lora-seed7), once with it
+    for name in scored:
+        full = load_recommender(run_paths, name, backbone, data, cfg)
+        examples = [RecExample(int(u), tuple(h), tuple(int(c) for c in cs))
+                    for u, h, cs in zip(users, histories, candidates, strict=True)]  # fmt: skip
+        with torch.no_grad():
+            np.testing.assert_allclose(scored[name], full.scores(examples).numpy(), atol=1e-4)
+    assert not np.allclose(scored["lora"], scored["lora-seed7"])  # the seeds' adapters differ, the lower states do not
 
 
 class Interrupt(Exception):
