@@ -44,15 +44,17 @@ SYSTEM_MESSAGE = "You recommend movies."
 # Named slots: {history}, {candidates}, {teacher}, {prediction}, {ranked}, {pattern} and the
 # in-context example's {example_history}, {example_prediction}, {example_answer}.
 # {pattern} is PATTERN_LINE (with the soft-prompt slot) or empty; {candidates} is CANDIDATES_BLOCK
-# or empty.
-PATTERN_LINE = "The recommendation pattern of {teacher} is:{soft_prompt}\n"
+# or empty. The pattern line closes every template, right before the answer: the text after the slot
+# is then only the turn's end, so with the text before the slot cached (stage 1, ``distill.cache_prefix``)
+# a training step runs the soft prompt, a few tokens and the candidates.
+PATTERN_LINE = "\nThe recommendation pattern of {teacher} is:{soft_prompt}"
 CANDIDATES_BLOCK = "Candidates:\n{titles}\n"
 
 RECOMMENDATION_TEMPLATE = (
     "Movies the user watched, oldest first:\n{history}\n"
-    "{pattern}"
     "{candidates}"
     "Which movie will the user watch next?"
+    "{pattern}"
 )
 
 TEMPORAL_ANALYSIS_TEMPLATE = (
@@ -61,17 +63,17 @@ TEMPORAL_ANALYSIS_TEMPLATE = (
     "Hidden most recent movie: {example_answer}\n\n"
     "Movies the user watched, oldest first, the most recent one hidden:\n{history}\n"
     "{teacher} predicts next: {prediction}\n"
-    "{pattern}"
     "{candidates}"
     "Which movie is the hidden most recent one?"
+    "{pattern}"
 )
 
 PATTERN_SIMULATING_TEMPLATE = (
     "Movies the user watched, oldest first:\n{history}\n"
     "{teacher} also recommends, best first:\n{ranked}\n"
-    "{pattern}"
     "{candidates}"
     "Which movie does {teacher} recommend first?"
+    "{pattern}"
 )
 
 # Plain-text framing for models without a chat template (base causal models, T5).
@@ -84,7 +86,7 @@ def template_hash() -> str:
     """Identity of the prompt format for manifests: changes whenever any template text changes."""
     return sha256_json(
         {
-            "version": 1,
+            "version": 2,
             "system": SYSTEM_MESSAGE,
             "marker": SOFT_PROMPT_MARKER,
             "pattern": PATTERN_LINE,

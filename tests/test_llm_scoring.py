@@ -126,7 +126,8 @@ def test_recommendation_template_renders_history_candidates_and_slot(causal):
     # The 3 most recent titles, oldest first, without their year.
     assert "Movies the user watched, oldest first:\nFour Rooms\nGet Shorty\nThe Usual Suspects\n" in p.text
     assert "GoldenEye" not in p.text and "(1995)" not in p.text
-    assert f"The recommendation pattern of SASRec is:{SOFT_PROMPT_MARKER}\n" in p.text
+    # The pattern line closes the template: after the slot comes only the turn's end.
+    assert f"Which movie will the user watch next?\nThe recommendation pattern of SASRec is:{SOFT_PROMPT_MARKER}<|im_end|>" in p.text
     assert p.text.startswith("<|im_start|>system\nYou recommend movies.<|im_end|>")
     assert p.text.endswith("<|im_start|>assistant\n")
     assert p.candidates == ("Star Wars", "Fargo", "Return of the Jedi")
