@@ -7,6 +7,7 @@ back the metrics that notebook recorded in its last cell.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -82,14 +83,20 @@ def test_03_pattern_distillation_metrics(smoke_run):
 
 def test_04_llm_finetuning_metrics(smoke_run):
     from delrec_lib.config import preset_config
+    from delrec_lib.finetune import seeded_names
 
     cfg = preset_config("smoke")
     m = read_metrics(smoke_run, "04_llm_finetuning")
-    assert sorted(m) == sorted(cfg.finetune.variants)
+    assert cfg.finetune.seeds and sorted(m) == sorted([*cfg.finetune.variants, *seeded_names(cfg)])
     for variant, r in m.items():
         assert 0 <= r["valid_HR@1"] <= 1 and 0 <= r["valid_NDCG@5"] <= 1
         assert r["steps"] == cfg.finetune.max_steps
         assert (smoke_run.finetune / variant / "adapter" / "adapter_config.json").is_file()
+        # the same validation examples ranked without an LLM, beside the curve
+        assert {"popularity", "chance", *cfg.teachers.models} == set(r["valid_baselines"])
+        assert r["valid_baselines"]["chance"] == pytest.approx(sum(1 / math.log2(k + 1) for k in range(1, 6)) / 20)  # NDCG@5
+    assert {r["train_seed"] for r in m.values()} == {cfg.finetune.seed, *cfg.finetune.seeds}
+    assert (smoke_run.figures / "04_finetuning_curves.png").is_file()
 
 
 def test_07_evaluation_metrics(smoke_run):
@@ -97,8 +104,11 @@ def test_07_evaluation_metrics(smoke_run):
 
     cfg = preset_config("smoke")
     m = read_metrics(smoke_run, "07_evaluation")
+    from delrec_lib.finetune import seeded_names
+
     expected = {
-        "popularity", "zero-shot", *cfg.teachers.models, *cfg.finetune.variants, *cfg.llmsrec.variants, *cfg.p2rec.variants
+        "popularity", "zero-shot", *cfg.teachers.models, *cfg.finetune.variants, *seeded_names(cfg), *cfg.llmsrec.variants,
+        *cfg.p2rec.variants,
     }
     assert set(m["methods"]) == expected
     assert m["users"] == cfg.max_users
@@ -108,7 +118,12 @@ def test_07_evaluation_metrics(smoke_run):
         assert r["NDCG@5"] <= r["NDCG@10"] <= r["HR@10"] + 1e-9, method
     assert {(p["method"], p["versus"]) for p in m["paired"]} >= {("delrec-sasrec", "sasrec"), ("delrec-sasrec", "lora")}
     assert all(0 < p["p_value"] <= 1 for p in m["paired"])
-    assert set(m["generation"]) == {"zero-shot", *cfg.finetune.variants}
+    assert set(m["generation"]) == {"zero-shot", *cfg.finetune.variants}  # not the seeds' copies
+    # the seed study: DELRec against LoRA, the run's seed and every extra seed
+    study = [r for r in m["seed_study"] if (r["method"], r["versus"]) == ("delrec-sasrec", "lora")]
+    assert {r["metric"] for r in study} == set(cfg.eval.paired_metrics)
+    assert all(r["seeds"] == 1 + len(cfg.finetune.seeds) for r in study)
+    assert (smoke_run.eval / "seed_study.csv").is_file()
     assert {("p2rec-sasrec", "sasrec"), ("p2rec-sasrec-nosft", "p2rec-sasrec")} <= {(p["method"], p["versus"]) for p in m["paired"]}
     for protocol in ("masked", "unmasked"):  # full-catalogue methods: popularity, the teachers, LLM-SRec, P2Rec's teachers
         full = {"popularity", *cfg.teachers.models, *cfg.llmsrec.variants, *cfg.p2rec.variants}
