@@ -38,8 +38,11 @@ STAGES = {"distill": DistillConfig, "finetune": FinetuneConfig}
 
 
 def _typed(value: str, annotation: Any, where: str) -> Any:
-    """A command-line value as the field's type: int, float, bool, str or None ("none")."""
+    """A command-line value as the field's type: int, float, bool, str, None ("none"), or a tuple of those
+    written with "+" between its items ("q_proj+v_proj")."""
     args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple:
+        return tuple(_typed(v, args[0], where) for v in value.split("+"))
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         if value.lower() == "none" and type(None) in args:
             return None
@@ -89,7 +92,8 @@ def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def point_name(point: dict[str, Any]) -> str:
-    return "_".join(f"{k}={v}" for k, v in point.items()) or "default"
+    """A folder name for a point: "lr=0.001_target_modules=q_proj+v_proj"."""
+    return "_".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in point.items()) or "default"
 
 
 def _link(source: Path, target: Path) -> None:
