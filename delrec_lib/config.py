@@ -988,7 +988,9 @@ def _smoke() -> RunConfig:
         max_users=48,
         teachers=TeachersConfig(max_epochs=1),
         distill=DistillConfig(heldout_users=8, selection_users=8, max_train_users=16, max_steps=4, eval_every=2, warmup_steps=0),
-        finetune=FinetuneConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, warmup_steps=0, grad_accum=1),
+        # One extra training seed: the seed study's code path (its copies, their tests and summary).
+        finetune=FinetuneConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, warmup_steps=0, grad_accum=1,
+                                seeds=(1,)),
         # P2Rec: a few SFT steps, both item-embedding sources, one extra seed (every code path, in seconds
         # apart from one pass of the 1,682 items through the LLM per source).
         p2rec=P2RecConfig(heldout_users=8, max_train_users=16, max_steps=4, eval_every=2, warmup_steps=0, seeds=(1,)),
@@ -997,7 +999,22 @@ def _smoke() -> RunConfig:
 
 
 def _cpu() -> RunConfig:
-    return RunConfig(preset="cpu")
+    # P2Rec (17 min on a bf16 CPU, twice that without) lives in cpu-long: the hour is DELRec's and LLM-SRec's.
+    return RunConfig(preset="cpu", p2rec=P2RecConfig(variants=()))
+
+
+def _cpu_long() -> RunConfig:
+    """The cpu preset trained longer (the learning curves' points beyond the hour), with the stage-2 seed study
+    (DELRec and LoRA trained again with two more seeds), P2Rec, and LLM-SRec trained on shuffled histories."""
+    cpu = _cpu()
+    return replace(
+        cpu,
+        preset="cpu-long",
+        distill=replace(cpu.distill, max_steps=3 * cpu.distill.max_steps),
+        finetune=replace(cpu.finetune, max_steps=3 * cpu.finetune.max_steps, seeds=(1, 2)),
+        p2rec=P2RecConfig(),
+        llmsrec=replace(cpu.llmsrec, variants=(LLMSREC, f"{LLMSREC}-shuffled")),
+    )
 
 
 # LLM-SRec's Table 8 ablations and its training-time shuffle, beside the method.
@@ -1051,6 +1068,7 @@ def _paper() -> RunConfig:
 PRESETS: dict[str, typing.Callable[[], RunConfig]] = {
     "smoke": _smoke,
     "cpu": _cpu,
+    "cpu-long": _cpu_long,
     "cpu-ablations": _cpu_ablations,
     "paper": _paper,
 }
