@@ -24,8 +24,8 @@ def test_grid_is_typed_by_the_models_fields_and_bad_fields_are_named():
         parse_grid(["lr"], "caser")
 
 
-def test_grid_scores_validation_only(tmp_path, monkeypatch, one_torch_thread):
-    data = successor_data(tmp_path)
+def forbid_test_split(monkeypatch) -> list:
+    """Every split ProcessedData is asked for, recorded; asking for the test split fails the test."""
     splits_read = []
     for name in ("target", "history", "candidate_sets"):
         original = getattr(ProcessedData, name)
@@ -34,10 +34,16 @@ def test_grid_scores_validation_only(tmp_path, monkeypatch, one_torch_thread):
             split = kwargs.get("split", args[-1] if args else None)
             splits_read.append(split)
             if split == "test":
-                raise AssertionError("the validation grid read the test split")
+                raise AssertionError("a validation grid read the test split")
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(ProcessedData, name, spy)
+    return splits_read
+
+
+def test_grid_scores_validation_only(tmp_path, monkeypatch, one_torch_thread):
+    data = successor_data(tmp_path)
+    splits_read = forbid_test_split(monkeypatch)
     config = TeachersConfig(models=("sasrec",), max_epochs=2, patience=1)
     table = validation_grid("sasrec", {"dropout": [0.1, 0.3]}, config, data)
     assert list(table["dropout"].sort_values()) == [0.1, 0.3]
@@ -72,18 +78,7 @@ def test_llm_stage_grid_trains_each_point_and_reads_no_test_split(tmp_path, monk
     data = synthetic_data(tmp_path / "data")
     backbone = load_backbone(str(save_tiny_causal(tmp_path / "tiny")), dtype="float32")
     (tmp_path / "from" / "teachers").mkdir(parents=True)
-    read = []
-    for name in ("target", "history", "candidate_sets"):
-        original = getattr(ProcessedData, name)
-
-        def spy(self, *args, _original=original, **kwargs):
-            split = kwargs.get("split", args[-1] if args else None)
-            read.append(split)
-            if split == "test":
-                raise AssertionError("the LLM-stage grid read the test split")
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(ProcessedData, name, spy)
+    read = forbid_test_split(monkeypatch)
     config = RunConfig(preset="smoke", llm=LLMConfig(history_len=4),
                        finetune=FinetuneConfig(variants=("lora",), max_train_users=8, valid_users=4, num_negatives=5,
                                                batch_size=4, grad_accum=1, eval_every=2, warmup_steps=0, lora_r=2))  # fmt: skip
