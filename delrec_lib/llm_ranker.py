@@ -216,7 +216,7 @@ def run_boundary(config: RunConfig, backbone) -> int:
     cfg = config.finetune
     if cfg.lora_layers is None or not cfg.cache_lower_layers or not layer_split_supported(backbone):
         return 0
-    return int(backbone.base_model.config.num_hidden_layers) - cfg.lora_layers
+    return max(0, int(backbone.base_model.config.num_hidden_layers) - cfg.lora_layers)
 
 
 def evaluation_ranker(ctx: MethodContext, backbone, soft: torch.Tensor | None, teacher: str | None, frozen_below: int,

@@ -78,7 +78,8 @@ def scenario_config(scenario: str, processes: int):
     # lora_dropout 0: dropout masks come from each process's own RNG stream, so with dropout a
     # two-process run matches a one-process run in distribution only, not number for number.
     ft = FinetuneConfig(max_train_users=24, valid_users=8, max_steps=4, batch_size=ft_batch, grad_accum=1, lr=5e-3,
-                        eval_every=2, warmup_steps=0, num_negatives=5, lora_r=4, lora_dropout=0.0)  # fmt: skip
+                        eval_every=2, warmup_steps=0, num_negatives=5, lora_r=4, lora_dropout=0.0, lora_layers=None,
+                        positions_per_user=1)  # fmt: skip
     ds = DistillConfig(heldout_users=8, max_steps=2, batch_size=ds_batch, grad_accum=1, eval_every=2,
                        num_soft_tokens=4, warmup_steps=0, ta_candidates=6, rps_top_k=3, rps_random=3, lr=0.05)  # fmt: skip
     return RunConfig(

@@ -327,7 +327,7 @@ def test_training_benchmark_times_real_steps(world, tmp_path, stage):
         f'data_dir = "{root / "data"}"\n[data]\ndataset = "toy"\nnum_negatives = 5\n'
         f'[llm]\nbackbone = "{backbone.name}"\ndtype = "float32"\nhistory_len = 4\n'
         "[distill]\nnum_soft_tokens = 4\nrps_top_k = 3\nrps_random = 3\nta_candidates = 6\n"
-        "[finetune]\nnum_negatives = 5\n"
+        "[finetune]\nnum_negatives = 5\nlora_layers = 1\n"
     )
     out = tmp_path / "bench.json"
     assert bench.main([stage, "--preset", "smoke", "--config", str(toml), "--steps", "2", "--json", str(out)]) == 0

@@ -30,7 +30,7 @@ from .stage_fixtures import synthetic_data, write_teacher_exports
 
 def config(**finetune) -> RunConfig:
     ft = FinetuneConfig(max_train_users=24, valid_users=8, max_steps=6, batch_size=4, grad_accum=1, lr=5e-3,
-                        eval_every=3, warmup_steps=0, num_negatives=5, lora_r=4)  # fmt: skip
+                        eval_every=3, warmup_steps=0, num_negatives=5, lora_r=4, lora_layers=None, positions_per_user=1)  # fmt: skip
     return RunConfig(
         preset="smoke", llm=LLMConfig(history_len=4, title_style="with_year"),
         distill=DistillConfig(heldout_users=8, max_steps=2, batch_size=4, grad_accum=1, eval_every=2, num_soft_tokens=4,

@@ -308,7 +308,7 @@ def config(lr: float = 5e-3, distill_lr: float = 0.05) -> RunConfig:
         distill=DistillConfig(heldout_users=8, max_steps=2, batch_size=4, grad_accum=1, eval_every=2, num_soft_tokens=4,
                               warmup_steps=0, ta_candidates=6, rps_top_k=3, rps_random=3, lr=distill_lr),
         finetune=FinetuneConfig(max_train_users=16, valid_users=6, max_steps=2, batch_size=4, grad_accum=1, lr=lr,
-                                eval_every=2, warmup_steps=0, num_negatives=5, lora_r=4),
+                                eval_every=2, warmup_steps=0, num_negatives=5, lora_r=4, lora_layers=None, positions_per_user=1),
         eval=EvalConfig(generation_users=2, max_new_tokens=4),
     )  # fmt: skip
 

@@ -81,7 +81,7 @@ def test_llm_stage_grid_trains_each_point_and_reads_no_test_split(tmp_path, monk
     read = forbid_test_split(monkeypatch)
     config = RunConfig(preset="smoke", llm=LLMConfig(history_len=4),
                        finetune=FinetuneConfig(variants=("lora",), max_train_users=8, valid_users=4, num_negatives=5,
-                                               batch_size=4, grad_accum=1, eval_every=2, warmup_steps=0, lora_r=2))  # fmt: skip
+                                               batch_size=4, grad_accum=1, eval_every=2, warmup_steps=0, lora_r=2, lora_layers=1))  # fmt: skip
     table = validation_grid("finetune", "lora", config, {"lr": [1e-3, 1e-2]}, {"max_steps": 2}, tmp_path / "from",
                             tmp_path / "out", backbone, data)  # fmt: skip
     assert list(table["lr"]) == [1e-3, 1e-2] and table["valid_NDCG@5"].between(0, 1).all()
