@@ -21,6 +21,14 @@ The first token of every candidate is scored from the prompt's last position; th
 runs where a log-probability is needed, in float32 (bf16 logits between 16 and 32 are 0.125
 apart; the head is ~10% of the FLOPs, and float32 cost no measurable time here).
 
+Two caches for training a frozen model's parts, each giving the same scores and gradients as the
+full forward (tests), for a fraction of the work on every revisit of an example:
+- ``prefix_states``: the keys/values of a prompt's text before its soft-prompt slot (nothing trainable
+  comes before it); ``rank_candidates(..., prefixes=...)`` then runs only the slot, the text after it
+  and the candidates (stage 1; LLM-SRec's item prompts use ``token_prefix_states``/``continue_prefixes``).
+- ``lower_states``: a prompt's packed row as it enters layer L, when only layers >= L train (stage 2
+  with LoRA on the top layers); ``rank_rows`` then runs only those layers. Llama-style decoders.
+
 ``rank_candidates_naive`` runs one full forward pass per candidate; it is the reference the
 tests compare against and the baseline of the benchmark.
 """
