@@ -51,13 +51,16 @@ def _row(name: str, per_user: pd.DataFrame) -> dict:
     return out
 
 
-def validation_table(scorers: dict[str, Scorer], teacher_name: str, teacher, data: ProcessedData, inputs: dict) -> pd.DataFrame:
+def validation_table(scorers: dict[str, Scorer], teacher_name: str, teacher, data: ProcessedData, inputs: dict,
+                     user_vectors: dict[str, torch.Tensor] | None = None) -> pd.DataFrame:  # fmt: skip
     """Each variant's candidate metrics on the selection users, beside the teacher, popularity and chance
-    on the same candidate sets (the step was chosen on these users: optimistic for the variants)."""
+    on the same candidate sets (the step was chosen on these users: optimistic for the variants).
+    ``user_vectors``: each variant's vectors of these users, when already computed."""
     c, labels = inputs["candidates"], inputs["labels"]
     rows = []
     for name, scorer in scorers.items():
-        rows.append(_row(name, per_user_metrics(scorer.candidates(inputs["users"], inputs["histories"], c), labels)))
+        u = (user_vectors or {}).get(name)
+        rows.append(_row(name, per_user_metrics(scorer.candidates(inputs["users"], inputs["histories"], c, u), labels)))
     with torch.no_grad():
         full = teacher.score(left_pad(inputs["histories"], teacher.max_len), torch.as_tensor(inputs["users"])).numpy()
     rows.append(_row(teacher_name, per_user_metrics(np.take_along_axis(full, c, axis=1), labels)))
@@ -67,12 +70,14 @@ def validation_table(scorers: dict[str, Scorer], teacher_name: str, teacher, dat
     return pd.DataFrame(rows)
 
 
-def shuffle_cosine(scorer: Scorer, users, histories, *, seed: int, repeats: int = 1) -> pd.DataFrame:
+def shuffle_cosine(scorer: Scorer, users, histories, *, seed: int, repeats: int = 1,
+                   original: torch.Tensor | None = None) -> pd.DataFrame:  # fmt: skip
     """Per user: the cosine between the user vector of the history and of the same history with its shown
     window shuffled (the items the LLM sees are unchanged, only their order), and whether the shuffle
-    moved any item at all (a window of equal items cannot change)."""
+    moved any item at all (a window of equal items cannot change). ``original``: the history's vectors,
+    when already computed."""
     window = scorer.prompts.cfg.history_len
-    original = F.normalize(scorer.users(users, histories), dim=1)
+    original = F.normalize(scorer.users(users, histories) if original is None else original, dim=1)
     rows = []
     for r in range(repeats):
         shuffled = []
@@ -88,9 +93,10 @@ def shuffle_cosine(scorer: Scorer, users, histories, *, seed: int, repeats: int 
     return pd.DataFrame(rows)
 
 
-def teacher_cosine(scorer: Scorer, teacher_vectors: torch.Tensor, users, histories) -> np.ndarray:
+def teacher_cosine(scorer: Scorer, teacher_vectors: torch.Tensor, users, histories,
+                   user_vectors: torch.Tensor | None = None) -> np.ndarray:  # fmt: skip
     """Per user: cosine of the LLM's user vector f_user(h_u) and the teacher's f_CF(o_u) (both in the shared space)."""
-    u = scorer.users(users, histories)
+    u = scorer.users(users, histories) if user_vectors is None else user_vectors
     return F.cosine_similarity(u, teacher_vectors, dim=1).numpy()
 
 
