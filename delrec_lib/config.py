@@ -500,13 +500,16 @@ class DistillConfig:
     selection_users: int = 100  # selection set: fidelity every eval_every steps selects the step
     max_train_users: int | None = None  # None: every other user
     seed: int = 2024
-    # Optimisation (the shared Trainer): one step = batch_size users x grad_accum, TA + RPS each.
-    max_steps: int = 80
+    # Optimisation (the shared Trainer): one step = batch_size users x grad_accum, TA + RPS each. lr chosen
+    # on the selection set (python -m delrec_lib.tuning distill, 150 steps, 100 selection users): 1e-2 gave
+    # fidelity 0.24 / 0.24 / 0.25 after 200 / 400 / 600 users, 3e-2 0.17 / 0.33 / 0.29; TA accuracy 0.19-0.22
+    # for both. Both level off after a few hundred users, so 100 steps (400 users) are the cpu budget.
+    max_steps: int = 100
     batch_size: int = 2
     grad_accum: int = 2
-    lr: float = 1e-2
+    lr: float = 3e-2
     warmup_steps: int = 5
-    eval_every: int = 20
+    eval_every: int = 25
     # Keep each example's keys/values of the text before the soft-prompt slot (computed once by the frozen
     # LLM) and run only the slot, the text after it and the candidates at every step: the same scores and
     # gradients for about a third of the tokens. Memory: layers x 2 x kv_heads x head_dim values per token
