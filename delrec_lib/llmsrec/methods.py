@@ -37,7 +37,7 @@ class LLMSRecRecommender(Recommender):
     def item_table(self) -> torch.Tensor:
         """[N+1, D] item vectors (row 0, the padding id, zero), computed once."""
         if self._table is None:
-            items = self.scorer.items(range(1, self.num_items + 1))
+            items = self.scorer.items(range(1, self.num_items + 1), progress=True)
             self._table = torch.cat([torch.zeros(1, items.shape[1]), items.cpu()])
         return self._table
 

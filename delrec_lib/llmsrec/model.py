@@ -178,15 +178,25 @@ class LLMSRec(nn.Module):
         return self.item_head(self.hidden_at_output(prompts, self.item_token, self.item_prefixes(prompts)))
 
     def item_prefixes(self, prompts: Sequence[SlotPrompt]) -> list[torch.Tensor] | None:
-        """The cached keys/values of each item prompt's text before its embedding slot (None: not cached)."""
+        """The cached keys/values of each item prompt's text before its embedding slot (None: not cached);
+        missing ones are computed here, in batches of the prompts' own order (``prepare_item_prefixes`` fixes
+        that order up front where exact reproducibility matters: training)."""
         if not self.cache_prefix or any(not p.history_positions or not p.history_positions[0] for p in prompts):
             return None
-        keys = [tuple(p.ids[: p.history_positions[0]]) for p in prompts]
+        self.prepare_item_prefixes(prompts)
+        return [self._item_prefixes[tuple(p.ids[: p.history_positions[0]])] for p in prompts]
+
+    def prepare_item_prefixes(self, prompts: Sequence[SlotPrompt], batch_size: int = 16) -> None:
+        """Compute the item prefixes of ``prompts`` not cached yet, in their order. Training calls it once with
+        every item it will read, sorted: the batches (hence the float rounding) never depend on which items a
+        step happened to need first, so an interrupted training resumes to the same numbers."""
+        if not self.cache_prefix:
+            return
+        keys = [tuple(p.ids[: p.history_positions[0]]) for p in prompts if p.history_positions and p.history_positions[0]]
         missing = list(dict.fromkeys(k for k in keys if k not in self._item_prefixes))
         if missing:
-            # One prompt at a time: a state never depends on its batch-mates, so a resumed run computes the same.
-            self._item_prefixes.update(zip(missing, token_prefix_states(self.backbone, missing, batch_size=1), strict=True))
-        return [self._item_prefixes[k] for k in keys]
+            self._item_prefixes.update(zip(missing, token_prefix_states(self.backbone, missing, batch_size=batch_size),
+                                           strict=True))  # fmt: skip
 
     def teacher_vectors(self, teacher_reps: torch.Tensor) -> torch.Tensor:
         """[B, D] f_CF(o_u) for the teacher's user representations o_u [B, d_t]."""

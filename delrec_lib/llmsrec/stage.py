@@ -197,6 +197,9 @@ class LLMSRecTask(TrainingTask):
         self.valid = valid  # users, histories, candidates, labels, teacher_reps
         self.weights = weights
         self.scorer = Scorer(model, prompts, eval_batch_size)
+        # Every item training and validation read, its prompt prefix computed once up front in item order.
+        items = {i for e in train for i in (e.target, *e.negatives)} | set(np.asarray(valid.get("candidates", [])).ravel().tolist())
+        model.prepare_item_prefixes([prompts.item(int(i)) for i in sorted(items)])
 
     def trainable_module(self):
         return self.model
