@@ -999,10 +999,13 @@ def _smoke() -> RunConfig:
         # One extra training seed: the seed study's code path (its copies, their tests and summary).
         finetune=FinetuneConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, warmup_steps=0, grad_accum=1,
                                 seeds=(1,)),
-        # P2Rec: a few SFT steps, both item-embedding sources, one extra seed (every code path, in seconds
-        # apart from one pass of the 1,682 items through the LLM per source).
-        p2rec=P2RecConfig(heldout_users=8, max_train_users=16, max_steps=4, eval_every=2, warmup_steps=0, seeds=(1,)),
+        # P2Rec: a few SFT steps, one extra seed (every code path of the series in seconds, apart from the pass of
+        # the 1,682 items through the tuned LLM; the no-SFT twin's pass is tests/test_p2rec.py's).
+        p2rec=P2RecConfig(variants=("p2rec-sasrec",), heldout_users=8, max_train_users=16, max_steps=4, eval_every=2,
+                          warmup_steps=0, seeds=(1,)),
         llmsrec=LLMSRecConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, batch_size=4, grad_accum=1),
+        # The generation protocol and the order diagnostic on a third of the 48 users: the same code paths.
+        eval=EvalConfig(generation_users=16, shuffle_users=16),
     )
 
 

@@ -272,9 +272,11 @@ def test_the_family_ranks_candidates_as_the_full_catalogue_does(world, trained):
     histories = [data.history(int(u), "test") for u in users]
     sets = data.candidate_sets("test").set_index("user_id").loc[users]
     cands = np.stack(sets["candidates"].to_numpy())
+    only_candidates = family.load(ctx, "llm-srec").score(users, histories, cands)  # no catalogue table computed
     full = rec.score_catalogue(users, histories)
     assert full.shape == (5, data.num_items + 1) and np.isneginf(full[:, 0]).all()
     np.testing.assert_allclose(rec.score(users, histories, cands), np.take_along_axis(full, cands, axis=1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(only_candidates, np.take_along_axis(full, cands, axis=1), rtol=1e-4, atol=1e-4)
     assert rec.visible_history(histories[0]) == min(len(histories[0]), config.llmsrec.history_len)
     assert family.comparisons(config, "llm-srec-nodist")[-1] == "llm-srec"
     assert family.teacher_in(config, "llm-srec") == "sasrec"

@@ -124,7 +124,7 @@ def test_07_evaluation_metrics(smoke_run):
     assert {r["metric"] for r in study} == set(cfg.eval.paired_metrics)
     assert all(r["seeds"] == 1 + len(cfg.finetune.seeds) for r in study)
     assert (smoke_run.eval / "seed_study.csv").is_file()
-    assert {("p2rec-sasrec", "sasrec"), ("p2rec-sasrec-nosft", "p2rec-sasrec")} <= {(p["method"], p["versus"]) for p in m["paired"]}
+    assert ("p2rec-sasrec", "sasrec") in {(p["method"], p["versus"]) for p in m["paired"]}
     for protocol in ("masked", "unmasked"):  # full-catalogue methods: popularity, the teachers, LLM-SRec, P2Rec's teachers
         full = {"popularity", *cfg.teachers.models, *cfg.llmsrec.variants, *cfg.p2rec.variants}
         assert set(m["catalogue"][protocol]) == full
@@ -176,7 +176,6 @@ def test_06_p2rec_metrics(smoke_run):
     sft = f"sft-{cfg.p2rec.source_teacher}-k{cfg.p2rec.num_categories}"
     assert m["sft"][sft]["steps"] == cfg.p2rec.max_steps and m["sft"][sft]["k"] == cfg.p2rec.num_categories
     assert 0 <= m["sft"][sft]["heldout_loss"] and 0 <= m["sft"][sft]["heldout_prior_loss"]
-    assert m["sft"]["llm-base"]["seconds"] == 0.0  # the no-SFT ablation trains nothing
     for name, r in m["methods"].items():
         v = parse_p2rec_variant(name)
         assert r["teacher"] == v.teacher and r["init"] == (sft if v.sft else "llm-base")

@@ -55,8 +55,16 @@ class LLMSRecRecommender(Recommender):
         return scores
 
     def score(self, users, histories, candidates, *, progress=False) -> np.ndarray:
-        full = self.score_catalogue(users, histories, progress=progress)
-        return np.take_along_axis(full, np.asarray(candidates, dtype=np.int64), axis=1)
+        candidates = np.asarray(candidates, dtype=np.int64)
+        if self._table is not None:  # the catalogue's vectors are there already
+            full = self.score_catalogue(users, histories, progress=progress)
+            return np.take_along_axis(full, candidates, axis=1)
+        # Only the candidates' item vectors (the order diagnostic needs no more); the same numbers.
+        distinct, inverse = np.unique(candidates, return_inverse=True)
+        items = self.scorer.items(distinct.tolist())  # [I, D]
+        u = self.user_vectors(users, histories, progress)  # [U, D]
+        cand = items[torch.as_tensor(inverse.reshape(candidates.shape))]  # [U, C, D]
+        return torch.einsum("ud,ucd->uc", u, cand).double().numpy()
 
 
 class LLMSRecFamily(MethodFamily):
