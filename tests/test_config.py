@@ -32,19 +32,20 @@ from .stage_fixtures import synthetic_data
 
 
 def test_every_preset_resolves():
-    for name in ("smoke", "cpu", "cpu-long", "cpu-ablations", "paper"):
+    for name in ("smoke", "cpu", "cpu-long", "cpu-seeds", "cpu-ablations", "paper"):
         assert preset_config(name).preset == name
 
 
-def test_cpu_long_is_the_cpu_preset_trained_longer_with_the_seed_study_and_p2rec():
-    cpu, long = preset_config("cpu"), preset_config("cpu-long")
-    assert not cpu.p2rec.variants and long.p2rec.variants  # the runner skips notebook 06 on cpu
-    assert long.distill.max_steps > cpu.distill.max_steps and long.finetune.max_steps > cpu.finetune.max_steps
-    assert len(long.finetune.seeds) == 2 and cpu.finetune.seeds == ()
-    assert "llm-srec-shuffled" in long.llmsrec.variants
-    # everything else as the cpu preset: the same teachers, prompts, data and evaluation
-    for section in ("data", "teachers", "llm", "eval"):
-        assert getattr(long, section) == getattr(cpu, section), section
+def test_cpu_long_and_cpu_seeds_are_the_cpu_preset_trained_longer_or_again():
+    cpu, long, seeds = preset_config("cpu"), preset_config("cpu-long"), preset_config("cpu-seeds")
+    assert not cpu.p2rec.variants and preset_config("cpu-ablations").p2rec.variants  # the runner skips 06 on cpu
+    assert long.distill.max_steps == 3 * cpu.distill.max_steps and long.finetune.max_steps == 3 * cpu.finetune.max_steps
+    assert long.finetune.variants == cpu.finetune.variants and long.finetune.seeds == cpu.finetune.seeds == ()
+    assert seeds.finetune.seeds == (1, 2) and dataclasses.replace(seeds.finetune, seeds=()) == cpu.finetune
+    # everything else as the cpu preset: the same teachers, prompts, data, methods and evaluation
+    for section in ("data", "teachers", "llm", "llmsrec", "p2rec", "eval"):
+        assert getattr(long, section) == getattr(cpu, section) == getattr(seeds, section), section
+    assert seeds.distill == cpu.distill
 
 
 def test_file_then_keyword_overrides(tmp_path):

@@ -382,7 +382,7 @@ def run_p2rec(config: RunConfig, paths: RunPaths, data: ProcessedData, backbone:
     parsed = [parse_p2rec_variant(v) for v in (variants if variants is not None else cfg.variants)]
     if not parsed:
         raise ConfigError(f"p2rec.variants is empty in the {config.preset} preset: it trains no P2Rec method (the cpu "
-                          "preset leaves P2Rec to cpu-long); set [p2rec] variants, or run with --preset cpu-long")  # fmt: skip
+                          "preset leaves P2Rec to cpu-ablations); set [p2rec] variants, or run with --preset cpu-ablations")  # fmt: skip
     run = P2RecRun({}, {}, {})
     for v in parsed:
         name = states_name(config, v)
