@@ -503,7 +503,9 @@ class DistillConfig:
     # Optimisation (the shared Trainer): one step = batch_size users x grad_accum, TA + RPS each. lr chosen
     # on the selection set (python -m delrec_lib.tuning distill, 150 steps, 100 selection users): 1e-2 gave
     # fidelity 0.24 / 0.24 / 0.25 after 200 / 400 / 600 users, 3e-2 0.17 / 0.33 / 0.29; TA accuracy 0.19-0.22
-    # for both. Both level off after a few hundred users, so 100 steps (400 users) are the cpu budget.
+    # for both. Both level off after a few hundred users, so 100 steps (400 users) are the cpu budget. The
+    # choice did not hold in the cpu run of 2026-12-06 (selection fidelity 0.10 / 0.13 / 0.17 / 0.10 after
+    # 100-400 users, report set 0.11 = chance): one run on 100 users was too noisy; rechoose over seeds.
     max_steps: int = 100
     batch_size: int = 2
     grad_accum: int = 2
@@ -1016,9 +1018,8 @@ def _cpu() -> RunConfig:
 
 def _cpu_long() -> RunConfig:
     """The cpu preset with both DELRec stages trained 3x longer: the learning curves' points beyond the hour.
-    Each of its three parts that would not fit in 3 hours on the AVX2 machine (its LLM in float32) together
-    lives in a preset of its own: the seed study in cpu-seeds, P2Rec and the LLM-SRec ablations in
-    cpu-ablations. Estimated from the cpu run's notebook times there: about 2.5 hours."""
+    With the seed study and P2Rec too it would take about 5 hours on the AVX2 machine (its LLM in float32),
+    so those live in cpu-seeds and cpu-ablations. Estimated from the cpu run's notebook times: about 2.5 hours."""
     cpu = _cpu()
     return replace(
         cpu,
