@@ -1019,7 +1019,8 @@ def _cpu() -> RunConfig:
 def _cpu_long() -> RunConfig:
     """The cpu preset with both DELRec stages trained 3x longer: the learning curves' points beyond the hour.
     With the seed study and P2Rec too it would take about 5 hours on the AVX2 machine (its LLM in float32),
-    so those live in cpu-seeds and cpu-ablations. Estimated from the cpu run's notebook times: about 2.5 hours."""
+    so those live in cpu-seeds and cpu-ablations. About 2.5 hours from scratch (estimated); measured on a copy of
+    a finished cpu run, which retrains and re-evaluates only the two DELRec stages: 1 h 57 min (README)."""
     cpu = _cpu()
     return replace(
         cpu,
