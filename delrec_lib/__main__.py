@@ -3,16 +3,21 @@
 - ``run``: the whole notebook series with papermill (what ``make reproduce`` calls);
 - one command per stage (``data``, ...) calling the same library functions as the notebooks,
   so the heavy stages can be launched on GPUs with ``accelerate launch -m delrec_lib <stage>``.
+
+The commands that write a run folder hold its lock (``runner.run_folder_lock``) while they work,
+as ``run`` does: a second command or run on the same folder stops at once, naming the first.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from .distributed import is_main_process, launched_processes
+from .distributed import broadcast_object, is_main_process, launched_processes
 from .errors import DelrecError
 
 # The commands that may run under ``accelerate launch`` / ``torchrun`` (several processes): the
@@ -20,14 +25,19 @@ from .errors import DelrecError
 MULTI_PROCESS_COMMANDS = ("distill", "finetune")
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {}
+# The commands that write into the run folder and hold its lock while they work (``run`` takes it
+# itself, once its arguments are checked; ``data`` writes the shared data folder, no run folder).
+LOCKING_COMMANDS: set[str] = set()
 
 
-def command(name: str, help: str):
+def command(name: str, help: str, *, locks_run_folder: bool = True):
     """Register ``fn(args)`` as a sub-command; ``add_args(parser)`` declares its options."""
 
     def wrap(add_args):
         def register(fn):
             COMMANDS[name] = (help, add_args, fn)
+            if locks_run_folder:
+                LOCKING_COMMANDS.add(name)
             return fn
 
         return register
@@ -52,7 +62,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
 
 
-@command("run", "execute the notebook series with papermill")(_run_args)
+@command("run", "execute the notebook series with papermill", locks_run_folder=False)(_run_args)
 def _run(args: argparse.Namespace) -> None:
     from .runner import run_series
 
@@ -60,7 +70,7 @@ def _run(args: argparse.Namespace) -> None:
                progress=not args.no_progress)  # fmt: skip
 
 
-@command("data", "acquire and process the dataset into data/processed/")(_common)
+@command("data", "acquire and process the dataset into data/processed/", locks_run_folder=False)(_common)
 def _data(args: argparse.Namespace) -> None:
     from .config import load_config, resolve_path
     from .data import load_processed, prepare_dataset
@@ -171,6 +181,40 @@ def _p2rec(args: argparse.Namespace) -> None:
         print(study.to_string(index=False))
 
 
+def run_folder(args: argparse.Namespace) -> Path:
+    """The run folder a command writes: ``--run-dir``, else ``outputs/<the config's preset>``."""
+    from .runner import notebook_context
+
+    return notebook_context(args.preset, args.run_dir, args.config)[1].root
+
+
+@contextlib.contextmanager
+def held_run_folder(root: Path) -> Iterator[None]:
+    """``run_folder_lock(root)`` for a command, in one process or under a launcher.
+
+    Under a launcher only the main process takes the lock (the processes of one launch are one
+    run: each taking it would refuse its siblings), and tells the others whether it got it, so
+    that a refused launch stops in every process instead of leaving them waiting for the main one.
+    """
+    from .runner import run_folder_lock
+
+    if launched_processes() == 1:
+        with run_folder_lock(root):
+            yield
+        return
+    with contextlib.ExitStack() as held:
+        refused = None
+        if is_main_process():
+            try:
+                held.enter_context(run_folder_lock(root))
+            except (DelrecError, OSError) as e:  # told to the others before stopping, or they would wait
+                refused = str(e)
+        refused = broadcast_object(refused)
+        if refused:
+            raise DelrecError(refused)
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m delrec_lib", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -184,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
               f"with accelerate launch / torchrun ({launched_processes()} processes were started)", file=sys.stderr)  # fmt: skip
         return 2
     try:
-        COMMANDS[args.command][2](args)
+        with held_run_folder(run_folder(args)) if args.command in LOCKING_COMMANDS else contextlib.nullcontext():
+            COMMANDS[args.command][2](args)
     except DelrecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

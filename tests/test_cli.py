@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from delrec_lib import __main__ as cli
@@ -118,3 +120,68 @@ def test_execution_errors_become_delrec_errors_naming_the_notebook(error, expect
     assert isinstance(raised, runner.execution_errors())
     failure = runner.execution_failure("02_teachers.ipynb", tmp_path / "02_teachers.ipynb", raised)
     assert isinstance(failure, DelrecError) and str(failure).startswith(expected), str(failure)
+
+
+
+STAGE_COMMANDS = sorted(cli.LOCKING_COMMANDS)
+
+
+def test_every_command_that_writes_a_run_folder_holds_its_lock():
+    assert set(STAGE_COMMANDS) == set(cli.COMMANDS) - {"run", "data"}, "run locks inside run_series; data writes no run folder"
+
+
+@pytest.mark.parametrize("command", STAGE_COMMANDS)
+def test_a_stage_command_on_a_locked_run_folder_stops_at_once_naming_the_holder(command, monkeypatch, tmp_path, capsys):
+    """As ``run`` does: the command stops before its stage starts, naming who holds the folder."""
+    started = []
+    monkeypatch.setitem(cli.COMMANDS, command, (*cli.COMMANDS[command][:2], lambda args: started.append(command)))
+    root = tmp_path / "run"
+    with runner.run_folder_lock(root):
+        code, err = run_cli(capsys, command, "--preset", "smoke", "--run-dir", str(root))
+    assert started == [], "the stage did not start"
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {root} is in use by another run (pid {os.getpid()}, started 20"), err
+    assert run_cli(capsys, command, "--preset", "smoke", "--run-dir", str(root)) == (0, "")
+    assert started == [command], "released: the same command then runs"
+
+
+def launched_as(monkeypatch, main_process: bool, main_says: str | None = None) -> list:
+    """Pretend to be one of two launched processes; returns what this process broadcast."""
+    sent: list = []
+
+    def broadcast(obj):
+        sent.append(obj)
+        return obj if main_process else main_says
+
+    monkeypatch.setattr(cli, "launched_processes", lambda: 2)
+    monkeypatch.setattr(cli, "is_main_process", lambda: main_process)
+    monkeypatch.setattr(cli, "broadcast_object", broadcast)
+    return sent
+
+
+def test_under_a_launcher_the_main_process_takes_the_lock_and_tells_the_others(monkeypatch, tmp_path):
+    sent = launched_as(monkeypatch, main_process=True)
+    with runner.run_folder_lock(tmp_path):  # another run holds the folder
+        with pytest.raises(DelrecError, match="in use by another run"):
+            with cli.held_run_folder(tmp_path):
+                pytest.fail("the stage started")
+    assert len(sent) == 1 and "in use by another run" in sent[0], "the refusal is sent to the other processes"
+    with cli.held_run_folder(tmp_path):
+        with pytest.raises(DelrecError, match="in use by another run"):
+            with runner.run_folder_lock(tmp_path):
+                pass
+    assert sent[1] is None, "the others are told to go on"
+
+
+def test_under_a_launcher_the_other_processes_follow_the_main_ones_outcome(monkeypatch, tmp_path):
+    """They do not take the lock (the main process holds it: taking it would refuse them), and stop
+    when the main process was refused instead of waiting for it in the stage's first collective."""
+    sent = launched_as(monkeypatch, main_process=False)
+    with runner.run_folder_lock(tmp_path):  # held by the main process of the same launch
+        with cli.held_run_folder(tmp_path):
+            pass
+    launched_as(monkeypatch, main_process=False, main_says=f"{tmp_path} is in use by another run (pid 1)")
+    with pytest.raises(DelrecError, match=r"in use by another run \(pid 1\)"):
+        with cli.held_run_folder(tmp_path):
+            pytest.fail("the stage started")
+    assert sent == [None]
