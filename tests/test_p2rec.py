@@ -138,26 +138,126 @@ def test_items_outside_every_train_sequence_are_not_clustered(world):
 # -- leakage ------------------------------------------------------------------------------------------
 
 
-def test_no_valid_or_test_target_reaches_p2rec_training(world, monkeypatch):
+def check_sft_prompts_per_user(config: RunConfig, data, backbone, prompts: list[list[int]]) -> None:
+    """Each SFT prompt (training users', then held-out users', as ``split_users`` orders them) shows its own
+    user's latest train items and nothing else."""
+    train_users, held_users = p2stage.split_users(config, data)
+    users = [*train_users, *held_users]
+    assert len(prompts) == len(users), f"{len(prompts)} SFT prompts for {len(users)} users"
+    builder = PreferencePrompts(backbone, config.llm, data.titles, config.p2rec.history_len)
+    for u, ids in zip(users, prompts, strict=True):
+        assert list(ids) == builder.ids(data.train_items(u)), f"the SFT prompt of user {u} is not built from that user's train items"
+
+
+def check_examples_per_user(examples, data) -> None:
+    """Every teacher training example (inputs and labels) holds only its own user's train items."""
+    for row, u in enumerate(examples.users.tolist()):
+        items = (set(examples.inputs[row].tolist()) | set(examples.labels[row].tolist())) - {0}
+        targets = {data.target(u, "valid"), data.target(u, "test")}
+        assert not items & targets, f"an example of user {u} holds their valid/test target {sorted(items & targets)}"
+        foreign = items - set(data.train_items(u))
+        assert not foreign, f"an example of user {u} holds items {sorted(foreign)} outside that user's train items"
+
+
+def run_leakage_check(world, monkeypatch, name: str, seen: dict) -> None:
     """The SFT (categories, targets, prompts, held-out selection, item states) reads no valid or test target
-    at all; the enhanced teacher's fit reads valid targets only for early stopping, as the plain teacher."""
+    at all; the enhanced teacher's fit reads valid targets only for early stopping, as the plain teacher.
+    Each user's SFT prompt and each training example hold that user's train items only. ``seen`` receives
+    the SFT prompts and the teacher's training examples."""
     root, data, backbone, teachers = world
     config = small_config(variants=("p2rec-sasrec",), seeds=())
-    paths = fresh_paths(root, "leak", teachers)
+    paths = fresh_paths(root, name, teachers)
+    real_task_init = p2stage.PreferenceTask.__init__
+
+    def spy_task(self, model, train_ids, train_targets, heldout_ids, *args, **kwargs):
+        seen["sft"] = [*train_ids, *heldout_ids]
+        real_task_init(self, model, train_ids, train_targets, heldout_ids, *args, **kwargs)
+
+    monkeypatch.setattr(p2stage.PreferenceTask, "__init__", spy_task)
     p2stage.run_sft(config, paths, TrainOnlyData(data, allow_valid=False), backbone, 4, progress=False)
     real_fit = p2stage.fit
-    seen = {}
 
     def guarded_fit(model, spec, fit_data, *args, **kwargs):
-        guarded = TrainOnlyData(fit_data, allow_valid=True)
-        result, examples = real_fit(model, spec, guarded, *args, **kwargs)
-        seen["inputs"] = set(np.unique(examples.inputs).tolist()) | set(np.unique(examples.labels).tolist())
+        result, examples = real_fit(model, spec, TrainOnlyData(fit_data, allow_valid=True), *args, **kwargs)
+        seen.setdefault("examples", []).append(examples)
         return result, examples
 
     monkeypatch.setattr(p2stage, "fit", guarded_fit)
     run_p2rec(config, paths, data, backbone, progress=False)
-    train_items = set().union(*(data.train_items(int(u)) for u in data.user_ids())) | {0}
-    assert seen["inputs"] <= train_items
+    check_sft_prompts_per_user(config, data, backbone, seen["sft"])
+    assert len(seen["examples"]) == 1  # the one enhanced teacher
+    for examples in seen["examples"]:
+        check_examples_per_user(examples, data)
+
+
+def test_no_valid_or_test_target_reaches_p2rec_training(world, monkeypatch):
+    run_leakage_check(world, monkeypatch, "leak", {})
+
+
+def _next_user(data):
+    users = [int(u) for u in data.user_ids()]
+    return dict(zip(users, users[1:] + users[:1], strict=True))
+
+
+def _prompts_of_the_next_user(world, monkeypatch):
+    _, data, _, _ = world
+    other, real = _next_user(data), p2stage.shown_items
+    monkeypatch.setattr(p2stage, "shown_items", lambda d, u, n: real(d, other[int(u)], n))
+
+
+def _examples_of_the_next_user(world, monkeypatch):
+    from delrec_lib.teachers import stage as tstage
+
+    _, data, _, _ = world
+    other, real = _next_user(data), tstage.training_examples
+
+    def examples(spec, fit_data):
+        ex = real(spec, fit_data)
+        return dataclasses.replace(ex, users=np.array([other[int(u)] for u in ex.users], dtype=np.int64))
+
+    monkeypatch.setattr(tstage, "training_examples", examples)
+
+
+def _valid_targets_as_labels(world, monkeypatch):
+    """The latest label of each example becomes the user's valid target, for users whose valid target is
+    another user's train item: a leak that the union of every user's train items cannot see."""
+    from delrec_lib.teachers import stage as tstage
+
+    _, data, _, _ = world
+    union = set().union(*(data.train_items(int(u)) for u in data.user_ids()))
+    leak = {int(u): data.target(int(u), "valid") for u in data.user_ids() if data.target(int(u), "valid") in union}
+    assert leak, "the fixture must have valid targets that are other users' train items"
+    real = tstage.training_examples
+
+    def examples(spec, fit_data):
+        ex = real(spec, fit_data)
+        labels = ex.labels.copy()
+        for row, u in enumerate(ex.users.tolist()):
+            labels[row, -1] = leak.get(u, labels[row, -1])
+        return dataclasses.replace(ex, labels=labels)
+
+    monkeypatch.setattr(tstage, "training_examples", examples)
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (_prompts_of_the_next_user, "the SFT prompt of user .* is not built from that user's train items"),
+        (_examples_of_the_next_user, r"an example of user \d+ holds"),
+        (_valid_targets_as_labels, "holds their valid/test target"),
+    ],
+)
+def test_leakage_check_fails_on_another_users_items_or_a_valid_target(world, monkeypatch, fault, message):
+    """Each fault passes the access guard and keeps every input inside the union of all users' train items
+    (what this check once compared against); the per-user check fails on it."""
+    _, data, _, _ = world
+    fault(world, monkeypatch)
+    seen: dict = {}
+    with pytest.raises(AssertionError, match=message):
+        run_leakage_check(world, monkeypatch, f"leak-{fault.__name__}", seen)
+    union = set().union(*(data.train_items(int(u)) for u in data.user_ids())) | {0}
+    for examples in seen.get("examples", []):
+        assert set(np.unique(examples.inputs).tolist()) | set(np.unique(examples.labels).tolist()) <= union
 
 
 # -- the initialisation ------------------------------------------------------------------------------
