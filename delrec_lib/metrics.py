@@ -1,4 +1,5 @@
-"""Ranking metrics, bootstrap confidence intervals over users, and paired tests between methods.
+"""Ranking metrics, bootstrap confidence intervals over users, paired tests between methods and Holm's
+adjustment of a family of their p-values.
 
 One module for every stage: teachers, zero-shot LLM, distillation fidelity, fine-tuning and the
 final evaluation all turn scores into the same per-user metrics and average them the same way
@@ -139,6 +140,26 @@ def paired_test(
         p = float((np.sum(np.abs(null) >= abs(observed) - 1e-12) + 1) / (n_resamples + 1))
     _, low, high = bootstrap_ci(d, n_boot=min(n_resamples, 2000), ci=ci, seed=seed)
     return {"mean_diff": float(observed), "ci_low": low, "ci_high": high, "p_value": p, "users": len(d)}
+
+
+def holm_adjust(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment of one family of p-values, in the order given.
+
+    The family is every test whose conclusions are read together (a table's comparisons); rejecting
+    where the adjusted value is below alpha keeps the chance of any false rejection in the family at
+    most alpha. With the m p-values sorted ascending, the i-th smallest (i from 0) becomes
+    max over j <= i of min(1, (m - j) * p_(j)): never below the raw value, monotone in it, at most 1.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"holm_adjust needs a 1-D array of p-values, got shape {p.shape}")
+    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+        raise ValueError(f"holm_adjust: p-values must lie in [0, 1], got {p.tolist()}")
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate(np.minimum(1.0, (len(p) - np.arange(len(p))) * p[order]))
+    out = np.empty_like(p)
+    out[order] = stepped
+    return out
 
 
 def format_ci(row: pd.Series, digits: int = 4) -> str:

@@ -5,6 +5,7 @@ import pytest
 
 from delrec_lib.metrics import (
     bootstrap_ci,
+    holm_adjust,
     metrics_from_counts,
     paired_test,
     per_user_metrics,
@@ -109,3 +110,19 @@ def test_bootstrap_ci_of_identical_users_has_no_width():
     assert bootstrap_ci(np.full(50, 0.25)) == (0.25, 0.25, 0.25)
     with pytest.raises(ValueError, match="non-empty"):
         bootstrap_ci(np.array([]))
+
+
+def test_holm_adjust_matches_a_hand_computed_family():
+    """Sorted: 0.005, 0.01, 0.03, 0.04 -> 4 x 0.005 = 0.02, 3 x 0.01 = 0.03, 2 x 0.03 = 0.06, 1 x 0.04 = 0.04
+    raised to the running maximum 0.06; back in the order given."""
+    p = np.array([0.01, 0.04, 0.03, 0.005])
+    adjusted = holm_adjust(p)
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert (adjusted >= p).all()
+    order = np.argsort(p)
+    assert (np.diff(adjusted[order]) >= 0).all(), "monotone in the raw p-value"
+    assert holm_adjust([0.6, 0.7, 0.2]).tolist() == pytest.approx([1.0, 1.0, 0.6]), "capped at 1"
+    assert holm_adjust([0.02]).tolist() == [0.02] and holm_adjust([]).tolist() == []
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm_adjust([0.1, float("nan")])
+
