@@ -17,7 +17,7 @@ from .data.explore import item_popularity
 from .data.processed import ProcessedData
 from .evaluation import POPULARITY, MethodResult, aligned, split_inputs
 from .methods import Curve, MethodContext, families, family_of
-from .metrics import paired_test, per_user_frame
+from .metrics import holm_adjust, paired_test, per_user_frame
 
 SHUFFLE_KIND = "order-diagnostic"
 
@@ -145,7 +145,11 @@ def shuffled_results(ctx: MethodContext, method: str, users: list[int]) -> pd.Da
 
 def order_diagnostic(original: dict[str, MethodResult], shuffled: dict[str, pd.DataFrame],
                      metrics=("HR@1", "NDCG@10"), seed: int = 0) -> pd.DataFrame:  # fmt: skip
-    """Each method's metric on the same users with the original and with shuffled history order."""
+    """Each method's metric on the same users with the original and with shuffled history order.
+
+    ``p_value`` is the raw p-value of the paired test of the drop, ``p_holm`` its Holm adjustment within
+    this table: the order diagnostic's tests (every method and metric) are one family, apart from the
+    evaluation's paired tests."""
     rows = []
     for method, sh in shuffled.items():
         orig = original[method].per_user.set_index("user_id").loc[sh["user_id"]]
@@ -155,7 +159,10 @@ def order_diagnostic(original: dict[str, MethodResult], shuffled: dict[str, pd.D
             rows.append({"method": method, "metric": m, "users": len(sh), "original": float(orig[m].mean()),
                          "shuffled": float(sh[m].mean()), "drop": test["mean_diff"], "drop_ci_low": test["ci_low"],
                          "drop_ci_high": test["ci_high"], "p_value": test["p_value"]})  # fmt: skip
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows, columns=["method", "metric", "users", "original", "shuffled", "drop", "drop_ci_low",
+                                      "drop_ci_high", "p_value"])  # fmt: skip
+    out["p_holm"] = holm_adjust(out["p_value"].to_numpy())
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,13 +170,17 @@ def order_diagnostic(original: dict[str, MethodResult], shuffled: dict[str, pd.D
 # --------------------------------------------------------------------------------------------
 
 
-def _sig(p: float, alpha: float = 0.05) -> str:
-    return f"significant (p = {p:.3g})" if p < alpha else f"not significant (p = {p:.3g})"
+def _sig(p_holm: float, p_raw: float, alpha: float = 0.05) -> str:
+    """Significance by the Holm-adjusted p-value, the raw one beside it."""
+    verdict = "significant" if p_holm < alpha else "not significant"
+    return f"{verdict} (Holm-adjusted p = {p_holm:.3g}, raw p = {p_raw:.3g})"
 
 
 def reading(table: pd.DataFrame, paired: pd.DataFrame, agreement: pd.DataFrame | None, order: pd.DataFrame | None,
             metric: str = "NDCG@10") -> str:  # fmt: skip
-    """A short paragraph per finding, every number taken from the tables passed in."""
+    """A short paragraph per finding, every number taken from the tables passed in. Significance is stated
+    by the Holm-adjusted p-values (``p_holm``) of ``paired`` (``evaluation.paired_comparisons``) and
+    ``order`` (``order_diagnostic``)."""
     means = table[(metric, "mean")].sort_values(ascending=False)
     best, second = means.index[0], means.index[1] if len(means) > 1 else None
     lines = [f"- **Best method by {metric}**: {best} with {means.iloc[0]:.4f} "
@@ -185,7 +196,7 @@ def reading(table: pd.DataFrame, paired: pd.DataFrame, agreement: pd.DataFrame |
             continue
         direction = "above" if row.mean_diff > 0 else "below"
         lines.append(f"- **{row.method} vs {row.versus}** ({row.metric}): {abs(row.mean_diff):.4f} {direction} "
-                     f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}], {_sig(row.p_value)}.")  # fmt: skip
+                     f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}], {_sig(row.p_holm, row.p_value)}.")  # fmt: skip
     if agreement is not None and len(agreement):
         for (student, teacher), g in agreement.groupby(["student", "teacher"], sort=False):
             right = g[g["group"] == "teacher right"].iloc[0]
@@ -200,9 +211,9 @@ def reading(table: pd.DataFrame, paired: pd.DataFrame, agreement: pd.DataFrame |
     if order is not None and len(order):
         o = order[order["metric"] == metric]
         for row in o.itertuples(index=False):
-            effect = "uses the order" if row.p_value < 0.05 and row.drop > 0 else "shows no significant use of the order"
+            effect = "uses the order" if row.p_holm < 0.05 and row.drop > 0 else "shows no significant use of the order"
             lines.append(f"- **Shuffled history, {row.method}**: {metric} {row.original:.4f} -> {row.shuffled:.4f} "
-                         f"(drop {row.drop:+.4f}, {_sig(row.p_value)}): it {effect}.")  # fmt: skip
+                         f"(drop {row.drop:+.4f}, {_sig(row.p_holm, row.p_value)}): it {effect}.")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -13,7 +13,12 @@ the user has not interacted with (history masked, the kit's protocol) and agains
 
 Secondary, LLaRA-compatible protocol for methods that generate: the model greedily *generates* an
 answer after the same prompt with the candidates listed; ValidRatio is the share of answers whose
-first line names exactly one of the candidates, HR@1 the share that name the target.
+first line names exactly one of the candidates, HR@1 the share that name the target. Two matching
+rules are reported side by side (``MATCH_RULES``): "strict", the first line is a candidate's title,
+and "words", a candidate's title occurs in the first line as whole words; both are case-sensitive.
+
+Paired tests come with Holm-adjusted p-values (``p_holm``) within a family of tests that are read
+together; ``paired_comparisons`` says which.
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ from .artifacts import atomic_dir, atomic_write_text, build_manifest, is_complet
 from .config import RunConfig
 from .data.processed import ProcessedData
 from .methods import MethodContext, Recommender, family_of, run_methods
-from .metrics import METRICS, metrics_from_counts, paired_test, per_user_frame, per_user_metrics, summarize
+from .metrics import (
+    METRICS,
+    holm_adjust,
+    metrics_from_counts,
+    paired_test,
+    per_user_frame,
+    per_user_metrics,
+    summarize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +52,8 @@ EVAL_KIND = "method-evaluation"
 POPULARITY = "popularity"
 ZERO_SHOT = "zero-shot"
 # Bumped when the protocol changes, so cached evaluations are recomputed.
-GENERATION_PROTOCOL = "llara-v2: candidates listed in the prompt; valid = first line names exactly one candidate"
+GENERATION_PROTOCOL = ("llara-v3: candidates listed in the prompt; valid = first line names exactly one candidate, "
+                       "by two case-sensitive rules: strict (the line is the title) and words (the title occurs in it)")
 CATALOGUE_PROTOCOLS = ("masked", "unmasked")
 
 
@@ -48,7 +62,8 @@ class MethodResult:
     method: str
     kind: str  # "baseline" | "teacher" | "llm"
     per_user: pd.DataFrame  # user_id, target_position, top1, rank, HR@1 ... MRR (the 20 candidates)
-    generations: pd.DataFrame | None = None  # generating methods: user_id, answer, matched, valid, hit
+    # generating methods: user_id, answer, and matched_<rule>, valid_<rule>, hit_<rule> per MATCH_RULES rule
+    generations: pd.DataFrame | None = None
     catalogue: pd.DataFrame | None = None  # full-catalogue methods: per user and protocol (masked/unmasked)
 
 
@@ -94,32 +109,78 @@ def catalogue_frame(users: np.ndarray, scores: np.ndarray, histories, targets: n
 
 
 def normalise_title(text: str) -> str:
-    text = text.strip().strip('"').strip().lower()
+    """A title without surrounding quotes, its trailing "(year)" and repeated whitespace (case kept)."""
+    text = text.strip().strip('"').strip()
     text = re.sub(r"\s*\(\d{4}\)\s*$", "", text)
     return " ".join(text.split())
 
 
+def _first_line(answer: str) -> str:
+    """The answer's first line, whitespace collapsed: small models often go on listing more titles after
+    their answer."""
+    return " ".join(answer.strip().split("\n", 1)[0].split())
+
+
+def _title_forms(candidates: list[str]) -> list[set[str]]:
+    """Each candidate's accepted forms: its title as shown and, unless another candidate has the same title
+    without it ("Hamlet (1948)", "Hamlet (1996)"), the title without its year."""
+    full = [" ".join(t.split()) for t in candidates]
+    short = [normalise_title(t) for t in candidates]
+    return [{f, s} if short.count(s) == 1 else {f} for f, s in zip(full, short, strict=True)]
+
+
+_WRAPPERS = "\"'\u201c\u201d\u2018\u2019*`"  # quotes and Markdown emphasis around an answer
+_TRAILING = ".,;:!?"
+
+
+def _unwrapped(line: str) -> list[str]:
+    """``line``, then each shorter form as surrounding quotes or emphasis and trailing punctuation are
+    dropped one step at a time ('"Airplane!".' -> 'Airplane!".', 'Airplane!"', 'Airplane!', 'Airplane')."""
+    out = [line]
+    while out[-1]:
+        last = out[-1]
+        shorter = last.strip(_WRAPPERS).strip() if last[0] in _WRAPPERS or last[-1] in _WRAPPERS else last
+        if shorter == last and last[-1] in _TRAILING:
+            shorter = last[:-1].rstrip()
+        if shorter == last:
+            break
+        out.append(shorter)
+    return out
+
+
+def strict_candidates(answer: str, candidates: list[str]) -> list[int]:
+    """Indices of the candidates whose title the answer's first line *is* (the strict rule).
+
+    The first line (whitespace collapsed) must equal a candidate's title as shown, or the title without
+    its year as ``_title_forms`` allows; case counts. Only quotes or Markdown emphasis around it and
+    punctuation after it may be dropped, the least needed: '"Fargo (1996)".' names "Fargo (1996)",
+    "Airplane!" names "Airplane! (1980)", "I recommend Fargo" names nothing. Wherever the strict
+    rule names one candidate, the words rule (``named_candidates``) names the same one.
+    """
+    forms = _title_forms(candidates)
+    for line in _unwrapped(_first_line(answer)):
+        named = [i for i, f in enumerate(forms) if line in f]
+        if named:
+            return named
+    return []
+
+
 def _occurrences(text: str, title: str) -> list[tuple[int, int]]:
-    """Spans where ``title`` occurs in ``text`` as whole words (not inside a longer word)."""
+    """Spans where ``title`` occurs in ``text`` as whole words (not inside a longer word), case-sensitive."""
     pattern = r"(?<!\w)" + re.escape(title) + r"(?!\w)"
     return [m.span() for m in re.finditer(pattern, text)]
 
 
 def named_candidates(answer: str, candidates: list[str]) -> list[int]:
-    """Indices of the candidates whose whole title occurs in the answer's first line (LLaRA's rule,
-    made strict).
+    """Indices of the candidates whose whole title occurs in the answer's first line (the words rule:
+    LLaRA's, made stricter).
 
-    Small models often go on listing more titles after their answer, hence the first line. A
-    title counts where it stands as whole words and is not part of a longer candidate's title
-    there: "Babe: Pig in the City" names that film, not "Babe" as well. A candidate's year may be
-    left out unless another candidate has the same title without it ("Hamlet (1948)", "Hamlet
-    (1996)").
+    A title counts where it stands as whole words, with its case, and is not part of a longer
+    candidate's title there: "Babe: Pig in the City" names that film, not "Babe" as well, and "a big
+    hit" does not name "Big". The year may be left out as in ``_title_forms``.
     """
-    first = " ".join(answer.strip().split("\n", 1)[0].lower().split())
-    full = [" ".join(t.strip().lower().split()) for t in candidates]
-    short = [normalise_title(t) for t in candidates]
-    forms = [{f, s} if short.count(s) == 1 else {f} for f, s in zip(full, short, strict=True)]
-    spans = [[sp for form in fs if form for sp in _occurrences(first, form)] for fs in forms]
+    first = _first_line(answer)
+    spans = [[sp for form in forms if form for sp in _occurrences(first, form)] for forms in _title_forms(candidates)]
 
     def inside_longer(span: tuple[int, int], i: int) -> bool:
         return any(a <= span[0] and span[1] <= b and (b - a) > (span[1] - span[0])
@@ -128,14 +189,21 @@ def named_candidates(answer: str, candidates: list[str]) -> list[int]:
     return [i for i, own in enumerate(spans) if any(not inside_longer(sp, i) for sp in own)]
 
 
+# Each rule: (answer, candidate titles) -> the candidates the answer names; valid when exactly one.
+MATCH_RULES = {"strict": strict_candidates, "words": named_candidates}
+
+
 def generation_metrics(users, answers: list[str], shown: list[list[str]], labels) -> pd.DataFrame:
-    """Per user: the answer, the candidate it names (-1 unless exactly one), valid, hit."""
+    """Per user: the answer and, per rule of ``MATCH_RULES``, matched_<rule> (the candidate it names, -1
+    unless exactly one), valid_<rule> and hit_<rule>."""
     rows = []
     for user, answer, titles, label in zip(users, answers, shown, labels, strict=True):
-        named = named_candidates(answer, titles)
-        matched = named[0] if len(named) == 1 else -1
-        rows.append({"user_id": int(user), "answer": answer, "matched": matched, "valid": matched >= 0,
-                     "hit": matched == int(label)})  # fmt: skip
+        row = {"user_id": int(user), "answer": answer}
+        for rule, match in MATCH_RULES.items():
+            named = match(answer, titles)
+            matched = named[0] if len(named) == 1 else -1
+            row |= {f"matched_{rule}": matched, f"valid_{rule}": matched >= 0, f"hit_{rule}": matched == int(label)}
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -249,18 +317,38 @@ def format_table(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     return out
 
 
-def paired_comparisons(results: dict[str, MethodResult], pairs: list[tuple[str, str]], metrics: tuple[str, ...],
-                       seed: int = 0) -> pd.DataFrame:  # fmt: skip
-    """Paired sign-flip tests of method a against method b on the same users, per metric."""
+MAIN_FAMILY = "main"
+PAIRED_COLUMNS = ["method", "versus", "metric", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm", "family",
+                  "family_size", "users"]  # fmt: skip
+
+
+def paired_comparisons(results: dict[str, MethodResult], pairs: list[tuple[str, str]], metrics: tuple[str, ...], *,
+                       replicas: dict[str, tuple[str, int]], seed: int = 0) -> pd.DataFrame:  # fmt: skip
+    """Paired sign-flip tests of method a against method b on the same users, per metric, with the raw
+    p-value (``p_value``) and its Holm adjustment within the test's family (``p_holm``).
+
+    A family is the set of tests read together, all metrics included: family "main" is every
+    comparison between the run's methods as trained (the study's table of comparisons); the
+    comparisons of another seed's copies (``replicas``: ``methods.replicates``) are "seed N", one
+    family per seed, as each seed repeats the study's comparisons for its copies. So a main comparison
+    gets the same ``p_holm`` whether or not the seeds' copies are among ``results``. ``family_size``
+    is the number of tests in the row's family.
+    """
     frames = aligned(results)
     rows = []
     for a, b in pairs:
         if a not in frames or b not in frames:
             continue
+        seeds = sorted({str(replicas[x][1]) for x in (a, b) if x in replicas})
+        family = f"seed {'/'.join(seeds)}" if seeds else MAIN_FAMILY
         for m in metrics:
             r = paired_test(frames[a][m].to_numpy(), frames[b][m].to_numpy(), seed=seed)
-            rows.append({"method": a, "versus": b, "metric": m, **r})
-    return pd.DataFrame(rows)
+            rows.append({"method": a, "versus": b, "metric": m, **r, "family": family})
+    out = pd.DataFrame(rows, columns=[c for c in PAIRED_COLUMNS if c not in ("p_holm", "family_size")])
+    by_family = out.groupby("family", sort=False)["p_value"]
+    out["p_holm"] = by_family.transform(holm_adjust) if len(out) else []
+    out["family_size"] = by_family.transform("size") if len(out) else []
+    return out[PAIRED_COLUMNS]
 
 
 def chance_table(num_candidates: int, digits: int = 4) -> pd.DataFrame:
@@ -286,12 +374,17 @@ def catalogue_table(results: dict[str, MethodResult], protocol: str = "masked", 
 
 
 def generation_table(results: dict[str, MethodResult]) -> pd.DataFrame:
+    """Per generating method, the matching rules side by side: ValidRatio_<rule> (share of answers that
+    name exactly one candidate), HR@1_<rule> (share that name the target) and "HR@1 among valid_<rule>"."""
     rows = {}
     for m, r in results.items():
         if r.generations is not None and len(r.generations):
             g = r.generations
-            rows[m] = {"users": len(g), "ValidRatio": g["valid"].mean(), "HR@1": g["hit"].mean(),
-                       "HR@1 among valid": g.loc[g["valid"], "hit"].mean() if g["valid"].any() else float("nan")}  # fmt: skip
+            valid = {rule: g[f"valid_{rule}"].astype(bool) for rule in MATCH_RULES}
+            hit = {rule: g[f"hit_{rule}"].astype(bool) for rule in MATCH_RULES}
+            rows[m] = {"users": len(g), **{f"ValidRatio_{k}": v.mean() for k, v in valid.items()},
+                       **{f"HR@1_{k}": h.mean() for k, h in hit.items()},
+                       **{f"HR@1 among valid_{k}": hit[k][v].mean() if v.any() else float("nan") for k, v in valid.items()}}  # fmt: skip
     return pd.DataFrame(rows).T
 
 
@@ -299,8 +392,10 @@ def seed_study(paired: pd.DataFrame, replicas: dict[str, tuple[str, int]]) -> tu
     """The paired tests of every comparison whose methods were also trained with other seeds, one row per
     seed ("run" is the methods as the run trains them; N their copies with seed N, compared with each
     other), and a summary per comparison and metric: the seeds' mean difference, its spread (sample sd),
-    and how many seeds have p < 0.05 in each direction. ``replicas``: ``methods.replicates``."""
-    cols = ["method", "versus", "metric", "seed", "mean_diff", "ci_low", "ci_high", "p_value"]
+    and how many seeds have a Holm-adjusted p < 0.05 in each direction. ``paired``: ``paired_comparisons``,
+    whose ``p_holm`` each row keeps (the run's row adjusted within the main family, seed N's within
+    seed N's). ``replicas``: ``methods.replicates``."""
+    cols = ["method", "versus", "metric", "seed", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm"]
     rows = []
     for r in paired.to_dict(orient="records"):
         a, b = replicas.get(r["method"]), replicas.get(r["versus"])
@@ -317,16 +412,16 @@ def seed_study(paired: pd.DataFrame, replicas: dict[str, tuple[str, int]]) -> tu
         summary.append({"method": m, "versus": v, "metric": metric, "seeds": len(g), "mean_diff": g["mean_diff"].mean(),
                         "sd_diff": g["mean_diff"].std(ddof=1) if len(g) > 1 else float("nan"),
                         "min_diff": g["mean_diff"].min(), "max_diff": g["mean_diff"].max(),
-                        "seeds_p<0.05_above": int(((g["p_value"] < 0.05) & (g["mean_diff"] > 0)).sum()),
-                        "seeds_p<0.05_below": int(((g["p_value"] < 0.05) & (g["mean_diff"] < 0)).sum())})  # fmt: skip
+                        "seeds_p_holm<0.05_above": int(((g["p_holm"] < 0.05) & (g["mean_diff"] > 0)).sum()),
+                        "seeds_p_holm<0.05_below": int(((g["p_holm"] < 0.05) & (g["mean_diff"] < 0)).sum())})  # fmt: skip
     return per_seed, pd.DataFrame(summary)
 
 
 def write_tables(paths: Any, table: pd.DataFrame, paired: pd.DataFrame, generation: pd.DataFrame,
                  catalogue: dict[str, pd.DataFrame] | None = None, chance: pd.DataFrame | None = None,
                  seeds: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> dict[str, Path]:  # fmt: skip
-    """results.csv / results.md (and the paired tests, the generation protocol, the full-catalogue tables
-    per protocol and the seed study's per-seed tests and summary) under ``<run>/eval/``."""
+    """results.csv / results.md (and the paired tests with their Holm families, the generation protocol, the
+    full-catalogue tables per protocol and the seed study's per-seed tests and summary) under ``<run>/eval/``."""
     flat = table.copy()
     flat.columns = [f"{m} {c}" for m, c in flat.columns]
     files = {

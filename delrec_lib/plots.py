@@ -102,10 +102,10 @@ def plot_order_diagnostic(order, metric: str = "NDCG@10", ax: plt.Axes | None = 
     ax.bar(x - 0.2, o["original"], 0.4, label="original order")
     ax.bar(x + 0.2, o["shuffled"], 0.4, label="history shuffled")
     for i, row in o.iterrows():
-        star = "*" if row["p_value"] < 0.05 else ""
+        star = "*" if row["p_holm"] < 0.05 else ""
         ax.text(i, max(row["original"], row["shuffled"]), f"{-row['drop']:+.3f}{star}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, o["method"], rotation=20)
-    ax.set(ylabel=metric, title=f"Order diagnostic (* p < 0.05, n={int(o['users'].iloc[0]) if len(o) else 0})")
+    ax.set(ylabel=metric, title=f"Order diagnostic (* Holm-adjusted p < 0.05, n={int(o['users'].iloc[0]) if len(o) else 0})")
     ax.legend(fontsize=8)
     return ax
 
