@@ -32,7 +32,9 @@ No valid or test target is shown as history, and no training input is chosen *by
 Held-out users are never trained on and never shown as in-context examples. They form two
 disjoint sets: the *selection* set's RPS fidelity (how often the LLM's top-1 equals the
 teacher's), every ``eval_every`` steps, picks the best step; the *report* set is scored before
-training and with the selected soft prompt only, so its numbers carry no selection bias. Beside
+training and with the selected soft prompt only, so its numbers carry no selection bias. The report
+set comes from the data's fixed report users (``report_users.json``), which no stage-1 setting
+trains or selects on (``split_users``). Beside
 them, rankings that need no model on the same examples (``heuristic_hits``): the most popular
 candidate, for RPS also the most popular candidate the prompt does not list, and chance.
 """
@@ -61,6 +63,7 @@ from .artifacts import (
     read_manifest,
     require_config,
     require_inputs,
+    sha256_json,
     to_jsonable,
     verify_outputs,
     write_manifest,
@@ -163,25 +166,37 @@ class UserSplit(NamedTuple):
 
 
 def split_users(data: ProcessedData, config: Any, max_users: int | None = None) -> UserSplit:
-    """A seeded shuffle: the report set first, then the selection set, then the training users.
+    """The report set from the data's fixed report users, the selection and training sets from the others.
 
-    At most half the users are held out; data too small for the configured sets (the tests, a
-    ``max_users`` run) shrinks both in proportion, with a warning.
+    The report set is the first ``heldout_users`` of the data's fixed report users (``data.report_users``,
+    a property of the processed data with its own seed) among the run's users, in their fixed order. The
+    selection set (the first ``selection_users`` of a ``seed``-ed shuffle) and the training users are
+    drawn from the users outside the *whole* fixed set, so no stage-1 setting (seed, set sizes,
+    ``max_train_users``, ``max_users``) can move a report user into training or selection; fixed-set users
+    beyond ``heldout_users`` are left out. Data too small for the configured sets (the tests, a
+    ``max_users`` run) shrinks them with a warning: the report set to the fixed users present, the
+    selection set to half the other users.
     """
     users = data.user_ids(max_users).tolist()
+    present = set(users)
+    fixed = data.report_users
+    available = [u for u in fixed if u in present]
+    report = available[: config.heldout_users]
+    if not report:
+        raise DataError(f"stage 1: none of the {len(users)} users is one of the data's {len(fixed)} fixed report "
+                        f"users ({data.directory / 'report_users.json'}); raise max_users")  # fmt: skip
+    taken = set(fixed)
     rng = np.random.default_rng([config.seed, 7])
-    users = [int(u) for u in rng.permutation(users)]
-    n_report, n_select = config.heldout_users, config.selection_users
-    room = len(users) // 2
-    if n_report + n_select > room:
-        if room < 2:
-            raise DataError(f"stage 1: {len(users)} users; at least 4 are needed (a selection and a report user held out)")
-        n_select = max(1, room * n_select // (n_report + n_select))
-        n_report = room - n_select
-        log.warning("stage 1: %d users cannot spare distill.heldout_users=%d + distill.selection_users=%d; "
-                    "holding out %d report + %d selection users", len(users), config.heldout_users,
-                    config.selection_users, n_report, n_select)  # fmt: skip
-    report, selection, train = users[:n_report], users[n_report : n_report + n_select], users[n_report + n_select :]
+    others = [int(u) for u in rng.permutation([u for u in users if u not in taken])]
+    n_select = min(config.selection_users, len(others) // 2)
+    if n_select < 1:
+        raise DataError(f"stage 1: {len(others)} of the {len(users)} users are outside the fixed report set; at "
+                        "least 2 are needed (a selection and a training user)")  # fmt: skip
+    if len(report) < config.heldout_users or n_select < config.selection_users:
+        log.warning("stage 1: %d users (%d of them fixed report users) cannot spare distill.heldout_users=%d + "
+                    "distill.selection_users=%d; holding out %d report + %d selection users", len(users),
+                    len(available), config.heldout_users, config.selection_users, len(report), n_select)  # fmt: skip
+    selection, train = others[:n_select], others[n_select:]
     if config.max_train_users is not None:
         train = train[: config.max_train_users]
     return UserSplit(sorted(train), sorted(selection), sorted(report))
@@ -378,6 +393,7 @@ def distill_inputs(data: ProcessedData, teacher_dir: Path, backbone: Any, llm_co
         "teacher": artifact_id(read_manifest(teacher_dir)),
         "backbone": backbone.identity,
         "template": prompt_format_id(backbone, llm_config, num_soft_tokens),
+        "report_users": data.report_users_id,  # the fixed report set the users are split around
     }
 
 
@@ -484,6 +500,8 @@ def run_distillation(
         },
         "train_users": len(task.users),
         "heldout_users": len(report["rps"]),
+        # Who the report set is: equal hashes, same users (of the data's fixed report set, ``fixed_set``).
+        "report_users": {"hash": sha256_json(sorted(report["rps"])), "fixed_set": data.report_users_id},
         "selection_users": len(selection["rps"]),
         "steps": result.steps,
         "best_step": result.best_step,

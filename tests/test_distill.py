@@ -77,7 +77,7 @@ def test_examples_show_train_items_and_the_teachers_ranking_as_it_is(world):
     preds = teacher_predictions(topk, data)
     cfg = config().distill
     users = split_users(data, cfg)
-    examples = build_examples(data, preds, users.train + users.selection + users.report, cfg, donors=users.train)
+    examples = build_examples(data, preds, data.user_ids().tolist(), cfg, donors=users.train)
     ta, rps = examples["ta"], examples["rps"]
     assert len(ta) == len(rps) == data.num_users
     for row in topk.itertuples():
@@ -215,13 +215,15 @@ def test_heuristic_baselines_on_hand_made_examples():
 def test_held_out_sets_are_disjoint_sized_and_shrink_loudly(world, caplog):
     _, data, _ = world
     users = split_users(data, config().distill)
-    assert (len(users.report), len(users.selection), len(users.train)) == (10, 6, 24)
+    fixed, others = len(data.report_users), data.num_users - len(data.report_users)  # 13 fixed report users of 40
+    assert (len(users.report), len(users.selection), len(users.train)) == (10, 6, others - 6)
     with caplog.at_level(logging.WARNING, logger="delrec_lib.distill"):
         small = split_users(data, DistillConfig(heldout_users=300, selection_users=100))
-    assert (len(small.report), len(small.selection)) == (15, 5) and "holding out 15 report + 5 selection" in caplog.text
+    assert (len(small.report), len(small.selection)) == (fixed, others // 2)
+    assert f"holding out {fixed} report + {others // 2} selection" in caplog.text
     assert len(set(small.train) | set(small.selection) | set(small.report)) == data.num_users
-    with pytest.raises(DataError, match="at least 4 are needed"):
-        split_users(data, config().distill, max_users=3)
+    with pytest.raises(DataError, match="at least 2 are needed"):
+        split_users(data, config().distill, max_users=2)
 
 
 def test_stage1_learns_a_fixed_teacher_and_leaves_the_backbone_untouched(world):

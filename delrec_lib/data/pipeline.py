@@ -6,7 +6,8 @@ Protocol (DESIGN.md, identical for every method):
   the valid history is the train items, the test history is train + valid target;
 - for each user and split, a candidate set of the target plus ``num_negatives`` items drawn
   uniformly without replacement from items the user never interacted with, seeded per
-  (seed, user, split) and shuffled; written once and used by every model.
+  (seed, user, split) and shuffled; written once and used by every model;
+- beside them, stage 1's fixed report users (``report_users.py``), outside the data's identity.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 from ..artifacts import atomic_dir, build_manifest, is_complete, write_manifest
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
+from .report_users import load_report_users
 from .sources import RawDataset, get_source
 from .titles import unique_titles, year_less_titles
 
@@ -243,6 +245,7 @@ def prepare_dataset(config: DataConfig, data_dir: str | Path) -> Path:
     inputs = {**raw.input_hashes, "processing": PROCESSING_VERSION}
     if is_complete(out, PROCESSED_KIND, inputs=inputs, config=config):
         log.info("%s is up to date", out)
+        write_report_users(out)
         return out
     tables = build_tables(raw, config.seed, config.num_negatives)
     with atomic_dir(out) as tmp:
@@ -255,4 +258,11 @@ def prepare_dataset(config: DataConfig, data_dir: str | Path) -> Path:
             extra={"dataset": raw.name, "source": raw.source, "seed": config.seed, **tables.stats},
         )  # fmt: skip
         write_manifest(tmp, manifest)
+    write_report_users(out)
     return out
+
+
+def write_report_users(out: Path) -> None:
+    """Stage 1's fixed report users beside the processed files (written after the manifest, which does
+    not list them: the data's identity stays that of the processed files alone)."""
+    load_report_users(out, pq.read_table(out / "splits.parquet", columns=["user_id"]).column("user_id").to_numpy())

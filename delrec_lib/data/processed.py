@@ -13,6 +13,7 @@ from ..artifacts import artifact_id, read_manifest, require_config, verify_outpu
 from ..config import DataConfig
 from ..errors import ConfigError
 from .pipeline import PROCESSED_KIND, SPLITS, processed_dir
+from .report_users import load_report_users
 
 
 @dataclass
@@ -29,6 +30,7 @@ class ProcessedData:
     splits: pd.DataFrame
     candidates: pd.DataFrame
     _split_index: dict = field(default_factory=dict, repr=False)
+    _report: dict | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self._split_index = {int(u): i for i, u in enumerate(self.splits["user_id"])}
@@ -59,6 +61,21 @@ class ProcessedData:
         if style not in columns:
             raise ConfigError(f"llm.title_style: expected one of {sorted(columns)}, got {style!r}")
         return ["", *self.items[columns[style]].tolist()]
+
+    @property
+    def report_users(self) -> list[int]:
+        """Stage 1's fixed report users, in their fixed order (``report_users.json``; see ``delrec_lib.data.report_users``)."""
+        return list(self._report_record()["users"])
+
+    @property
+    def report_users_id(self) -> str:
+        """The hash of the fixed report set, as ``report_users.json`` records it."""
+        return self._report_record()["hash"]
+
+    def _report_record(self) -> dict:
+        if self._report is None:
+            self._report = load_report_users(self.directory, self.user_ids())
+        return self._report
 
     def user_ids(self, max_users: int | None = None) -> np.ndarray:
         ids = self.splits["user_id"].to_numpy(np.int64)
