@@ -4,8 +4,11 @@
 ``outputs/<run>/notebooks/``, passing the preset, the run folder and the resolved config file
 as parameters. Each notebook ends by recording its metrics to ``outputs/<run>/metrics/``,
 which is what the tests read. The run folder is locked while the series runs, ``timings.json``
-records every execution, and ``--rerun STAGE`` recomputes a stage whatever its manifests say
-(README, "Running again").
+records every completed execution, and ``--rerun STAGE`` recomputes a stage whatever its manifests
+say (README, "Running again"). A notebook executes into a temporary file that replaces the
+executed notebook only when it completes; a failed, refused or interrupted execution is kept in
+``notebooks/failed/`` (its record in ``notebooks/failed/timings.json``), so it changes nothing else
+of the run.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from typing import Any
 from .artifacts import (
     MANIFEST_NAME,
     RunPaths,
+    atomic_write_bytes,
     atomic_write_json,
-    atomic_write_text,
     describe_kit,
     kit_identity,
     read_json,
@@ -98,6 +101,7 @@ OPTIONAL: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
 }
 
 LOCK_NAME = ".lock"
+FAILED_DIR = "failed"  # under the run's notebooks/: executions that did not complete
 
 
 def processed_data_dir(config: RunConfig) -> Path:
@@ -198,7 +202,8 @@ def run_folder_lock(root: Path) -> Iterator[None]:
     Stopping (rather than waiting) because a waiting run would mostly find everything done or would
     recompute with settings the first run has just overwritten; the message says who holds the folder.
     The lock is ``fcntl.flock`` on ``<root>/.lock``, released by the system when the process ends,
-    however it ends (no stale lock after a crash)."""
+    however it ends (no stale lock after a crash). The holder's description is emptied on release,
+    so that a run leaves the file as it found it."""
     import fcntl  # POSIX only: imported here so that notebooks can use this module anywhere
 
     root.mkdir(parents=True, exist_ok=True)
@@ -217,7 +222,10 @@ def run_folder_lock(root: Path) -> Iterator[None]:
         holder = {"pid": os.getpid(), "started_at": _now(), "command": " ".join(sys.argv)}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode("utf-8"), 0)
-        yield
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the lock
 
@@ -257,7 +265,8 @@ def run_series(
     names notebooks (or stages) whose artifacts are computed again whatever their manifests say.
     The arguments are checked before anything is written; the run folder is locked for the run
     (a second run on it stops at once); ``config.json`` is written once the run proceeds, and put
-    back as it was if no notebook completes.
+    back as it was if no notebook completes. A notebook that does not complete leaves its last
+    completed execution in ``notebooks/`` and ``timings.json`` as they were (see ``_execute``).
     """
     import papermill as pm
 
@@ -268,7 +277,7 @@ def run_series(
     notebooks = select_notebooks(every, only)
     forced = resolve_reruns(rerun, every, notebooks)
     with run_folder_lock(root):
-        previous = paths.config_file.read_text(encoding="utf-8") if paths.config_file.is_file() else None
+        previous = paths.config_file.read_bytes() if paths.config_file.is_file() else None
         atomic_write_json(paths.config_file, config_to_dict(config))
         done: list[str] = []
         try:
@@ -282,17 +291,23 @@ def run_series(
     return root
 
 
-def _restore_config(paths: RunPaths, previous: str | None) -> None:
+def _restore_config(paths: RunPaths, previous: bytes | None) -> None:
     """No notebook completed: the run's config.json goes back to describing what the folder holds."""
     if previous is None:
         paths.config_file.unlink(missing_ok=True)
     else:
-        atomic_write_text(paths.config_file, previous)
+        atomic_write_bytes(paths.config_file, previous)
 
 
 def _execute(pm, config: RunConfig, paths: RunPaths, notebooks: list[Path], forced: set[str], kernel_name: str,
              progress: bool, done: list[str]) -> dict[str, float]:  # fmt: skip
-    """Execute ``notebooks`` in order, appending each completed one's stem to ``done``."""
+    """Execute ``notebooks`` in order, appending each completed one's stem to ``done``.
+
+    Each executes into a hidden sibling of its executed notebook, which it replaces only once the
+    execution completes: a failed, refused (an upstream artifact of other settings) or interrupted
+    execution goes to ``notebooks/failed/<name>.ipynb`` and its record to ``failed/timings.json``,
+    never over the run's executed notebook or into its ``timings.json``.
+    """
     root = paths.root
     paths.notebooks.mkdir(parents=True, exist_ok=True)
     for where, made_by in (other := other_kit_artifacts(config, paths))[:5]:
@@ -302,6 +317,7 @@ def _execute(pm, config: RunConfig, paths: RunPaths, notebooks: list[Path], forc
               f"this one ({describe_kit(kit_identity())}); they are reused as they are. --rerun STAGE recomputes "
               "a stage.", flush=True)  # fmt: skip
     timings_path = root / "timings.json"
+    failed_dir = paths.notebooks / FAILED_DIR
     executions = read_timings(timings_path)
     timings: dict[str, float] = {}
     parameters = {"preset": config.preset, "run_dir": str(root), "config_file": str(paths.config_file)}
@@ -309,6 +325,7 @@ def _execute(pm, config: RunConfig, paths: RunPaths, notebooks: list[Path], forc
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root()), os.environ.get("PYTHONPATH")]))
     for nb in notebooks:
         out = paths.notebooks / nb.name
+        running = paths.notebooks / f".{nb.stem}.running.ipynb"
         needed, why = OPTIONAL.get(nb.stem, (lambda c: True, ""))
         if not needed(config):
             print(f"[delrec] {nb.name} skipped: the {config.preset} preset trains no such method ({why})", flush=True)
@@ -329,12 +346,14 @@ def _execute(pm, config: RunConfig, paths: RunPaths, notebooks: list[Path], forc
         try:
             try:
                 pm.execute_notebook(
-                    str(nb), str(out), parameters=parameters, kernel_name=kernel_name,
+                    str(nb), str(running), parameters=parameters, kernel_name=kernel_name,
                     cwd=str(nb.parent), progress_bar=progress, request_save_on_cell_execute=True,
                 )  # fmt: skip
             except execution_errors() as e:
                 outcome = "failed"
-                raise execution_failure(nb.name, out, e) from None
+                kept = out if out.is_file() else None
+                raise execution_failure(nb.name, failed_dir / nb.name, e, kept=kept) from None
+            os.replace(running, out)
             outcome = "done"
         finally:
             elapsed = time.perf_counter() - start
@@ -342,12 +361,26 @@ def _execute(pm, config: RunConfig, paths: RunPaths, notebooks: list[Path], forc
             written = sorted(k for k, v in after.items() if before.get(k) != v)
             # skipped finished work: the notebook's stage was complete and it (re)wrote no artifact
             record.update(seconds=round(elapsed, 1), outcome=outcome, skipped_finished_work=not written, written=written)
-            executions.append(record)
-            atomic_write_json(timings_path, {"executions": executions})
+            if outcome == "done":
+                executions.append(record)
+                atomic_write_json(timings_path, {"executions": executions})
+            else:
+                _keep_failed(running, failed_dir / nb.name, record)
         done.append(nb.stem)
         timings[nb.stem] = round(elapsed, 1)
         print(f"[delrec] {nb.name} done in {elapsed:.0f} s", flush=True)
     return timings
+
+
+def _keep_failed(running: Path, failed: Path, record: dict[str, Any]) -> None:
+    """Keep an execution that did not complete, and its record, in ``notebooks/failed/``."""
+    failed.parent.mkdir(parents=True, exist_ok=True)
+    if running.exists():
+        os.replace(running, failed)
+    else:  # it stopped before papermill wrote anything: an older failure must not pass for this one
+        failed.unlink(missing_ok=True)
+    log_path = failed.parent / "timings.json"
+    atomic_write_json(log_path, {"executions": [*read_timings(log_path), record]})
 
 
 def execution_errors() -> tuple[type[BaseException], ...]:
@@ -359,20 +392,25 @@ def execution_errors() -> tuple[type[BaseException], ...]:
     return (PapermillException, DeadKernelError, CellTimeoutError, NoSuchKernel)
 
 
-def execution_failure(notebook: str, out: Path, error: BaseException) -> DelrecError:
-    """One line naming the notebook and why it stopped, instead of nbclient's traceback."""
+def execution_failure(notebook: str, out: Path, error: BaseException, kept: Path | None = None) -> DelrecError:
+    """One line naming the notebook and why it stopped, instead of nbclient's traceback.
+
+    ``out``: where the failed execution is kept; ``kept``: the notebook's last completed execution,
+    left as it was."""
     from jupyter_client.kernelspec import NoSuchKernel
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    unchanged = f"; {kept}, its last completed execution, is unchanged" if kept else ""
     if isinstance(error, PapermillExecutionError):
-        return DelrecError(f"{notebook} failed in cell {error.exec_count}: {error.ename}: {error.evalue} (see {out})")
+        return DelrecError(f"{notebook} failed in cell {error.exec_count}: {error.ename}: {error.evalue} "
+                           f"(see {out}{unchanged})")  # fmt: skip
     if isinstance(error, DeadKernelError):
         return DelrecError(f"{notebook}: the kernel died while running it (killed, or out of memory?): {first_line}; "
-                           f"the notebook as far as it ran: {out}")  # fmt: skip
+                           f"the notebook as far as it ran: {out}{unchanged}")  # fmt: skip
     if isinstance(error, CellTimeoutError):
-        return DelrecError(f"{notebook}: a cell ran past its timeout: {first_line} (see {out})")
+        return DelrecError(f"{notebook}: a cell ran past its timeout: {first_line} (see {out}{unchanged})")
     if isinstance(error, NoSuchKernel):
         return DelrecError(f"{notebook}: no Jupyter kernel named {error.args[0] if error.args else '?'!r}; "
                            "install one with: python -m ipykernel install --user")  # fmt: skip

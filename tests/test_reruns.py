@@ -1,4 +1,4 @@
-"""Running again: what is recomputed, reused or refused (issue 16 items 1-3 and 9, issue 11 items 8-9).
+"""Running again: what is recomputed, reused or refused, and what a refused or failed execution leaves.
 
 The runner's tests replace papermill's ``execute_notebook`` by a stand-in that plays a notebook
 (writes an artifact, fails, ...) so they take milliseconds; the stage tests use the synthetic data
@@ -8,12 +8,16 @@ and the tiny random LLM of the other stage tests.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import functools
 import json
 import logging
 import re
 import subprocess
 import sys
 import textwrap
+import time
+import types
 from pathlib import Path
 
 import papermill
@@ -51,10 +55,14 @@ class FakeSeries:
         stem = Path(input_path).stem
         self.executed.append(stem)
         assert Path(parameters["config_file"]).is_file(), "the notebook reads the run's config.json"
+        # as papermill: the output is written when the execution starts, and again when it ends;
+        # each execution's differs, so that one written over another shows
+        started = {"notebook": stem, "execution": len(self.executed), "config": parameters["config_file"]}
+        Path(output_path).write_text(json.dumps({**started, "completed": False}))
         action = self.actions.get(stem)
         if action is not None:
             action(self.paths)
-        Path(output_path).write_text("{}")
+        Path(output_path).write_text(json.dumps({**started, "completed": True}))
 
     def config_file(self, seed: int = 2024) -> Path:
         f = self.root / f"seed{seed}.toml"
@@ -123,23 +131,104 @@ def test_config_json_is_put_back_when_no_notebook_completes(series, monkeypatch)
     assert not fresh.paths.config_file.exists()
 
 
+NOTEBOOK_SECONDS = 0.3  # how long the stand-in notebooks of the timing test take
+
+
+def timed_run(series, calls: list, **kwargs) -> None:
+    """``series.run``, appending the call's (wall-clock start, end, measured seconds) to ``calls``."""
+    start, t0 = time.time(), time.perf_counter()
+    try:
+        series.run(**kwargs)
+    finally:
+        calls.append((start, time.time(), time.perf_counter() - t0))
+
+
+def check_recorded_time(record: dict, call: tuple[float, float, float]) -> None:
+    """The record's start lies within the call, and its seconds are the notebook's: at least what it
+    slept, at most the whole call (rounded to 0.1 s)."""
+    start, end, seconds = call
+    started = datetime.datetime.fromisoformat(record["started_at"]).timestamp()
+    assert int(start) <= started <= end, f"started_at {record['started_at']} outside the call"
+    assert NOTEBOOK_SECONDS - 0.05 <= record["seconds"] <= seconds + 0.05, (
+        f"seconds {record['seconds']}: the notebook took at least {NOTEBOOK_SECONDS} s, the call {seconds:.2f} s"
+    )
+
+
 def test_timings_keep_every_execution_and_whether_it_skipped_finished_work(series):
+    def train(paths):
+        time.sleep(NOTEBOOK_SECONDS)
+        if not artifacts.is_complete(paths.teachers / "sasrec", "test"):
+            write_artifact(paths.teachers / "sasrec")
+
+    def refused(paths):
+        time.sleep(NOTEBOOK_SECONDS)
+        fail(paths)
+
+    series.actions["02_teacher_training"] = train
+    calls: list[tuple[float, float, float]] = []
+    timed_run(series, calls, only=["02"])
+    timed_run(series, calls, only=["02"])
+    series.actions["02_teacher_training"] = refused
+    with pytest.raises(DelrecError):
+        timed_run(series, calls, only=["02"])
+    runs = json.loads((series.paths.root / "timings.json").read_text())["executions"]
+    assert [(r["notebook"], r["outcome"]) for r in runs] == [("02_teacher_training", "done")] * 2
+    assert [r["skipped_finished_work"] for r in runs] == [False, True]
+    assert runs[0]["written"] == ["teachers/sasrec"] and runs[1]["written"] == []
+    # the execution that did not complete is recorded beside its notebook, not in the run's record
+    failed = json.loads((series.paths.notebooks / "failed" / "timings.json").read_text())["executions"]
+    assert [(r["notebook"], r["outcome"], r["written"]) for r in failed] == [("02_teacher_training", "failed", [])]
+    for record, call in zip([*runs, *failed], calls, strict=True):
+        check_recorded_time(record, call)
+
+
+def test_the_timing_check_fails_when_the_runner_records_no_time(series, monkeypatch):
+    """Companion: a runner whose clock does not move records 0 s, which ``seconds >= 0`` let through."""
+    monkeypatch.setattr(runner, "time", types.SimpleNamespace(perf_counter=lambda: 100.0))
+    with pytest.raises(AssertionError, match=r"seconds 0\.0: the notebook took at least"):
+        test_timings_keep_every_execution_and_whether_it_skipped_finished_work(series)
+
+
+@pytest.mark.parametrize("stem, outcome", [
+    ("07_evaluation", "failed"),  # `--only 07` after a stage-2 change: the adapter has other settings
+    ("02_teacher_training", "failed"),  # `--only 02` with another data.seed: so has the processed data
+    ("07_evaluation", "interrupted"),  # Ctrl-C in the middle of it
+])  # fmt: skip
+def test_a_refused_rerun_leaves_every_file_of_the_finished_run_as_it_was(series, stem, outcome):
+    """Only ``notebooks/failed/`` is new: the execution as far as it ran, and its record."""
+
     def train(paths):
         if not artifacts.is_complete(paths.teachers / "sasrec", "test"):
             write_artifact(paths.teachers / "sasrec")
 
+    def interrupt(paths):
+        raise KeyboardInterrupt
+
     series.actions["02_teacher_training"] = train
-    series.run(only=["02"])
-    series.run(only=["02"])
-    series.actions["02_teacher_training"] = fail
-    with pytest.raises(DelrecError):
-        series.run(only=["02"])
-    runs = json.loads((series.paths.root / "timings.json").read_text())["executions"]
-    assert [r["notebook"] for r in runs] == ["02_teacher_training"] * 3
-    assert [r["outcome"] for r in runs] == ["done", "done", "failed"]
-    assert [r["skipped_finished_work"] for r in runs] == [False, True, True]
-    assert runs[0]["written"] == ["teachers/sasrec"] and runs[1]["written"] == []
-    assert all(r["started_at"] and r["seconds"] >= 0 for r in runs)
+    series.run()
+    before = files_of(series.paths.root)
+    series.actions[stem] = interrupt if outcome == "interrupted" else fail
+    kept, out = series.paths.notebooks / "failed" / f"{stem}.ipynb", series.paths.notebooks / f"{stem}.ipynb"
+    if outcome == "interrupted":
+        with pytest.raises(KeyboardInterrupt):
+            series.run(seed=7, only=[stem[:2]])
+    else:
+        message = rf"{stem}.ipynb failed in cell 3: .*\(see {re.escape(str(kept))}; {re.escape(str(out))}, its last completed execution, is unchanged\)"
+        with pytest.raises(DelrecError, match=message):
+            series.run(seed=7, only=[stem[:2]])
+    after = files_of(series.paths.root)
+    new = sorted(set(after) - set(before))
+    assert new == [f"notebooks/failed/{stem}.ipynb", "notebooks/failed/timings.json"], new
+    changed = sorted(name for name in before if after.get(name) != before[name])
+    assert changed == [], f"a refused execution changed files of the finished run: {changed}"
+    assert json.loads(after[f"notebooks/failed/{stem}.ipynb"])["completed"] is False, "the execution as far as it ran"
+    (record,) = json.loads(after["notebooks/failed/timings.json"])["executions"]
+    assert (record["notebook"], record["outcome"]) == (stem, outcome)
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    """{path under ``root``: content} of every file."""
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
 
 
 def test_a_method_notebook_the_preset_trains_nothing_for_is_skipped_and_recorded(series, capsys):
@@ -230,16 +319,51 @@ def test_two_lock_acquisitions_in_one_process_conflict(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def test_manifests_record_the_kits_version_and_commit(tmp_path):
+def test_manifests_record_the_kits_version(tmp_path):
     write_artifact(tmp_path / "a")
-    kit = read_manifest(tmp_path / "a")["kit"]
-    assert kit["version"] == delrec_lib.__version__
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    if head.returncode == 0:
-        assert kit["commit"] == head.stdout.strip()
+    assert read_manifest(tmp_path / "a")["kit"]["version"] == delrec_lib.__version__
     assert artifacts.artifact_id(read_manifest(tmp_path / "a")) == artifacts.sha256_json({"out.txt": artifacts.sha256_bytes(b"x")}), (
         "the kit is not part of an artifact's identity: same outputs, same id"
     )  # fmt: skip
+
+
+def kit_checkout_head() -> str:
+    """HEAD of the kit's own git checkout; skips the calling test outside one (a copy, an unpacked archive)."""
+    try:
+        top, head = (subprocess.run(["git", "rev-parse", what], cwd=REPO, capture_output=True, text=True, timeout=10)
+                     for what in ("--show-toplevel", "HEAD"))  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as e:
+        pytest.skip(f"git cannot be run ({e}): the commit a manifest records cannot be checked")
+    if top.returncode != 0 or Path(top.stdout.strip()).resolve() != REPO or head.returncode != 0:
+        pytest.skip(f"{REPO} is not a git checkout of the kit: the commit a manifest records cannot be checked")
+    return head.stdout.strip()
+
+
+def test_manifests_record_the_kits_commit(tmp_path):
+    before = kit_checkout_head()
+    artifacts.kit_identity.cache_clear()  # the commit now, not at this session's first manifest
+    write_artifact(tmp_path / "a")
+    # HEAD read before and after: another commit may land in between
+    assert read_manifest(tmp_path / "a")["kit"]["commit"] in {before, kit_checkout_head()}, "the checkout's commit"
+
+
+def test_the_commit_check_fails_on_a_manifest_without_the_commit(tmp_path, monkeypatch):
+    """Companion: the fault it guards against, a manifest that records no commit in a checkout."""
+    monkeypatch.setattr(artifacts, "kit_identity", functools.cache(lambda: {"version": delrec_lib.__version__,
+                                                                             "commit": None, "dirty": None}))  # fmt: skip
+    with pytest.raises(AssertionError, match="the checkout's commit"):
+        test_manifests_record_the_kits_commit(tmp_path)
+
+
+def test_the_commit_check_skips_outside_a_git_checkout_instead_of_passing(tmp_path, monkeypatch):
+    """Companion: where git knows no checkout the test says it checked nothing (a skip and its reason)."""
+    not_a_checkout = subprocess.CompletedProcess([], 128, "", "fatal: not a git repository")
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: not_a_checkout)
+    try:
+        with pytest.raises(pytest.skip.Exception, match="is not a git checkout of the kit"):
+            test_manifests_record_the_kits_commit(tmp_path)
+    finally:
+        artifacts.kit_identity.cache_clear()
 
 
 def test_without_git_the_commit_is_none_and_nothing_fails(monkeypatch):
