@@ -6,10 +6,21 @@
 Each point trains the stage exactly as a run does, in its own folder under ``--out`` (the teachers, and
 for a ``delrec-*`` variant the soft prompt, are read from ``--from-run``), and reports what the stage
 itself measures on data it never trains on: stage 1 the selection set's RPS fidelity and TA accuracy,
-stage 2 the validation metrics, at the selected step, with the seconds the point took. Neither stage
-reads the test split (stage 1 holds out training-split users, stage 2 scores the validation split), so
-the defaults chosen with this tool in ``config.py`` never saw a test target. ``--csv`` keeps the table;
-each point's folder keeps its curves (``history.csv``).
+stage 2 the validation metrics, at the selected step, with the seconds the point took. ``--csv`` keeps
+the table; each point's folder keeps its curves (``history.csv``).
+
+What a point may read, so that the defaults chosen with this tool in ``config.py`` never saw a test
+target, nor stage 1's its report users:
+
+- the stage is handed a ``NoTestView`` of the data (``delrec_lib.data.guard``), never the data itself:
+  items, users, train items, the validation split, and ``interacted_items`` only to keep a user's own
+  items (their valid and test targets among them) out of the random negatives both stages draw. Any read
+  of the test split raises ``TestSplitRead``.
+- stage 1 trains and selects only on users outside the data's fixed report set (``report_users.json``),
+  whatever the grid (``seed``, ``heldout_users``, ``selection_users``, ``max_train_users`` included):
+  ``split_users`` draws its training and selection users from the other users. The report set's numbers
+  in each point's ``metrics.json`` are not read into the table.
+- stage 2 trains on train items and selects on the validation split.
 
 The selected step's score is a maximum over evaluations, optimistic for every point alike: it ranks the
 points, it does not estimate test quality.
@@ -108,9 +119,11 @@ def _link(source: Path, target: Path) -> None:
 def validation_grid(stage: str, name: str, config: RunConfig, grid: dict[str, list[Any]], fixed: dict[str, Any],
                     from_run: Path, out: Path, backbone, data) -> pd.DataFrame:  # fmt: skip
     """One row per grid point: its settings, the held-out numbers at the selected step, and its cost."""
+    from .data.guard import NoTestView
     from .distill import run_distillation
     from .finetune import run_finetuning, variant_soft_prompt
 
+    data = NoTestView(data, negatives=True, who=f"the {stage} tuning grid")
     source = RunPaths(from_run)
     rows = []
     for point in grid_points(grid):

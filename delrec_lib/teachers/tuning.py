@@ -3,8 +3,13 @@
 ``python -m delrec_lib.teachers.tuning --model sasrec --grid dropout=0.2,0.5 lr=1e-3,2e-3`` trains every
 combination with the run's protocol (train items only, early stopping on validation NDCG@10, full
 ranking, history excluded) and prints, per point, the best validation NDCG@10 and the epoch it was
-reached. Only the validation split is ever scored here: the test targets stay untouched, so the
-chosen defaults in ``config.py`` can be justified without looking at test. ``--csv`` keeps the table.
+reached. ``--csv`` keeps the table.
+
+The teacher is handed a ``NoTestView`` of the data (``delrec_lib.data.guard``), never the data itself:
+it may read the items, the users, their train items (training) and the validation split (early
+stopping and the table), nothing else; any read of the test split, and of ``interacted_items`` (which
+holds the test targets and which a teacher has no use for), raises ``TestSplitRead``. So the chosen
+defaults in ``config.py`` can be justified without looking at test.
 
 The best-epoch validation score is the early-stopping maximum, so it is optimistic for every point
 alike; it ranks the points, it is not an estimate of test quality.
@@ -24,6 +29,7 @@ import pandas as pd
 
 from ..config import TEACHER_NAMES, TeachersConfig, load_config, resolve_path
 from ..data import load_processed, prepare_dataset
+from ..data.guard import NoTestView
 from ..data.processed import ProcessedData
 from ..errors import ConfigError
 from .stage import build_model, fit, teacher_spec, torch_threads
@@ -60,6 +66,7 @@ def validation_grid(
     """One row per grid point: its settings, best validation NDCG@10 (and HR@10), the best epoch, epochs run."""
     if model not in TEACHER_NAMES:
         raise ConfigError(f"--model: expected one of {', '.join(TEACHER_NAMES)}, got '{model}'")
+    data = NoTestView(data, negatives=False, who="the teachers' tuning grid")
     rows = []
     for point in grid_points(grid):
         cfg = dataclasses.replace(config, **{model: dataclasses.replace(getattr(config, model), **point)})
