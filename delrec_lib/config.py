@@ -320,6 +320,8 @@ FIELD_RULES[CaserConfig] = {
 
 
 TEACHER_NAMES = ("sasrec", "gru4rec", "caser")
+# Synthetic teachers whose top-1 is a rule read from the prompt (``teachers/rules.py``): stage 1's known answer.
+RULE_TEACHERS = ("rule-sharedword",)
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,8 @@ class TeachersConfig:
     """
 
     models: tuple[str, ...] = TEACHER_NAMES
+    # Rule teachers exported beside the trained ones, for stage 1 only (never evaluated as methods).
+    rules: tuple[str, ...] = ()
     max_len: int = 50  # history items a teacher sees
     # Train sequences longer than max_len are cut into windows of max_len inputs whose label
     # positions tile the sequence from its end: every train position is a label exactly once.
@@ -362,6 +366,7 @@ class TeachersConfig:
 
 FIELD_RULES[TeachersConfig] = {
     "models": Items(OneOf(TEACHER_NAMES)),  # none: popularity only
+    "rules": Items(OneOf(RULE_TEACHERS)),
     "max_len": COUNT,
     "stride": COUNT,
     "loss": _declared(TeachersConfig, "loss"),
@@ -435,12 +440,15 @@ DISTILL_TASKS = ("ta", "rps")
 # Stage 1 distils a teacher's exported top-k: notebook 02 always exports the popularity baseline's too
 # (the training benchmark distils it, a teacher that trains in seconds).
 POPULARITY = "popularity"
-STAGE1_TEACHERS = (*TEACHER_NAMES, POPULARITY)
+STAGE1_TEACHERS = (*TEACHER_NAMES, *RULE_TEACHERS, POPULARITY)
 
 
 def parse_prompt_name(name: str) -> tuple[str, tuple[str, ...]]:
-    """"sasrec" -> ("sasrec", ("ta", "rps")); "sasrec-ta" -> ("sasrec", ("ta",))."""
-    teacher, dash, task = name.partition("-")
+    """"sasrec" -> ("sasrec", ("ta", "rps")); "sasrec-ta" -> ("sasrec", ("ta",)); "rule-sharedword-rps" ->
+    ("rule-sharedword", ("rps",))."""
+    teacher, dash, task = name, "", ""
+    if name not in STAGE1_TEACHERS:
+        teacher, dash, task = name.rpartition("-")
     if teacher not in STAGE1_TEACHERS or (dash and task not in DISTILL_TASKS):
         raise ConfigError(
             f"distill.prompts: '{name}' is not '<teacher>' or '<teacher>-ta' / '<teacher>-rps' with a teacher "
@@ -928,7 +936,12 @@ class RunConfig:
         # A soft prompt of a teacher this run does not train would fail in notebook 03 ("no manifest").
         for name in self.distill.prompts:
             teacher, _ = parse_prompt_name(name)
-            if teacher != POPULARITY and teacher not in self.teachers.models:
+            if teacher in RULE_TEACHERS and teacher not in self.teachers.rules:
+                raise ConfigError(
+                    f"distill.prompts: '{name}' distils rule teacher '{teacher}', which teachers.rules "
+                    f"{list(self.teachers.rules)} does not export"
+                )
+            if teacher not in (POPULARITY, *RULE_TEACHERS) and teacher not in self.teachers.models:
                 raise ConfigError(
                     f"distill.prompts: '{name}' distils teacher '{teacher}', which teachers.models "
                     f"{list(self.teachers.models)} does not train"

@@ -64,6 +64,7 @@ from .caser import Caser
 from .evaluation import Scorer, evaluate_split, model_scorer, score_split, top_k
 from .gru4rec import GRU4Rec
 from .popularity import popularity_scorer, train_popularity
+from .rules import RULE_WINDOW, is_rule_teacher, rule_scorer, rule_spec
 from .sasrec import SASRec
 from .task import TeacherTask
 
@@ -107,8 +108,13 @@ def popularity_spec(config: TeachersConfig, data: ProcessedData) -> dict[str, An
 
 
 def export_spec(name: str, config: TeachersConfig, data: ProcessedData) -> dict[str, Any]:
-    """The manifest config of ``teachers/<name>/`` under the run's settings (a teacher or popularity)."""
-    return popularity_spec(config, data) if name == POPULARITY else teacher_spec(name, config, data)
+    """The manifest config of ``teachers/<name>/`` under the run's settings (a teacher, a rule teacher or
+    popularity)."""
+    if name == POPULARITY:
+        return popularity_spec(config, data)
+    if is_rule_teacher(name):
+        return rule_spec(name, config.seed, RULE_WINDOW, config.top_k, data)
+    return teacher_spec(name, config, data)
 
 
 def build_model(spec: dict[str, Any]) -> SequentialRecommender:
@@ -311,6 +317,24 @@ def export_popularity(data: ProcessedData, teachers_dir: str | Path, top: int = 
     return TeacherResult(POPULARITY, out, metrics)
 
 
+def export_rule(name: str, config: TeachersConfig, data: ProcessedData, teachers_dir: str | Path) -> TeacherResult:
+    """A rule teacher (``rules.py``) through the same evaluation and exports as a trained one
+    (``teachers/rule-<name>/``, manifest kind "teacher"); it has no weights and is never evaluated as a method."""
+    out = Path(teachers_dir) / name
+    spec = export_spec(name, config, data)
+    inputs = {"data": data.data_id}
+    if is_complete(out, TEACHER_KIND, inputs=inputs, config=spec):
+        return TeacherResult(name, out, read_json(out / "metrics.json"), skipped=True)
+    start = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        atomic_write_json(tmp / "config.json", {"spec": spec, "data_id": data.data_id, "class": "Rule"})
+        summary = _export_scores(rule_scorer(spec, data), data, tmp, spec["top_k"])
+        metrics = {"teacher": name, **summary, "train_seconds": round(time.perf_counter() - start, 2)}
+        atomic_write_json(tmp / "metrics.json", metrics)
+        write_manifest(tmp, build_manifest(TEACHER_KIND, tmp, inputs=inputs, config=spec, extra={"teacher": name}))
+    return TeacherResult(name, out, metrics)
+
+
 def run_teachers(
     config: TeachersConfig,
     data: ProcessedData,
@@ -324,6 +348,8 @@ def run_teachers(
     for name in names:
         teacher_spec(name, config, data)  # unknown names fail before anything trains
     results = {POPULARITY: export_popularity(data, teachers_dir, config.top_k)}
+    for name in config.rules:
+        results[name] = export_rule(name, config, data, teachers_dir)
     for name in names:
         start = time.perf_counter()
         results[name] = train_teacher(name, config, data, teachers_dir, progress=progress)

@@ -1,0 +1,80 @@
+"""Rule teachers: the planted rule holds in every export, no constant answer finds it, and stage 1 reads
+them like any teacher."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from delrec_lib.config import DistillConfig, RunConfig, TeachersConfig, parse_prompt_name
+from delrec_lib.distill import read_teacher_topk, teacher_predictions
+from delrec_lib.errors import ConfigError
+from delrec_lib.teachers.rules import RULE_WINDOW, title_words
+from delrec_lib.teachers.stage import export_popularity, export_rule
+
+from .stage_fixtures import synthetic_data
+
+RULE = "rule-sharedword"
+
+
+def words_of(data):
+    return [frozenset()] + [title_words(t) for t in data.display_titles("no_year")[1:]]
+
+
+def check_sharedword_rule(data, predictions: dict[int, list[int]], k: int = 5) -> None:
+    """The rule as the notebook states it, checked on a teacher's predictions (train items dropped):
+    its top-1 shares a word with the most recent shown movie that has an unwatched namesake, and its
+    ranks 2..k share no word with any shown movie while unwatched movies that share none remain."""
+    words = words_of(data)
+    for uid, preds in predictions.items():
+        train = data.train_items(uid)
+        shown = train[-RULE_WINDOW:]
+        anchor = next(a for a in reversed(shown)
+                      if any(words[a] & words[i] for i in range(1, data.num_items + 1) if i not in set(train) and i != a))  # fmt: skip
+        assert words[preds[0]] & words[anchor], f"user {uid}: top-1 {preds[0]} shares no word with the anchor {anchor}"
+        unrelated = [i for i in range(1, data.num_items + 1)
+                     if i not in set(train) and not any(words[i] & words[s] for s in shown)]  # fmt: skip
+        for item in preds[1 : min(k, 1 + len(unrelated))]:
+            assert item in unrelated, f"user {uid}: rank 2..{k} item {item} shares a word with a shown movie"
+
+
+def test_sharedword_teacher_follows_its_rule_and_no_constant_answer_does(tmp_path):
+    data = synthetic_data(tmp_path / "data")
+    teachers = TeachersConfig(models=(), rules=(RULE,))
+    result = export_rule(RULE, teachers, data, tmp_path / "teachers")
+    assert set(result.metrics) >= {"valid", "test"}  # evaluated like a trained teacher
+    topk = read_teacher_topk(tmp_path / "teachers" / RULE, data, teachers)
+    predictions = teacher_predictions(topk, data)
+    check_sharedword_rule(data, predictions)
+    # A constant title is the top-1 of few users: a soft prompt cannot pass by memorising one answer.
+    top1 = Counter(p[0] for p in predictions.values())
+    assert max(top1.values()) <= len(predictions) / 5
+    # Same files as every other export (stage 1 and the teaching table read them alike).
+    popularity = export_popularity(data, tmp_path / "teachers")
+    assert {p.name for p in result.directory.iterdir()} == {p.name for p in popularity.directory.iterdir()} - {"popularity.parquet"}
+    # Exported again unchanged: skipped.
+    assert export_rule(RULE, teachers, data, tmp_path / "teachers").skipped
+
+
+def test_the_rule_check_fails_on_a_teacher_that_ignores_the_rule(tmp_path):
+    """Companion: random predictions (top-1 unrelated to the history) fail ``check_sharedword_rule``."""
+    data = synthetic_data(tmp_path / "data")
+    rng = np.random.default_rng(0)
+    random_predictions = {}
+    for uid in data.user_ids():
+        train = set(data.train_items(int(uid)))
+        random_predictions[int(uid)] = [int(i) for i in rng.permutation(np.arange(1, data.num_items + 1)) if i not in train]
+    with pytest.raises(AssertionError):
+        check_sharedword_rule(data, random_predictions)
+
+
+def test_rule_prompt_names_parse_and_need_the_rule_exported():
+    assert parse_prompt_name(RULE) == (RULE, ("ta", "rps"))
+    assert parse_prompt_name(RULE + "-rps") == (RULE, ("rps",))
+    with pytest.raises(ConfigError, match="rule-nothing"):
+        parse_prompt_name("rule-nothing")
+    with pytest.raises(ConfigError, match=r"teachers.rules \[\] does not export"):
+        RunConfig(distill=DistillConfig(prompts=(RULE + "-rps", "sasrec")))
+    RunConfig(teachers=TeachersConfig(rules=(RULE,)), distill=DistillConfig(prompts=(RULE, "sasrec")))
