@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
 # Field rules. Every field of every config dataclass has one in FIELD_RULES (a test walks them
@@ -181,7 +181,7 @@ FIELD_RULES: dict[type, dict[str, Rule]] = {}
 
 
 def _metric_names() -> tuple[str, ...]:
-    from .metrics import METRICS  # pandas: not at import of the config
+    from ..metrics import METRICS  # pandas: not at import of the config
 
     return METRICS
 
@@ -1274,7 +1274,7 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    from .artifacts import to_jsonable
+    from ..artifacts import to_jsonable
 
     return to_jsonable(config)
 
