@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -234,6 +236,44 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
 
 
+def probe_machine(llm_dtype: str) -> dict[str, Any]:
+    """The machine as a results page states it: CPU model, cores, GPUs, the dtype the LLM computes in
+    here (``llm.dtype`` resolved as ``llm.load_backbone`` resolves it) and the main libraries' versions."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from .distributed import default_device
+    from .llm import resolve_dtype
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]  # fmt: skip
+        cpu = names[0] if names else cpu
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("transformers", "peft"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions[package] = version(package)
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count(), "gpus": gpus, "llm_dtype": str(resolve_dtype(llm_dtype, default_device())).removeprefix("torch."),
+            "platform": platform.platform(), "versions": versions}  # fmt: skip
+
+
+@functools.cache
+def machine_record(llm_dtype: str) -> dict[str, Any] | None:
+    """``probe_machine`` in a child process, so that CUDA is never initialised in the runner (a CUDA
+    context here would hold GPU memory while the notebooks run); None when the probe fails."""
+    code = f"import json; from delrec_lib.runner import probe_machine; print(json.dumps(probe_machine({llm_dtype!r})))"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=project_root(), capture_output=True, text=True, timeout=300)
+        return json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
 def read_timings(path: Path) -> list[dict[str, Any]]:
     """Every recorded execution of a notebook in this run folder, oldest first."""
     if not path.is_file():
@@ -321,6 +361,7 @@ def _execute(pm, config: RunConfig, paths: RunPaths, notebooks: list[Path], forc
     executions = read_timings(timings_path)
     timings: dict[str, float] = {}
     parameters = {"preset": config.preset, "run_dir": str(root), "config_file": str(paths.config_file)}
+    machine = machine_record(config.llm.dtype)  # recorded with each execution: a run may resume elsewhere
     # The kernel imports the delrec_lib of this checkout, whatever is installed in the environment.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root()), os.environ.get("PYTHONPATH")]))
     for nb in notebooks:
@@ -340,7 +381,7 @@ def _execute(pm, config: RunConfig, paths: RunPaths, notebooks: list[Path], forc
         log.info("executing %s -> %s", nb.name, out)
         print(f"[delrec] {nb.name} ...", flush=True)
         before = artifact_snapshot(config, paths)
-        record = {"notebook": nb.stem, "started_at": _now(), "rerun": nb.stem in forced}
+        record = {"notebook": nb.stem, "started_at": _now(), "rerun": nb.stem in forced, "machine": machine}
         start = time.perf_counter()
         outcome = "interrupted"
         try:
