@@ -2,7 +2,8 @@
 
 - ``run``: the whole notebook series with papermill (what ``make reproduce`` calls);
 - one command per stage (``data``, ...) calling the same library functions as the notebooks,
-  so the heavy stages can be launched on GPUs with ``accelerate launch -m delrec_lib <stage>``.
+  so the heavy stages can be launched on GPUs with ``accelerate launch -m delrec_lib <stage>``;
+- ``report``: a run's results page, written from its folder (``delrec_lib.report``).
 
 The commands that write a run folder hold its lock (``runner.run_folder_lock``) while they work,
 as ``run`` does: a second command or run on the same folder stops at once, naming the first.
@@ -179,6 +180,32 @@ def _p2rec(args: argparse.Namespace) -> None:
     study = seed_study(paths, config)
     if not study.empty:
         print(study.to_string(index=False))
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", required=True, help="the run folder to report on (e.g. outputs/cpu)")
+    p.add_argument("--out", default=None, help="where the page goes (default: <run>/report/<run>.md), e.g. docs/results/cpu.md")
+    p.add_argument("--compare", nargs="+", default=[], metavar="RUN",
+                   help="other run folders: paired tests of their per-user results (same test users and candidates)")  # fmt: skip
+    p.add_argument("--reference", default=None, help="a run folder, results page or its .json summary: every metric "
+                   "side by side with its interval (e.g. docs/results/cpu.md)")  # fmt: skip
+    p.add_argument("--readme", default=None, help="a README whose <!-- results:<run>:start/end --> block gets the page's headline table")
+    p.add_argument("--no-notebooks", action="store_true", help="do not render the executed notebooks")
+    p.add_argument("--notebooks-dir", default=None, help="where the rendered notebooks go (default: <run>/report/notebooks)")
+
+
+# Reads the run folder and writes only its report/ (or --out): a run may go on meanwhile.
+@command("report", "write a run's results page (tables, tests, figures, machine, times) from its folder",
+         locks_run_folder=False)(_report_args)  # fmt: skip
+def _report(args: argparse.Namespace) -> None:
+    from .report import update_readme, write_report
+
+    page = write_report(args.run_dir, args.out, args.compare, args.reference, notebooks=not args.no_notebooks,
+                        notebooks_dir=args.notebooks_dir)  # fmt: skip
+    print(f"results page: {page} (summary: {page.with_suffix('.json')})")
+    if args.readme:
+        run = update_readme(args.readme, page)
+        print(f"{args.readme}: headline table of run {run} updated between its markers")
 
 
 def run_folder(args: argparse.Namespace) -> Path:
