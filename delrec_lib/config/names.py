@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import ConfigError
-from .rules import Satisfies
+from .rules import Satisfies, parsed_by
 
 TEACHER_NAMES = ("sasrec", "gru4rec", "caser")
 # Synthetic teachers whose top-1 is a rule read from the prompt (``teachers/rules.py``): stage 1's known answer.
 RULE_TEACHERS = ("rule-sharedword",)
 
-
 DISTILL_TASKS = ("ta", "rps")
-# Stage 1 distils a teacher's exported top-k: notebook 02 always exports the popularity baseline's too
-# (the training benchmark distils it, a teacher that trains in seconds).
+# Notebook 02 always exports the popularity baseline's top-k too: a stage-1 teacher that trains in seconds.
 POPULARITY = "popularity"
 STAGE1_TEACHERS = (*TEACHER_NAMES, *RULE_TEACHERS, POPULARITY)
 
@@ -35,21 +31,13 @@ def parse_prompt_name(name: str) -> tuple[str, tuple[str, ...]]:
     return teacher, (task,) if task else DISTILL_TASKS
 
 
-def _parses(parse: typing.Callable[[str], Any]) -> typing.Callable[[Any], bool]:
-    def test(name: Any) -> bool:
-        if not isinstance(name, str):
-            return False
-        try:
-            parse(name)
-        except ConfigError:
-            return False
-        return True
-
-    return test
-
-
-PROMPT_NAME = Satisfies(
-    _parses(parse_prompt_name), f"'<teacher>', '<teacher>-ta' or '<teacher>-rps' with a teacher among {', '.join(STAGE1_TEACHERS)}"
+PROMPT_NAME = parsed_by(
+    parse_prompt_name, f"'<teacher>', '<teacher>-ta' or '<teacher>-rps' with a teacher among {', '.join(STAGE1_TEACHERS)}"
+)
+# Stage 2: "lora" (no soft prompt) or "delrec-<p>" with stage 1's soft prompt <p>.
+FINETUNE_VARIANT = Satisfies(
+    lambda v: v == "lora" or (isinstance(v, str) and v.startswith("delrec-") and PROMPT_NAME.test(v.removeprefix("delrec-"))),
+    f"'lora' or 'delrec-<soft prompt>', a soft prompt being {PROMPT_NAME.expected}",
 )
 
 
@@ -86,7 +74,7 @@ def parse_p2rec_variant(name: str) -> P2RecVariant:
     return P2RecVariant(name, teacher, sft, k)
 
 
-P2REC_VARIANT = Satisfies(_parses(parse_p2rec_variant), "'p2rec-<teacher>', 'p2rec-<teacher>-k<K>' (K >= 2) or "
+P2REC_VARIANT = parsed_by(parse_p2rec_variant, "'p2rec-<teacher>', 'p2rec-<teacher>-k<K>' (K >= 2) or "
                           f"'p2rec-<teacher>-nosft' with a teacher among {', '.join(TEACHER_NAMES)}")  # fmt: skip
 
 
@@ -118,3 +106,6 @@ def parse_llmsrec_variant(name: str) -> LLMSRecVariant:
         raise ConfigError(f"llmsrec.variants: '{name}' is not one of " + ", ".join(f"'{LLMSREC}{'-' + s if s else ''}'" for s in LLMSREC_SUFFIXES))
     return LLMSRecVariant(name, dist=suffix not in ("nodist",), unif=suffix not in ("nounif", "nodist"), shuffled=suffix == "shuffled")
 
+
+
+LLMSREC_VARIANT = parsed_by(parse_llmsrec_variant, "one of " + ", ".join(f"'{LLMSREC}{'-' + s if s else ''}'" for s in LLMSREC_SUFFIXES))

@@ -1,4 +1,4 @@
-"""Named presets: each a complete ``RunConfig``."""
+"""Named presets, each a complete ``RunConfig``: smoke (tests), cpu (the default run), its longer studies, paper (GPUs)."""
 
 from __future__ import annotations
 
@@ -29,8 +29,7 @@ def _smoke() -> RunConfig:
         # One extra training seed: the seed study's code path (its copies, their tests and summary).
         finetune=FinetuneConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, warmup_steps=0, grad_accum=1,
                                 seeds=(1,)),
-        # P2Rec: a few SFT steps, one extra seed (every code path of the series in seconds, apart from the pass of
-        # the 1,682 items through the tuned LLM; the no-SFT twin's pass is tests/test_p2rec.py's).
+        # P2Rec: a few SFT steps and one extra seed, every code path in seconds (the no-SFT twin's is tests/test_p2rec.py's).
         p2rec=P2RecConfig(variants=("p2rec-sasrec",), heldout_users=8, max_train_users=16, max_steps=4, eval_every=2,
                           warmup_steps=0, seeds=(1,)),
         llmsrec=LLMSRecConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, batch_size=4, grad_accum=1),
@@ -40,15 +39,12 @@ def _smoke() -> RunConfig:
 
 
 def _cpu() -> RunConfig:
-    # P2Rec (17 min on a bf16 CPU, twice that without) lives in cpu-ablations: the hour is DELRec's and LLM-SRec's.
+    # P2Rec lives in cpu-ablations: the hour is DELRec's and LLM-SRec's.
     return RunConfig(preset="cpu", p2rec=P2RecConfig(variants=()))
 
 
 def _cpu_long() -> RunConfig:
-    """The cpu preset with both DELRec stages trained 3x longer: the learning curves' points beyond the hour.
-    With the seed study and P2Rec too it would take about 5 hours on the AVX2 machine (its LLM in float32),
-    so those live in cpu-seeds and cpu-ablations. About 2.5 hours from scratch (estimated); measured on a copy of
-    a finished cpu run, which retrains and re-evaluates only the two DELRec stages: 1 h 57 min (README)."""
+    """The cpu preset with both DELRec stages trained 3x longer: the learning curves' points beyond the hour."""
     cpu = _cpu()
     return replace(
         cpu,
@@ -60,21 +56,17 @@ def _cpu_long() -> RunConfig:
 
 
 def _cpu_seeds() -> RunConfig:
-    """The cpu preset with LoRA and DELRec-SASRec each trained again with seeds 1 and 2 (the stage-2 seed study:
-    three seeds per method, the same users). About 2.8 hours on the AVX2 machine: the cpu run plus four
-    stage-2 trainings of ~10 min and their test evaluations."""
+    """The cpu preset with LoRA and DELRec-SASRec each trained again with seeds 1 and 2 (the stage-2 seed study)."""
     cpu = _cpu()
     return replace(cpu, preset="cpu-seeds", finetune=replace(cpu.finetune, seeds=(1, 2)))
 
 
 # LLM-SRec's Table 8 ablations and its training-time shuffle, beside the method.
 LLMSREC_VARIANTS = tuple(LLMSREC + (f"-{s}" if s else "") for s in LLMSREC_SUFFIXES)
-# Stage-1 soft prompts and stage-2 variants of the ablation study: TA only, RPS only, and one
-# DELRec per teacher, each beside the no-soft-prompt LoRA variant.
+# The ablation study: TA only, RPS only and one DELRec per teacher, each beside the no-soft-prompt LoRA variant.
 ABLATION_PROMPTS = ("sasrec", "sasrec-ta", "sasrec-rps", "gru4rec", "caser")
 ABLATION_VARIANTS = ("lora",) + tuple(f"delrec-{p}" for p in ABLATION_PROMPTS)
-# P2Rec's ablation study: every teacher enhanced, each beside its no-SFT twin, and the K sweep 8/16/32 on
-# SASRec; the seed study (by default) on every teacher's main method.
+# P2Rec's ablation study: every teacher enhanced beside its no-SFT twin, and the K sweep 8/16/32 on SASRec.
 P2REC_ABLATION_VARIANTS = tuple(f"p2rec-{t}{a}" for t in TEACHER_NAMES for a in ("", "-nosft")) + ("p2rec-sasrec-k8", "p2rec-sasrec-k32")
 
 
@@ -104,8 +96,7 @@ def _paper() -> RunConfig:
         distill=DistillConfig(prompts=ABLATION_PROMPTS, num_soft_tokens=100, max_steps=2000, batch_size=8, grad_accum=1, lr=1e-3, eval_every=200),
         finetune=FinetuneConfig(variants=ABLATION_VARIANTS, method="adalora", lora_layers=None, max_steps=2000, batch_size=8,
                                 grad_accum=1, lr=1e-4, eval_every=200, valid_users=943, positions_per_user=5),
-        # P2Rec: the kit's choice for a first GPU run (the paper's settings are not public): longer
-        # histories, three SFT epochs, five seeds.
+        # P2Rec: the kit's choice for a first GPU run, the paper's settings not being public.
         p2rec=P2RecConfig(variants=P2REC_ABLATION_VARIANTS, history_len=50,
                           epochs=3, heldout_users=200, batch_size=16, lr=5e-4, eval_every=50, item_batch_size=128,
                           seeds=(1, 2, 3, 4)),

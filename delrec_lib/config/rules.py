@@ -1,4 +1,6 @@
-"""Field rules: what each config field accepts, checked when its dataclass is built."""
+"""What each config field accepts, declared with its type (``hidden: Count = 64``) and checked when its
+dataclass is built: a bad value is refused at load, naming the dotted field, instead of failing minutes later
+inside torch or numpy, or silently (a slice by -1)."""
 
 from __future__ import annotations
 
@@ -6,102 +8,115 @@ import dataclasses
 import math
 import re
 import typing
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from ..errors import ConfigError
 
-# --------------------------------------------------------------------------------------------
-# Field rules. Every field of every config dataclass has one in FIELD_RULES (a test walks them
-# all), checked when the dataclass is built: a bad value is refused at load, naming the dotted
-# field, instead of failing minutes later inside torch or numpy, or silently (a slice by -1).
-# --------------------------------------------------------------------------------------------
-
-_SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
-
 
 class Rule:
-    """What one field accepts. ``check`` raises a ConfigError naming ``where``."""
+    """What one field accepts (``test``) and how an error describes it (``expected``: text, or a function of none)."""
 
-    expected = "?"
+    def __init__(self, test: Callable[[Any], bool], expected: str | Callable[[], str]):
+        self.test, self._expected = test, expected
 
-    def accepts(self, value: Any) -> bool:
-        raise NotImplementedError
+    @property
+    def expected(self) -> str:
+        return self._expected() if callable(self._expected) else self._expected
 
     def check(self, value: Any, where: str) -> None:
-        if not self.accepts(value):
+        if not self.test(value):
             raise ConfigError(f"{where}: expected {self.expected}, got {value!r}")
 
-
-class Int(Rule):
-    def __init__(self, lo: int, hi: int | None = None):
-        self.lo, self.hi = lo, hi
-        self.expected = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-
     def accepts(self, value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= self.lo and (self.hi is None or value <= self.hi)
+        try:
+            self.check(value, "")
+        except ConfigError:
+            return False
+        return True
+
+
+class Satisfies(Rule):
+    """A value ``test`` accepts (for names with a grammar, such as variants)."""
+
+
+def parsed_by(parse: Callable[[str], Any], expected: str) -> Satisfies:
+    """A name ``parse`` accepts (it raises ConfigError on any other)."""
+
+    def parses(name: Any) -> bool:
+        try:
+            return isinstance(name, str) and parse(name) is not None
+        except ConfigError:
+            return False
+
+    return Satisfies(parses, expected)
 
 
 class Num(Rule):
     """A finite number in a range; ``open_lo``/``open_hi`` exclude the bound."""
 
+    noun = "a number"
+
     def __init__(self, lo: float, hi: float | None = None, *, open_lo: bool = False, open_hi: bool = False):
         self.lo, self.hi, self.open_lo, self.open_hi = lo, hi, open_lo, open_hi
         if hi is None:
-            self.expected = f"a number {'>' if open_lo else '>='} {lo}"
+            span = f"{'>' if open_lo else '>='} {lo}"
         else:
-            self.expected = f"a number in {'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}"
+            span = f"in {'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}"
+        super().__init__(self.in_range, f"{self.noun} {span}")
 
-    def accepts(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    def in_range(self, v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
             return False
-        above = value > self.lo if self.open_lo else value >= self.lo
-        below = self.hi is None or (value < self.hi if self.open_hi else value <= self.hi)
-        return above and below
+        above = v > self.lo if self.open_lo else v >= self.lo
+        return above and (self.hi is None or (v < self.hi if self.open_hi else v <= self.hi))
+
+
+class Int(Num):
+    noun = "an integer"
+
+    def __init__(self, lo: int, hi: int | None = None):
+        super().__init__(lo, hi)
+
+    def in_range(self, v: Any) -> bool:
+        return isinstance(v, int) and super().in_range(v)
 
 
 class OneOf(Rule):
     """Membership; ``values`` may be a function, for sets defined later or in a heavier module."""
 
-    def __init__(self, values: tuple[Any, ...] | typing.Callable[[], typing.Iterable[Any]]):
+    def __init__(self, values: tuple[Any, ...] | Callable[[], typing.Iterable[Any]]):
         self._values = values
+        super().__init__(
+            lambda v: isinstance(v, typing.Hashable) and v in self.values, lambda: "one of " + ", ".join(map(repr, self.values))
+        )
 
     @property
     def values(self) -> tuple[Any, ...]:
         return tuple(self._values() if callable(self._values) else self._values)
-
-    @property
-    def expected(self) -> str:
-        return "one of " + ", ".join(repr(v) for v in self.values)
-
-    def accepts(self, value: Any) -> bool:
-        return isinstance(value, typing.Hashable) and value in self.values
 
 
 class Text(Rule):
     """A non-empty string, optionally matching ``pattern`` (described by ``expected``)."""
 
     def __init__(self, pattern: str | None = None, expected: str = "a non-empty string"):
-        self.pattern, self.expected = pattern, expected
-
-    def accepts(self, value: Any) -> bool:
-        return isinstance(value, str) and value.strip() != "" and (self.pattern is None or re.fullmatch(self.pattern, value) is not None)
+        self.pattern = pattern
+        super().__init__(
+            lambda v: isinstance(v, str) and v.strip() != "" and (pattern is None or re.fullmatch(pattern, v) is not None), expected
+        )
 
 
 class Flag(Rule):
-    expected = "true or false"
-
-    def accepts(self, value: Any) -> bool:
-        return isinstance(value, bool)
+    def __init__(self):
+        super().__init__(lambda v: isinstance(v, bool), "true or false")
 
 
-class Satisfies(Rule):
-    """A value ``test`` accepts (for names with a grammar, such as variants)."""
+class Section(Rule):
+    """A nested config dataclass: its own rules were checked when it was built."""
 
-    def __init__(self, test: typing.Callable[[Any], bool], expected: str):
-        self.test, self.expected = test, expected
-
-    def accepts(self, value: Any) -> bool:
-        return self.test(value)
+    def __init__(self, cls: type):
+        self.cls = cls
+        super().__init__(lambda v: isinstance(v, cls), f"a {cls.__name__}")
 
 
 class Maybe(Rule):
@@ -109,13 +124,7 @@ class Maybe(Rule):
 
     def __init__(self, rule: Rule):
         self.rule = rule
-
-    @property
-    def expected(self) -> str:
-        return f"{self.rule.expected} (or none)"
-
-    def accepts(self, value: Any) -> bool:
-        return value is None or self.rule.accepts(value)
+        super().__init__(self.accepts, lambda: f"{rule.expected} (or none)")
 
     def check(self, value: Any, where: str) -> None:
         if value is not None:
@@ -128,17 +137,10 @@ class Items(Rule):
     def __init__(self, item: Rule, *, min_len: int = 0, length: int | None = None, unique: bool = True):
         self.item, self.min_len, self.length, self.unique = item, min_len, length, unique
         size = f"{length} " if length is not None else ("at least one " if min_len == 1 else "")
-        self.expected = f"a list of {size}items, each {item.expected}" + (", each once" if unique else "")
-
-    def accepts(self, value: Any) -> bool:
-        try:
-            self.check(value, "")
-        except ConfigError:
-            return False
-        return True
+        super().__init__(self.accepts, lambda: f"a list of {size}items, each {item.expected}{', each once' if unique else ''}")
 
     def check(self, value: Any, where: str) -> None:
-        if not isinstance(value, tuple) or len(value) < self.min_len or (self.length is not None and len(value) != self.length):
+        if not isinstance(value, tuple) or len(value) < self.min_len or self.length not in (None, len(value)):
             raise ConfigError(f"{where}: expected {self.expected}, got {value!r}")
         for i, v in enumerate(value):
             self.item.check(v, f"{where}[{i}]")
@@ -146,51 +148,65 @@ class Items(Rule):
             raise ConfigError(f"{where}: expected {self.expected}, got {list(value)} (an item twice)")
 
 
-class Section(Rule):
-    """A nested config dataclass: its own rules checked it when it was built."""
-
-    def __init__(self, cls: type):
-        self.cls, self.expected = cls, f"a {cls.__name__}"
-
-    def accepts(self, value: Any) -> bool:
-        return isinstance(value, self.cls)
-
-
-SEED = Int(0, _SEED_MAX)
+SEED = Int(0, 2**32 - 1)  # numpy's seeds are 32-bit
 COUNT = Int(1)  # a size, a number of steps or users: zero or a negative would silently do nothing
 COUNT_OR_NONE = Maybe(COUNT)
-RATE = Num(0, open_lo=True)  # learning rates
+RATE = Num(0, open_lo=True)
 DROPOUT = Num(0, 1, open_hi=True)
 MODULE_NAMES = Items(Text(r"[A-Za-z0-9_.]+", "a module name"), min_len=1)
-FIELD_RULES: dict[type, dict[str, Rule]] = {}
-# Where each config dataclass sits under RunConfig (filled in by sections.py).
-SECTION_PATHS: dict[type, str] = {}
+
+# The usual field types, each with its rule; ``Annotated[type, rule]`` declares any other.
+Count = Annotated[int, COUNT]
+Count0 = Annotated[int, Int(0)]  # a count that may be zero
+MaybeCount = Annotated[int | None, COUNT_OR_NONE]  # None: no limit
+Seed = Annotated[int, SEED]
+Seeds = Annotated[tuple[int, ...], Items(SEED)]
+Rate = Annotated[float, RATE]  # a learning rate
+Dropout = Annotated[float, DROPOUT]
+Weight = Annotated[float, Num(0)]
+NonEmpty = Annotated[str, Text()]
+ModuleNames = Annotated[tuple[str, ...], MODULE_NAMES]
+
+FIELD_RULES: dict[type, dict[str, Rule]] = {}  # every config dataclass's rules, by field
+SECTION_PATHS: dict[type, str] = {}  # where each config dataclass sits under RunConfig ("teachers.sasrec")
 
 
-def _metric_names() -> tuple[str, ...]:
-    from ..metrics import METRICS  # pandas: not at import of the config
+def rule_of(hint: Any) -> Rule | None:
+    """A field's rule: the one its ``Annotated`` type declares, else the one a bool, Literal or section type implies."""
+    if typing.get_origin(hint) is Annotated:
+        return next((m for m in hint.__metadata__ if isinstance(m, Rule)), None)
+    if hint is bool:
+        return Flag()
+    if typing.get_origin(hint) is typing.Literal:
+        return OneOf(typing.get_args(hint))
+    return Section(hint) if dataclasses.is_dataclass(hint) else None
 
-    return METRICS
+
+class Checked:
+    """Base of the config dataclasses: collects each field's rule, and checks them all when an instance is built."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        rules = {name: rule_of(hint) for name, hint in typing.get_type_hints(cls, include_extras=True).items()}
+        missing = [name for name, rule in rules.items() if rule is None]
+        if missing:
+            raise TypeError(f"{cls.__name__}: fields {missing} declare no rule; give each one, Annotated[type, rule]")
+        FIELD_RULES[cls] = rules
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def check_fields(config: Any) -> None:
     """Check every field of ``config`` against its rule; ConfigError names the dotted field."""
-    rules = FIELD_RULES[type(config)]
     section = SECTION_PATHS.get(type(config), type(config).__name__)
-    for f in dataclasses.fields(config):
-        if f.name in rules:  # a field without a rule fails tests/test_config.py, not a user's run
-            rules[f.name].check(getattr(config, f.name), f"{section}.{f.name}" if section else f.name)
+    for name, rule in FIELD_RULES[type(config)].items():
+        rule.check(getattr(config, name), f"{section}.{name}" if section else name)
 
 
-def section_paths(cls: type, prefix: str) -> dict[type, str]:
-    """Where each config dataclass sits under RunConfig ("teachers.sasrec" for SASRecConfig)."""
-    out = {cls: prefix}
-    for name, hint in typing.get_type_hints(cls).items():
-        if dataclasses.is_dataclass(hint):
-            out |= section_paths(hint, f"{prefix}.{name}" if prefix else name)
-    return out
-
-
-def declared(cls: type, name: str) -> OneOf:
-    """Membership in the values a field's ``Literal`` annotation declares."""
-    return OneOf(typing.get_args(typing.get_type_hints(cls)[name]))
+def register_sections(cls: type, prefix: str = "") -> None:
+    """Record where ``cls`` and the sections nested in it sit, for the dotted names in errors."""
+    SECTION_PATHS[cls] = prefix
+    for name, rule in FIELD_RULES[cls].items():
+        if isinstance(rule, Section):
+            register_sections(rule.cls, f"{prefix}.{name}" if prefix else name)
