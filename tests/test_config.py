@@ -260,3 +260,81 @@ def test_num_negatives_beyond_the_catalogue_is_refused_before_any_candidate_is_d
     limit = int(match.group(1))
     assert limit == 30 - int(match.group(2))
     prepare_dataset(DataConfig(dataset="toy", num_negatives=limit), tmp_path)  # exactly the limit is fine
+
+
+# --------------------------------------------------------------------------------------------
+# Each field declares its rule once, with its type; each kind of rule keeps its message
+# --------------------------------------------------------------------------------------------
+
+RULE_MESSAGES = [  # the wording of every kind of rule, as config.py gave it before the package split
+    ('teachers.patience', 0, 'teachers.patience: expected an integer >= 1, got 0'),
+    ('data.seed', 4294967296, 'data.seed: expected an integer in [0, 4294967295], got 4294967296'),
+    ('distill.lr', 0, 'distill.lr: expected a number > 0, got 0'),
+    ('finetune.lora_dropout', 1.0, 'finetune.lora_dropout: expected a number in [0, 1), got 1.0'),
+    ('eval.confidence', 1.0, 'eval.confidence: expected a number in (0, 1), got 1.0'),
+    ('eval.bootstrap', 99, 'eval.bootstrap: expected an integer >= 100, got 99'),
+    ('llm.dtype', 'f16', "llm.dtype: expected one of 'auto', 'float32', 'bfloat16', got 'f16'"),
+    ('data.dataset', 'a/b', "data.dataset: expected a dataset name (letters, digits, '.', '_', '-'), got 'a/b'"),
+    ('llm.backbone', ' ', "llm.backbone: expected a non-empty string, got ' '"),
+    ('llm.list_candidates', 1, 'llm.list_candidates: expected true or false, got 1'),
+    ('distill.prompts', ('sasrec-x',), "distill.prompts[0]: expected '<teacher>', '<teacher>-ta' or '<teacher>-rps' with a teacher among sasrec, gru4rec, caser, rule-sharedword, popularity, got 'sasrec-x'"),
+    ('finetune.variants', ('delrec-x',), "finetune.variants[0]: expected 'lora' or 'delrec-<soft prompt>', a soft prompt being '<teacher>', '<teacher>-ta' or '<teacher>-rps' with a teacher among sasrec, gru4rec, caser, rule-sharedword, popularity, got 'delrec-x'"),
+    ('llmsrec.variants', ('llm-srec-x',), "llmsrec.variants[0]: expected one of 'llm-srec', 'llm-srec-nounif', 'llm-srec-nodist', 'llm-srec-shuffled', got 'llm-srec-x'"),
+    ('teachers.threads', 0, 'teachers.threads: expected an integer >= 1, got 0'),
+    ('eval.paired_metrics', ('HR@1', 'HR@1'), "eval.paired_metrics: expected a list of items, each one of 'HR@1', 'HR@5', 'HR@10', 'NDCG@5', 'NDCG@10', 'MRR', each once, got ['HR@1', 'HR@1'] (an item twice)"),
+    ('distill.task_weights', (1.0,), 'distill.task_weights: expected a list of 2 items, each a number >= 0, got (1.0,)'),
+    ('finetune.target_modules', (), 'finetune.target_modules: expected a list of at least one items, each a module name, each once, got ()'),
+    ('p2rec.seed_variants', ('p2rec-x',), "p2rec.seed_variants[0]: expected 'p2rec-<teacher>', 'p2rec-<teacher>-k<K>' (K >= 2) or 'p2rec-<teacher>-nosft' with a teacher among sasrec, gru4rec, caser, got 'p2rec-x'"),
+    ('teachers.sasrec', 3, 'teachers.sasrec: expected a SASRecConfig, got 3'),
+    ('preset', 'nope', "preset: expected one of 'smoke', 'cpu', 'cpu-long', 'cpu-seeds', 'cpu-ablations', 'paper', got 'nope'"),
+    ('plugins', ('x',), "plugins[0]: expected 'module:FamilyClass', got 'x'"),
+    ('max_users', 0, 'max_users: expected an integer >= 1, got 0'),
+]
+
+
+@pytest.mark.parametrize("path, bad, message", RULE_MESSAGES, ids=[p for p, _, _ in RULE_MESSAGES])
+def test_each_kind_of_rule_names_the_field_what_it_expected_and_the_value(path, bad, message):
+    base = RunConfig()
+    section, name = (path.rsplit(".", 1) if "." in path else ("", path))
+    owner = functools.reduce(getattr, section.split("."), base) if section else base
+    with pytest.raises(ConfigError) as e:
+        dataclasses.replace(owner, **{name: bad})
+    assert str(e.value) == message
+
+
+def test_a_fields_type_is_its_rule_and_a_field_without_one_is_refused_at_definition(monkeypatch):
+    from typing import Annotated, Literal
+
+    from delrec_lib.config import rules
+
+    monkeypatch.setattr(rules, "FIELD_RULES", dict(FIELD_RULES))  # the classes below stay out of the kit's table
+
+    @dataclasses.dataclass(frozen=True)
+    class Toy(rules.Checked):
+        size: Annotated[int, Int(1)] = 3
+        on: bool = True
+        mode: Literal["a", "b"] = "a"
+
+    assert Toy() == Toy(size=3, on=True, mode="a")
+    for change, message in [({"size": 0}, "Toy.size: expected an integer >= 1, got 0"),
+                            ({"on": 1}, "Toy.on: expected true or false, got 1"),
+                            ({"mode": "c"}, "Toy.mode: expected one of 'a', 'b', got 'c'")]:  # fmt: skip
+        with pytest.raises(ConfigError) as e:
+            Toy(**change)
+        assert str(e.value) == message
+    with pytest.raises(TypeError, match=r"Loose: fields \['size'\] declare no rule"):
+
+        @dataclasses.dataclass(frozen=True)
+        class Loose(rules.Checked):
+            size: int = 3
+            on: bool = True
+    assert not any(cls.__name__ == "Loose" for cls in rules.FIELD_RULES)
+
+
+def test_importing_the_config_loads_neither_pandas_nor_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, delrec_lib.config; print(sorted({'pandas', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", "a rule's description computed at import (metric names need pandas)"
