@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..data import ProcessedData
+from ..data.titles import untagged, without_year
 from ..errors import ConfigError
 from .evaluation import Scorer
 
@@ -37,8 +38,10 @@ STOPWORDS = frozenset(
 
 
 def title_words(title: str) -> frozenset[str]:
-    """Lower-case words of at least three letters or digits that are not function words."""
-    return frozenset(w for w in re.findall(r"[a-z0-9']+", title.lower()) if len(w) >= 3 and w not in STOPWORDS)
+    """Lower-case words of at least three letters or digits that are not function words, read without the
+    year and the item tag that tell same-named titles apart ("Cape Fear (1991) [item 7]" -> {"cape", "fear"})."""
+    name = without_year(untagged(title))
+    return frozenset(w for w in re.findall(r"[a-z0-9']+", name.lower()) if len(w) >= 3 and w not in STOPWORDS)
 
 
 def is_rule_teacher(name: str) -> bool:
