@@ -4,10 +4,15 @@ A page (``<run>/report/<run>.md`` by default, ``--out docs/results/<name>.md`` f
 run's tables with their intervals, its paired tests, the reading notebook 08 wrote, its figures, and
 where the numbers come from: the machine (recorded by the runner with each notebook execution), the dtype
 the LLM computed in, the kit's version and commit (from the artifacts' manifests) and each notebook's
-time (``timings.json``). Nothing on it is typed by hand; a page is regenerated, never edited.
+time (``timings.json``). Its "Stages" section gives each stage's own numbers as the stage's folder records
+them (``stage_results``: the teachers' validation metrics, stage 1's report-set fidelity and TA accuracy and
+its selection curve, stage 2's validation curve, LLM-SRec's and P2Rec's validation tables), every LLM number
+beside the heuristics the stage recorded on the same examples. Nothing on it is typed by hand; a page is
+regenerated, never edited.
 
-Beside the page, a summary (``<page>.json``: the results table, users, data identity, machine, kit) lets
-another run be compared with it without its run folder (``--reference``). Two run folders are compared
+Beside the page, a summary (``<page>.json``: the results table, the stages' numbers, users, data identity,
+machine, kit) lets another run be compared with it without its run folder (``--reference``, stage 1's
+report-set numbers included). Two run folders are compared
 user by user (``compare_runs``): paired tests, Holm-adjusted within the comparison, refused unless both
 were evaluated on the same test users with the same candidate sets.
 
@@ -19,11 +24,13 @@ rendered to Markdown with their figures (``render_notebooks``), readable without
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,7 @@ import pandas as pd
 
 from .artifacts import (
     MANIFEST_NAME,
+    RunPaths,
     atomic_dir,
     atomic_write_json,
     atomic_write_text,
@@ -162,6 +170,7 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
         "table": {m: {k: {s: float(table.loc[m, (k, s)]) for s in ("mean", "ci_low", "ci_high")} for k in METRICS}
                   for m in table.index},  # fmt: skip
         "chance": {k: float(v) for k, v in chance_table(num_candidates).iloc[0].items()},
+        "stages": stage_results(root),
     }
 
 
@@ -184,6 +193,189 @@ def summary_table(summary: dict[str, Any]) -> pd.DataFrame:
                           for m, row in summary["table"].items()}).T  # fmt: skip
     table.index.name = "method"
     return table
+
+
+# --------------------------------------------------------------------------------------------
+# The stages' own numbers (notebooks 02-06), read from the folders each stage wrote
+# --------------------------------------------------------------------------------------------
+
+# Validation columns of a teacher-shaped model: the shared candidate sets (where chance is known) and the
+# full catalogue (the teachers' own selection protocol).
+TEACHER_COLUMNS = (("candidates", "HR@1"), ("candidates", "NDCG@10"), ("full", "HR@10"), ("full", "NDCG@10"))
+# What notebook 05 records of LLM-SRec's baselines (``metrics/05_llm_srec.json``): NDCG@10 on its validation users.
+LLMSREC_BASELINE_METRIC = "NDCG@10"
+
+
+def _stage_folders(stage_dir: Path, first: Sequence[str] = ()) -> list[Path]:
+    """A stage's artifact folders, the run's configured names first (temporary and checkpoint folders,
+    named with a leading dot, left out)."""
+    if not stage_dir.is_dir():
+        return []
+    folders = [p for p in stage_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    order = {name: i for i, name in enumerate(first)}
+    return sorted(folders, key=lambda p: (order.get(p.name, len(order)), p.name))
+
+
+def _stage_file(directory: Path, name: str) -> Path:
+    """``directory/name`` as the stage wrote it: listed in the folder's manifest with the same hash."""
+    manifest = read_manifest(directory)
+    path = directory / name
+    if name not in manifest["outputs"]:
+        raise DataError(f"{path}: not among the files {directory / MANIFEST_NAME} lists (another version of the "
+                        "stage wrote the folder?); re-run the stage")  # fmt: skip
+    verify_outputs(directory, {"outputs": {name: manifest["outputs"][name]}})
+    return path
+
+
+@contextlib.contextmanager
+def _reading(path: Path):
+    """Turns a missing field or column of a stage's file into an error naming that file."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise DataError(f"{path}: unreadable as the stage writes it ({type(e).__name__}: {e}); re-run the stage "
+                        "that wrote it") from e  # fmt: skip
+
+
+def _stage_metrics(directory: Path) -> tuple[dict[str, Any], Path]:
+    path = _stage_file(directory, "metrics.json")
+    metrics = read_json(path)
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: expected a JSON object of metrics")
+    return metrics, path
+
+
+def _curve(directory: Path, x: str, y: str, best_step: int | None) -> list[dict[str, Any]]:
+    """A stage's learning curve (``history.csv``): one point per evaluation, the selected step marked."""
+    path = _stage_file(directory, "history.csv")
+    try:
+        history = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable CSV ({e})") from e
+    missing = [c for c in ("step", x, y) if c not in history.columns]
+    if missing:
+        raise DataError(f"{path}: no column {missing} (columns: {list(history.columns)}); re-run the stage that wrote it")
+    with _reading(path):
+        return [{"x": int(r[x]), "y": float(r[y]), "selected": best_step is not None and int(r["step"]) == int(best_step)}
+                for _, r in history.dropna(subset=[y]).iterrows()]  # fmt: skip
+
+
+def _teacher_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Validation metrics of a teacher-shaped export (``teachers/stage.py``'s ``metrics.json``)."""
+    valid, shown = metrics["valid"], {}
+    for protocol, metric in TEACHER_COLUMNS:
+        shown.setdefault(protocol, {})[metric] = {s: float(valid[protocol][metric][s]) for s in ("mean", "ci_low", "ci_high")}
+    return {"valid": shown, "users": int(valid["candidates"]["users"]), "epochs": metrics.get("epochs"),
+            "best_epoch": metrics.get("best_epoch"), "seconds": metrics.get("train_seconds")}  # fmt: skip
+
+
+def _teachers_stage(paths: RunPaths, config: dict[str, Any]) -> dict[str, Any]:
+    teachers = config.get("teachers", {})
+    out = {}
+    for d in _stage_folders(paths.teachers, ["popularity", *teachers.get("rules", ()), *teachers.get("models", ())]):
+        metrics, path = _stage_metrics(d)
+        with _reading(path):
+            out[d.name] = _teacher_row(metrics)
+    return out
+
+
+def _distill_stage(paths: RunPaths, config: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for d in _stage_folders(paths.distill, config.get("distill", {}).get("prompts", ())):
+        m, path = _stage_metrics(d)
+        with _reading(path):
+            out[d.name] = {
+                "teacher": m["teacher"], "tasks": list(m["tasks"]),
+                "report_users": int(m["heldout_users"]), "report_users_id": (m.get("report_users") or {}).get("hash"),
+                "fidelity_before": m["fidelity_before"], "fidelity_after": m["fidelity_after"],
+                "fidelity_baselines": m["fidelity_baselines"], "fidelity_chance": float(m["fidelity_chance"]),
+                "ta_accuracy_before": m.get("ta_accuracy_before"), "ta_accuracy_after": m.get("ta_accuracy_after"),
+                "ta_baselines": m.get("ta_baselines") or {}, "ta_chance": m.get("ta_chance"),
+                "selection": {"users": int(m["selection"]["users"]), "fidelity_before": float(m["selection"]["fidelity_before"]),
+                              "fidelity_best": m["selection"]["fidelity_best"]},
+                "train_users": m.get("train_users"), "steps": int(m["steps"]), "best_step": m.get("best_step"),
+                "seconds": float(m["seconds"]),
+            }  # fmt: skip
+        out[d.name]["curve"] = _curve(d, "users_seen", "fidelity", out[d.name]["best_step"])
+    return out
+
+
+def _finetune_stage(paths: RunPaths, config: dict[str, Any]) -> dict[str, Any]:
+    cfg = config.get("finetune", {})
+    folders = _stage_folders(paths.finetune, cfg.get("variants", ()))
+    metric = cfg.get("select_metric")
+    if folders and metric is None:
+        raise DataError(f"{paths.config_file}: no finetune.select_metric, the metric that selected stage 2's step")
+    out = {}
+    for d in folders:
+        m, path = _stage_metrics(d)
+        with _reading(path):
+            out[d.name] = {
+                "metric": metric, "valid_users": int(m["valid_users"]), "train_examples": int(m["train_examples"]),
+                "before": {s: float(m["valid_before"][metric][s]) for s in ("mean", "ci_low", "ci_high")},
+                "best": float(m["valid_best"][metric]),
+                "baselines": {name: float(v[metric]) for name, v in m["valid_baselines"].items()},
+                "steps": int(m["steps"]), "best_step": m.get("best_step"), "seconds": float(m["seconds"]),
+                "train_seed": m.get("train_seed"),
+            }  # fmt: skip
+        out[d.name]["curve"] = _curve(d, "examples_seen", metric, out[d.name]["best_step"])
+    return out
+
+
+def _llmsrec_stage(paths: RunPaths, config: dict[str, Any]) -> dict[str, Any]:
+    variants = {}
+    metric = LLMSREC_BASELINE_METRIC
+    for d in _stage_folders(paths.llmsrec, config.get("llmsrec", {}).get("variants", ())):
+        m, path = _stage_metrics(d)
+        with _reading(path):
+            variants[d.name] = {
+                "valid_users": int(m["valid_users"]), "train_examples": int(m["train_examples"]),
+                "before": float(m["valid_before"][metric]), "best": float(m["valid_best"][metric]),
+                "teacher_cosine_before": float(m["teacher_cosine_before"]), "teacher_cosine_best": float(m["teacher_cosine_best"]),
+                "steps": int(m["steps"]), "best_step": m.get("best_step"), "seconds": float(m["seconds"]),
+            }  # fmt: skip
+    if not variants:
+        return {}
+    recorded = paths.metrics / "05_llm_srec.json"
+    baselines = None
+    if recorded.is_file():
+        with _reading(recorded):
+            baselines = {k: float(v) for k, v in read_json(recorded)["baselines"].items()}
+    return {"metric": metric, "variants": variants, "baselines": baselines}
+
+
+def _p2rec_stage(paths: RunPaths, config: dict[str, Any]) -> dict[str, Any]:
+    sft, methods = {}, {}
+    for d in _stage_folders(paths.p2rec, config.get("p2rec", {}).get("variants", ())):
+        if d.name.startswith("sft-"):
+            m, path = _stage_metrics(d)
+            with _reading(path):
+                sft[d.name] = {"k": int(m["k"]), "loss": m["loss"], "heldout_users": int(m["heldout_users"]),
+                               **{p: {k: float(v) for k, v in m[f"heldout_{p}"].items()} for p in ("best", "prior", "uniform")},
+                               "steps": int(m["steps"]), "best_step": m.get("best_step"), "seconds": float(m["train_seconds"])}  # fmt: skip
+        elif d.name.startswith("p2rec-"):  # an enhanced teacher, exported as the teacher stage exports one
+            m, path = _stage_metrics(d)
+            with _reading(path):
+                methods[d.name] = {**_teacher_row(m), "teacher": m["teacher"], "init": m.get("init")}
+    return {"sft": sft, "methods": methods} if sft or methods else {}
+
+
+def stage_results(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """{stage: its numbers} for the stages the run has (teachers, distill, finetune, llmsrec, p2rec), read
+    from the files each stage wrote and checked against their manifests (JSON-able, the page's summary
+    holds it). A stage without a folder is left out; a folder that cannot be read is an error naming the file."""
+    paths = RunPaths(Path(run_dir))
+    config = read_json(_require(paths.config_file, "not a run folder (the runner writes config.json)"))
+    stages = {"teachers": _teachers_stage, "distill": _distill_stage, "finetune": _finetune_stage,
+              "llmsrec": _llmsrec_stage, "p2rec": _p2rec_stage}  # fmt: skip
+    out = {}
+    for name, read in stages.items():
+        found = read(paths, config)
+        if found:
+            out[name] = found
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,6 +449,14 @@ def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, methods: Se
                 "p_holm", "family_size", "users"]]  # fmt: skip
 
 
+def _side_by_side(x: dict[str, float], r: dict[str, float]) -> dict[str, str]:
+    """One number of this run and the reference with their intervals; they agree *within the intervals*
+    when each mean lies inside the other's interval."""
+    within = r["ci_low"] <= x["mean"] <= r["ci_high"] and x["ci_low"] <= r["mean"] <= x["ci_high"]
+    return {"run": _ci(x), "reference": _ci(r), "difference": f"{x['mean'] - r['mean']:+.4f}",
+            "within the intervals": "yes" if within else "NO"}  # fmt: skip
+
+
 def reference_comparison(run: dict[str, Any], reference: dict[str, Any]) -> pd.DataFrame:
     """Every metric of every method both have, side by side with its interval, and whether the two agree
     within their intervals: each run's mean lies inside the other run's interval."""
@@ -265,11 +465,31 @@ def reference_comparison(run: dict[str, Any], reference: dict[str, Any]) -> pd.D
         if method not in reference["table"]:
             continue
         for metric in METRICS:
-            x, r = row[metric], reference["table"][method][metric]
-            within = r["ci_low"] <= x["mean"] <= r["ci_high"] and x["ci_low"] <= r["mean"] <= x["ci_high"]
-            rows.append({"method": method, "metric": metric, "run": _ci(x), "reference": _ci(r),
-                         "difference": f"{x['mean'] - r['mean']:+.4f}", "within the intervals": "yes" if within else "NO"})  # fmt: skip
+            rows.append({"method": method, "metric": metric, **_side_by_side(row[metric], reference["table"][method][metric])})
     return pd.DataFrame(rows).set_index("method")
+
+
+STAGE1_COMPARED = {"fidelity_before": "RPS fidelity, untrained prompt", "fidelity_after": "RPS fidelity, trained",
+                   "ta_accuracy_before": "TA accuracy, untrained prompt", "ta_accuracy_after": "TA accuracy, trained"}  # fmt: skip
+
+
+def stage1_comparison(run: dict[str, Any], reference: dict[str, Any]) -> pd.DataFrame:
+    """Stage 1's report-set numbers of every soft prompt both runs trained, side by side with their
+    intervals (the rule of ``reference_comparison``), and whether the two report sets are the same users.
+    Empty when either summary has no stage 1 (summaries written before the stages were recorded)."""
+    mine = (run.get("stages") or {}).get("distill", {})
+    theirs = (reference.get("stages") or {}).get("distill", {})
+    rows = []
+    for prompt, x in mine.items():
+        r = theirs.get(prompt)
+        if r is None:
+            continue
+        same = x.get("report_users_id") is not None and x.get("report_users_id") == r.get("report_users_id")
+        for key, label in STAGE1_COMPARED.items():
+            if x.get(key) is not None and r.get(key) is not None:
+                rows.append({"prompt": prompt, "report set": label, **_side_by_side(x[key], r[key]),
+                             "same report users": "yes" if same else "NO"})  # fmt: skip
+    return pd.DataFrame(rows).set_index("prompt") if rows else pd.DataFrame()
 
 
 def _ci(stats: dict[str, float], digits: int = 4) -> str:
@@ -480,6 +700,161 @@ def _analysis_sections(root: Path) -> list[str]:
     return lines
 
 
+def _maybe_ci(stats: dict[str, float] | None) -> str:
+    return "not measured" if stats is None else _ci(stats)
+
+
+def _points(curve: list[dict[str, Any]]) -> str:
+    """A learning curve in one cell: ``x: y`` per evaluation, the selected step marked *."""
+    return ", ".join(f"{p['x']}: {p['y']:.3f}" + ("*" if p["selected"] else "") for p in curve)
+
+
+def _steps(stage: dict[str, Any]) -> str:
+    return f"{stage['steps']} ({stage['best_step'] if stage['best_step'] is not None else 'last'})"
+
+
+def _each(columns: dict[str, Any], cell) -> dict[str, str]:
+    """One row of a table with a column per prompt or variant: ``cell`` of each."""
+    return {name: cell(stage) for name, stage in columns.items()}
+
+
+def _columns_table(rows: dict[str, dict[str, str]], columns: list[str], label: str) -> str:
+    """Rows of quantities, one column per prompt or variant (a quantity a column lacks left blank)."""
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=columns, dtype=object).fillna("")
+    frame.index.name = label
+    return markdown_table(frame)
+
+
+def _distill_section(prompts: dict[str, Any]) -> list[str]:
+    rps = list(dict.fromkeys(h for p in prompts.values() for h in p["fidelity_baselines"]))
+    ta = list(dict.fromkeys(h for p in prompts.values() for h in p["ta_baselines"]))
+    each = partial(_each, prompts)
+    rows = {
+        "teacher (tasks trained)": each(lambda p: f"{p['teacher']} ({' + '.join(t.upper() for t in p['tasks'])})"),
+        "report users": each(lambda p: str(p["report_users"])),
+        "RPS fidelity, untrained prompt": each(lambda p: _ci(p["fidelity_before"])),
+        "RPS fidelity, trained (selected step)": each(lambda p: _ci(p["fidelity_after"])),
+        **{f"RPS: {h}": {n: _ci(p["fidelity_baselines"][h]) for n, p in prompts.items() if h in p["fidelity_baselines"]} for h in rps},
+        "RPS: chance": each(lambda p: f"{p['fidelity_chance']:.4f}"),
+        "TA accuracy, untrained prompt": each(lambda p: _maybe_ci(p["ta_accuracy_before"])),
+        "TA accuracy, trained (selected step)": each(lambda p: _maybe_ci(p["ta_accuracy_after"])),
+        **{f"TA: {h}": {n: _ci(p["ta_baselines"][h]) for n, p in prompts.items() if h in p["ta_baselines"]} for h in ta},
+        "TA: chance": each(lambda p: "" if p["ta_chance"] is None else f"{p['ta_chance']:.4f}"),
+        "selection set: users, fidelity untrained -> selected step": each(
+            lambda p: f"{p['selection']['users']}: {p['selection']['fidelity_before']:.4f} -> "
+                      + ("" if p["selection"]["fidelity_best"] is None else f"{p['selection']['fidelity_best']:.4f}")),
+        "selection fidelity by users seen (* selected)": each(lambda p: _points(p["curve"])),
+        "steps (selected step)": each(_steps),
+        "training users; seconds": each(lambda p: f"{p['train_users']}; {p['seconds']:.0f} s"),
+    }  # fmt: skip
+    return ["### Stage 1: soft-prompt distillation (notebook 03)", "",
+            "On the report set: the run's fixed report users, never trained on, never an in-context example, "
+            "not used to pick the step; mean [95% bootstrap interval] over users (`distill/<prompt>/metrics.json`). "
+            "RPS fidelity: the LLM's top-1 is the teacher's top-1; TA accuracy: the LLM picks the hidden latest item. "
+            "The heuristics rank the very same examples without a model. The selection set picked the step, so its "
+            "fidelity there is optimistic; its curve is `history.csv`.", "",
+            _columns_table(rows, list(prompts), "prompt")]  # fmt: skip
+
+
+def _finetune_section(variants: dict[str, Any]) -> list[str]:
+    metric = next(iter(variants.values()))["metric"]
+    names = list(dict.fromkeys(b for v in variants.values() for b in v["baselines"] if b != "chance"))
+    each = partial(_each, variants)
+    rows = {
+        "validation users": each(lambda v: str(v["valid_users"])),
+        f"valid {metric}, before training": each(lambda v: _ci(v["before"])),
+        f"valid {metric}, selected step": each(lambda v: f"{v['best']:.4f}"),
+        **{f"{b} (same examples)": {n: f"{v['baselines'][b]:.4f}" for n, v in variants.items() if b in v["baselines"]} for b in names},
+        "chance (same examples)": {n: f"{v['baselines']['chance']:.4f}" for n, v in variants.items() if "chance" in v["baselines"]},
+        f"valid {metric} by examples seen (* selected)": each(lambda v: _points(v["curve"])),
+        "steps (selected step)": each(_steps),
+        "training examples; seconds": each(lambda v: f"{v['train_examples']}; {v['seconds']:.0f} s"),
+    }  # fmt: skip
+    return ["### Stage 2: LLM fine-tuning (notebook 04)", "",
+            f"Validation users' shared candidate sets; {metric} picks the step (so the selected step's value is "
+            "optimistic), popularity, the teachers and chance ranked the same examples (`finetune/<variant>/metrics.json`, "
+            "curve `history.csv`). Before training: mean [95% bootstrap interval].", "",
+            _columns_table(rows, list(variants), "variant")]  # fmt: skip
+
+
+def _teacher_rows(rows: dict[str, dict[str, Any]], num_candidates: int | None) -> pd.DataFrame:
+    out = {}
+    for name, r in rows.items():
+        out[name] = {f"{p} {k}": _ci(r["valid"][p][k]) for p, k in TEACHER_COLUMNS}
+        out[name]["users"] = str(r["users"])
+        out[name]["epochs (best)"] = "" if r.get("epochs") is None else f"{r['epochs']} ({r.get('best_epoch')})"
+        out[name]["seconds"] = "" if r.get("seconds") is None else f"{r['seconds']:.0f}"
+    if num_candidates:
+        chance = chance_table(num_candidates).iloc[0]
+        out["chance (expected)"] = {f"{p} {k}": chance[k] if p == "candidates" else "" for p, k in TEACHER_COLUMNS}
+    frame = pd.DataFrame.from_dict(out, orient="index", dtype=object).fillna("")
+    frame.index.name = "model"
+    return frame
+
+
+def _llmsrec_section(stage: dict[str, Any]) -> list[str]:
+    metric = stage["metric"]
+    rows = {n: {f"valid {metric}": f"{v['best']:.4f}", "before training": f"{v['before']:.4f}",
+                "user/teacher cosine, before -> selected": f"{v['teacher_cosine_before']:.3f} -> {v['teacher_cosine_best']:.3f}",
+                "steps (selected step)": _steps(v), "seconds": f"{v['seconds']:.0f}", "validation users": str(v["valid_users"])}
+            for n, v in stage["variants"].items()}  # fmt: skip
+    for name, value in (stage["baselines"] or {}).items():
+        rows[f"{name} (same examples)"] = {f"valid {metric}": f"{value:.4f}"}
+    frame = pd.DataFrame.from_dict(rows, orient="index", dtype=object).fillna("")
+    frame.index.name = "method"
+    note = ("" if stage["baselines"] else " Notebook 05 recorded no baselines (`metrics/05_llm_srec.json`): "
+            "the variants stand alone here.")  # fmt: skip
+    return ["### LLM-SRec (notebook 05)", "",
+            f"Validation users' shared candidate sets, {metric} at the step it selected (optimistic) and before training "
+            "(`llmsrec/<variant>/metrics.json`), beside the teacher, popularity and chance on the same users as notebook 05 "
+            "recorded them." + note, "", markdown_table(frame)]  # fmt: skip
+
+
+def _p2rec_section(stage: dict[str, Any], teachers: dict[str, Any], num_candidates: int) -> list[str]:
+    lines = ["### P2Rec (notebook 06)", ""]
+    if stage["sft"]:
+        rows = {}
+        for name, s in stage["sft"].items():
+            for key, label in (("best", "tuned LLM"), ("prior", "training users' mean"), ("uniform", "uniform")):
+                rows[f"{name}: {label}"] = {**{k: f"{v:.4f}" for k, v in s[key].items()}, "held-out users": str(s["heldout_users"]),
+                                            "steps (selected step)": _steps(s) if key == "best" else "",
+                                            "seconds": f"{s['seconds']:.0f}" if key == "best" else ""}  # fmt: skip
+        frame = pd.DataFrame.from_dict(rows, orient="index", dtype=object).fillna("")
+        frame.index.name = "SFT (K categories)"
+        lines += ["User-level SFT: each held-out user's category distribution predicted by the tuned LLM, beside two "
+                  "predictions without a model (`p2rec/sft-*/metrics.json`; the loss named in each folder selects the step).",
+                  "", markdown_table(frame)]  # fmt: skip
+    if stage["methods"]:
+        plain = dict.fromkeys(["popularity", *(m["teacher"] for m in stage["methods"].values())])
+        rows = {**{n: teachers[n] for n in plain if n in teachers}, **stage["methods"]}
+        lines += ["Enhanced teachers (item table initialised from the LLM) beside the plain teachers and popularity, "
+                  "validation split, mean [95% bootstrap interval] (`p2rec/<method>/metrics.json`).", "",
+                  markdown_table(_teacher_rows(rows, num_candidates))]  # fmt: skip
+    return lines
+
+
+def _stage_sections(summary: dict[str, Any]) -> list[str]:
+    """Each stage's own numbers, every LLM figure beside what the heuristics got on the same examples."""
+    stages = summary.get("stages") or {}
+    if not stages:
+        return []
+    lines = ["## Stages", "", "Each stage's own numbers, as its folder records them (notebooks 02-06).", ""]
+    if "teachers" in stages:
+        lines += ["### Teachers (notebook 02)", "",
+                  "Validation split (early stopping's), mean [95% bootstrap interval] over users "
+                  "(`teachers/<name>/metrics.json`): the shared candidate sets and the full catalogue (history excluded).",
+                  "", markdown_table(_teacher_rows(stages["teachers"], summary["num_candidates"]))]  # fmt: skip
+    if "distill" in stages:
+        lines += _distill_section(stages["distill"])
+    if "finetune" in stages:
+        lines += _finetune_section(stages["finetune"])
+    if "llmsrec" in stages:
+        lines += _llmsrec_section(stages["llmsrec"])
+    if "p2rec" in stages:
+        lines += _p2rec_section(stages["p2rec"], stages.get("teachers", {}), summary["num_candidates"])
+    return lines
+
+
 def _figures(root: Path, page_dir: Path, copy_to: Path | None) -> list[str]:
     figures = sorted((root / "figures").glob("*.png"))
     if not figures:
@@ -530,7 +905,17 @@ def _reference_section(summary: dict[str, Any], reference: dict[str, Any]) -> li
             "Rule: a metric agrees *within the intervals* when each run's mean lies inside the other run's "
             f"{(summary.get('confidence') or 0.95):.0%} interval. {agree} of {len(table)} agree."
             + (f" Methods the reference does not have: {', '.join(missing)}." if missing else ""), "",
-            markdown_table(table)]  # fmt: skip
+            markdown_table(table)] + _stage1_reference(summary, reference)  # fmt: skip
+
+
+def _stage1_reference(summary: dict[str, Any], reference: dict[str, Any]) -> list[str]:
+    table = stage1_comparison(summary, reference)
+    if table.empty:
+        return []
+    agree = int((table["within the intervals"] == "yes").sum())
+    return ["### Stage 1 on the report set", "",
+            f"Each soft prompt both runs trained, on its report set (95% bootstrap intervals), by the same rule: "
+            f"{agree} of {len(table)} agree.", "", markdown_table(table)]  # fmt: skip
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, compare: Sequence[str | os.PathLike] = (),
@@ -555,6 +940,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     lines += ["## Headline", "", _marked("headline", summary["run"], headline(summary))]
     lines += _eval_sections(root, summary)
     lines += _analysis_sections(root)
+    lines += _stage_sections(summary)
     lines += _figures(root, out.parent, None if out.is_relative_to(root) else out.parent / f"{out.stem}_figures")
     if notebooks:
         target = Path(notebooks_dir).resolve() if notebooks_dir else root / "report" / "notebooks"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -18,8 +19,29 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 from delrec_lib import __main__ as cli
 from delrec_lib import report, runner
 from delrec_lib.analysis import order_diagnostic, reading, shuffled_results
-from delrec_lib.artifacts import RunPaths, atomic_dir, atomic_write_json, build_manifest, write_manifest
-from delrec_lib.config import DataConfig, EvalConfig, RunConfig, config_to_dict
+from delrec_lib.artifacts import (
+    RunPaths,
+    atomic_dir,
+    atomic_write_json,
+    build_manifest,
+    sha256_file,
+    write_manifest,
+)
+from delrec_lib.config import (
+    DataConfig,
+    DistillConfig,
+    EvalConfig,
+    FinetuneConfig,
+    LLMConfig,
+    LLMSRecConfig,
+    P2RecConfig,
+    RunConfig,
+    TeachersConfig,
+    config_to_dict,
+)
+from delrec_lib.data import load_processed
+from delrec_lib.distill import run_distillation
+from delrec_lib.errors import DataError, StaleArtifactError
 from delrec_lib.evaluation import (
     EVAL_KIND,
     MethodResult,
@@ -34,6 +56,8 @@ from delrec_lib.evaluation import (
     results_table,
     write_tables,
 )
+from delrec_lib.finetune import run_finetuning
+from delrec_lib.llm import load_backbone
 from delrec_lib.metrics import METRICS, holm_adjust, paired_test
 from delrec_lib.report import (
     ComparisonError,
@@ -43,8 +67,9 @@ from delrec_lib.report import (
     update_readme,
     write_report,
 )
-from delrec_lib.teachers.stage import export_popularity
+from delrec_lib.teachers.stage import export_popularity, export_rule
 
+from .llm_fixtures import save_tiny_causal
 from .stage_fixtures import synthetic_data
 from .toy_method import TOY
 
@@ -343,3 +368,244 @@ def test_the_runner_records_the_machine_with_each_execution(tmp_path, monkeypatc
     assert [r["machine"] for r in runs] == [machine, machine]
     assert machine["cores"] >= 1 and machine["cpu"] and machine["versions"]["torch"]
     assert runner.probe_machine("bfloat16")["llm_dtype"] == "bfloat16"
+
+
+# --------------------------------------------------------------------------------------------
+# The stages' own numbers (notebooks 02-06)
+# --------------------------------------------------------------------------------------------
+
+RULE = "rule-sharedword"
+PROMPTS = (RULE, f"{RULE}-rps")
+VARIANTS = ("lora", f"delrec-{RULE}")
+
+
+def staged_config(base: dict) -> RunConfig:
+    """The run folder's config with stage 1 and 2 on a rule teacher (the only teacher whose export needs no training)."""
+    return RunConfig(
+        preset="smoke", data_dir=base["data_dir"], plugins=tuple(base["plugins"]),
+        data=DataConfig(dataset="toy", num_negatives=5), eval=EvalConfig(bootstrap=100),
+        teachers=TeachersConfig(models=(), rules=(RULE,)), llm=LLMConfig(history_len=4, title_style="with_year"),
+        distill=DistillConfig(prompts=PROMPTS, heldout_users=10, selection_users=6, max_steps=4, batch_size=4, grad_accum=1,
+                              lr=0.1, eval_every=2, num_soft_tokens=4, warmup_steps=0, ta_candidates=6, rps_top_k=3, rps_random=3),
+        finetune=FinetuneConfig(variants=VARIANTS, max_train_users=24, valid_users=8, max_steps=4, batch_size=4, grad_accum=1,
+                                lr=5e-3, eval_every=2, warmup_steps=0, num_negatives=5, lora_r=4, lora_layers=None,
+                                positions_per_user=1),
+        llmsrec=LLMSRecConfig(variants=()), p2rec=P2RecConfig(variants=()),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def staged_run(run_folder, tmp_path_factory) -> Path:
+    """The run folder with the teachers, stage 1 and stage 2 written by the stages themselves (a tiny random LLM)."""
+    root = tmp_path_factory.mktemp("staged")
+    shutil.copytree(run_folder, root / "smoke")
+    paths = RunPaths(root / "smoke")
+    config = staged_config(json.loads(paths.config_file.read_text()))
+    atomic_write_json(paths.config_file, config_to_dict(config))
+    data = load_processed(config.data_dir, "toy")
+    export_rule(RULE, config.teachers, data, paths.teachers)
+    backbone = load_backbone(str(save_tiny_causal(root / "tiny")), dtype="float32")
+    for name in PROMPTS:
+        run_distillation(config, paths, data, backbone, name, progress=False)
+    for name in VARIANTS:
+        run_finetuning(config, paths, data, backbone, name, progress=False)
+    return paths.root
+
+
+def ci(stats: dict) -> str:
+    return f"{stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]"
+
+
+def row(label: str, cells) -> str:
+    return "| " + " | ".join([label, *cells]) + " |"
+
+
+def curve_cell(history: pd.DataFrame, x: str, y: str, best_step: int) -> str:
+    return ", ".join(f"{int(r[x])}: {r[y]:.3f}" + ("*" if r["step"] == best_step else "") for _, r in history.iterrows())
+
+
+def check_stage_rows(text: str, run: Path) -> None:
+    """Stage 1 and 2's rows on the page are the report set's and the validation examples' numbers, every
+    heuristic each stage recorded beside them, and the curves' points."""
+    m = {p: json.loads((run / "distill" / p / "metrics.json").read_text()) for p in PROMPTS}
+    assert row("RPS fidelity, untrained prompt", [ci(m[p]["fidelity_before"]) for p in PROMPTS]) in text
+    assert row("RPS fidelity, trained (selected step)", [ci(m[p]["fidelity_after"]) for p in PROMPTS]) in text
+    assert row("TA accuracy, trained (selected step)", [ci(m[p]["ta_accuracy_after"]) if m[p]["ta_accuracy_after"] else "not measured"
+                                                        for p in PROMPTS]) in text  # fmt: skip
+    for key, task in (("fidelity_baselines", "RPS"), ("ta_baselines", "TA")):
+        assert list(m[PROMPTS[0]][key]), "the stage records its heuristics"
+        for h in m[PROMPTS[0]][key]:
+            assert row(f"{task}: {h}", [ci(m[p][key][h]) for p in PROMPTS]) in text, f"{task} heuristic '{h}'"
+    assert row("RPS: chance", [f"{m[p]['fidelity_chance']:.4f}" for p in PROMPTS]) in text
+    assert row("TA: chance", [f"{m[p]['ta_chance']:.4f}" for p in PROMPTS]) in text
+    assert row("report users", [str(m[p]["heldout_users"]) for p in PROMPTS]) in text
+    curves = [curve_cell(pd.read_csv(run / "distill" / p / "history.csv"), "users_seen", "fidelity", m[p]["best_step"]) for p in PROMPTS]
+    assert row("selection fidelity by users seen (* selected)", curves) in text
+    assert row("steps (selected step)", [f"{m[p]['steps']} ({m[p]['best_step']})" for p in PROMPTS]) in text
+
+    f = {v: json.loads((run / "finetune" / v / "metrics.json").read_text()) for v in VARIANTS}
+    metric = json.loads((run / "config.json").read_text())["finetune"]["select_metric"]
+    assert row(f"valid {metric}, before training", [ci(f[v]["valid_before"][metric]) for v in VARIANTS]) in text
+    assert row(f"valid {metric}, selected step", [f"{f[v]['valid_best'][metric]:.4f}" for v in VARIANTS]) in text
+    assert set(f[VARIANTS[0]]["valid_baselines"]) == {"popularity", "chance"}
+    for b in f[VARIANTS[0]]["valid_baselines"]:
+        assert row(f"{b} (same examples)", [f"{f[v]['valid_baselines'][b][metric]:.4f}" for v in VARIANTS]) in text, f"stage-2 baseline {b}"
+    curves = [curve_cell(pd.read_csv(run / "finetune" / v / "history.csv"), "examples_seen", metric, f[v]["best_step"]) for v in VARIANTS]
+    assert row(f"valid {metric} by examples seen (* selected)", curves) in text
+
+
+def test_the_page_shows_each_stages_numbers_beside_the_heuristics(staged_run):
+    m = json.loads((staged_run / "distill" / RULE / "metrics.json").read_text())
+    # the selection set's numbers differ from the report set's: a number taken from the wrong set shows
+    assert m["selection"]["fidelity_baselines"] != m["fidelity_baselines"]
+    assert m["selection"]["ta_baselines"] != m["ta_baselines"]
+    text = write_report(staged_run, notebooks=False).read_text()
+    assert "## Stages" in text and "### Stage 1: soft-prompt distillation (notebook 03)" in text
+    check_stage_rows(text, staged_run)
+    assert row("teacher (tasks trained)", [f"{RULE} (TA + RPS)", f"{RULE} (RPS)"]) in text
+    # the teachers' validation metrics beside popularity and chance, with their intervals
+    for name in ("popularity", RULE):
+        valid = json.loads((staged_run / "teachers" / name / "metrics.json").read_text())["valid"]
+        assert row(name, [ci(valid[p][k]) for p, k in report.TEACHER_COLUMNS])[:-2] + " | 40 | " in text, name
+    chance = chance_table(6).iloc[0]
+    assert row("chance (expected)", [chance["HR@1"], chance["NDCG@10"], "", ""]) in text
+    assert "### LLM-SRec" not in text and "### P2Rec" not in text, "stages the run does not have are left out"
+    summary = json.loads((staged_run / "report" / "smoke.json").read_text())
+    assert set(summary["stages"]) == {"teachers", "distill", "finetune"}
+    assert summary["stages"]["distill"][RULE]["fidelity_after"] == m["fidelity_after"]
+    assert summary["stages"]["distill"][RULE]["report_users_id"] == m["report_users"]["hash"]
+
+
+def test_the_stage_check_fails_on_a_dropped_heuristic_or_the_selection_sets_numbers(staged_run, monkeypatch):
+    """Companion: the page made with a heuristic dropped, or with stage 1's heuristics read from the
+    selection set instead of the report set, fails ``check_stage_rows``."""
+    original = report._distill_stage
+
+    def selection_numbers(paths, config):
+        out = original(paths, config)
+        for name, p in out.items():
+            p["fidelity_baselines"] = json.loads((paths.distill / name / "metrics.json").read_text())["selection"]["fidelity_baselines"]
+        return out
+
+    monkeypatch.setattr(report, "_distill_stage", selection_numbers)
+    with pytest.raises(AssertionError, match="RPS heuristic"):
+        check_stage_rows(write_report(staged_run, notebooks=False).read_text(), staged_run)
+    monkeypatch.setattr(report, "_distill_stage", original)
+    dropped = report._finetune_stage
+
+    def no_popularity(paths, config):
+        out = dropped(paths, config)
+        for v in out.values():
+            v["baselines"].pop("popularity")
+        return out
+
+    monkeypatch.setattr(report, "_finetune_stage", no_popularity)
+    with pytest.raises(AssertionError, match="stage-2 baseline popularity"):
+        check_stage_rows(write_report(staged_run, notebooks=False).read_text(), staged_run)
+
+
+def test_a_reference_shows_stage_1_side_by_side_with_intervals(staged_run, tmp_path):
+    summary = report.run_summary(staged_run)
+    reference = json.loads(json.dumps(summary))
+    reference.update(run="ref", run_dir="docs/results/ref")
+    moved = reference["stages"]["distill"][RULE]["fidelity_after"]
+    reference["stages"]["distill"][RULE]["fidelity_after"] = {**moved, **{k: moved[k] + 0.5 for k in ("mean", "ci_low", "ci_high")}}
+    reference["stages"]["distill"][PROMPTS[1]]["report_users_id"] = "other users"
+    (tmp_path / "ref.json").write_text(json.dumps(reference))
+    text = write_report(staged_run, tmp_path / "page.md", reference=tmp_path / "ref.json", notebooks=False).read_text()
+    assert "### Stage 1 on the report set" in text and "by the same rule: 7 of 8 agree." in text
+    mine = summary["stages"]["distill"]
+    after = mine[RULE]["fidelity_after"]
+    assert row(RULE, ["RPS fidelity, trained", ci(after), ci(reference["stages"]["distill"][RULE]["fidelity_after"]), "-0.5000", "NO", "yes"]) in text
+    ta = mine[PROMPTS[1]]["ta_accuracy_after"]
+    assert row(PROMPTS[1], ["TA accuracy, trained", ci(ta), ci(ta), "+0.0000", "yes", "NO"]) in text
+    # a summary written before the stages were recorded still compares its results table
+    del reference["stages"]
+    (tmp_path / "ref.json").write_text(json.dumps(reference))
+    text = write_report(staged_run, tmp_path / "page.md", reference=tmp_path / "ref.json", notebooks=False).read_text()
+    assert "## Compared with the reference `ref`" in text and "### Stage 1 on the report set" not in text
+
+
+def rewrite(directory: Path, name: str, text: str) -> None:
+    """A stage's file replaced and its manifest's hash updated: what a stage with another format would write."""
+    (directory / name).write_text(text)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["outputs"][name] = sha256_file(directory / name)
+    write_manifest(directory, manifest)
+
+
+def edit_metrics(directory: Path, change) -> None:
+    metrics = json.loads((directory / "metrics.json").read_text())
+    change(metrics)
+    rewrite(directory, "metrics.json", json.dumps(metrics))
+
+
+def hand_artifact(directory: Path, kind: str, metrics: dict, **files: str) -> None:
+    with atomic_dir(directory) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(metrics))
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+        write_manifest(tmp, build_manifest(kind, tmp))
+
+
+@pytest.fixture
+def staged_copy(staged_run, tmp_path) -> Path:
+    shutil.copytree(staged_run, tmp_path / "smoke")
+    return tmp_path / "smoke"
+
+
+def test_llmsrec_p2rec_and_a_prompt_without_ta_numbers(staged_copy):
+    """LLM-SRec and P2Rec folders in the layout their stages write, and a soft prompt with no TA numbers."""
+    run = staged_copy
+    edit_metrics(run / "distill" / PROMPTS[1], lambda m: m.update(ta_accuracy_before=None, ta_accuracy_after=None))
+    scores = {m: 0.1 * i for i, m in enumerate(METRICS)}
+    hand_artifact(run / "llmsrec" / "llm-srec", "llmsrec-heads", {
+        "variant": "llm-srec", "teacher": "sasrec", "train_examples": 40, "valid_users": 8, "steps": 10, "best_step": 8,
+        "processes": 1, "seconds": 12.3, "valid_before": scores, "valid_best": {**scores, "NDCG@10": 0.3125},
+        "teacher_cosine_before": 0.1, "teacher_cosine_best": 0.5}, **{"history.csv": "step,NDCG@10\n0,0.4\n"})  # fmt: skip
+    runner.record_metrics(RunPaths(run), "05_llm_srec", {"baselines": {"sasrec": 0.41, "popularity": 0.52, "chance": 0.29}})
+    hand_artifact(run / "p2rec" / "sft-sasrec-k4", "p2rec-sft", {
+        "name": "sft-sasrec-k4", "k": 4, "loss": "kl", "heldout_users": 8, "steps": 6, "best_step": 6, "train_seconds": 3.0,
+        "heldout_best": {"mse": 0.01, "kl": 0.2, "l1": 0.3, "top1": 0.5},
+        "heldout_prior": {"mse": 0.02, "kl": 0.25, "l1": 0.35, "top1": 0.375},
+        "heldout_uniform": {"mse": 0.03, "kl": 0.5, "l1": 0.6, "top1": 0.25}})  # fmt: skip
+    plain = json.loads((run / "teachers" / RULE / "metrics.json").read_text())
+    enhanced = json.loads(json.dumps(plain))
+    enhanced["valid"]["candidates"]["HR@1"] = {"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75}
+    enhanced.update(epochs=3, best_epoch=2, method="p2rec-x", seed=0, init="sft-sasrec-k4")
+    hand_artifact(run / "p2rec" / "p2rec-x", "teacher", enhanced)
+    hand_artifact(run / "p2rec" / "llm-base", "p2rec-states", {"name": "llm-base", "states_seconds": 1.0})
+    text = write_report(run, notebooks=False).read_text()
+    assert row("TA accuracy, trained (selected step)", [ci(json.loads((run / "distill" / RULE / "metrics.json").read_text())["ta_accuracy_after"]),
+                                                        "not measured"]) in text  # fmt: skip
+    assert row("llm-srec", ["0.3125", f"{scores['NDCG@10']:.4f}", "0.100 -> 0.500", "10 (8)", "12", "8"]) in text
+    for name, value in (("sasrec", "0.4100"), ("popularity", "0.5200"), ("chance", "0.2900")):
+        assert row(f"{name} (same examples)", [value, "", "", "", "", ""]) in text
+    assert row("sft-sasrec-k4: tuned LLM", ["0.0100", "0.2000", "0.3000", "0.5000", "8", "6 (6)", "3"]) in text
+    assert row("sft-sasrec-k4: training users' mean", ["0.0200", "0.2500", "0.3500", "0.3750", "8", "", ""]) in text
+    assert row("sft-sasrec-k4: uniform", ["0.0300", "0.5000", "0.6000", "0.2500", "8", "", ""]) in text
+    p2rec = text[text.index("### P2Rec"):]
+    assert row("p2rec-x", ["0.5000 [0.2500, 0.7500]"])[:-2] in p2rec and " | 3 (2) | " in p2rec
+    assert row(RULE, [ci(plain["valid"]["candidates"]["HR@1"])])[:-2] in p2rec and "| popularity |" in p2rec
+    assert "llm-base" not in p2rec, "item states alone have no validation numbers"
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("edited", r"distill/rule-sharedword/metrics.json: content differs from the hash in .*manifest.json"),
+    ("field", r"distill/rule-sharedword/metrics.json: unreadable as the stage writes it \(KeyError: 'fidelity_after'\)"),
+    ("column", r"finetune/lora/history.csv: no column \['examples_seen'\]"),
+    ("manifest", r"teachers/rule-sharedword/manifest.json: no manifest"),
+])  # fmt: skip
+def test_an_unreadable_stage_folder_is_an_error_naming_its_file(staged_copy, fault, message):
+    run = staged_copy
+    if fault == "edited":
+        (run / "distill" / RULE / "metrics.json").write_text("{}")
+    elif fault == "field":
+        edit_metrics(run / "distill" / RULE, lambda m: m.pop("fidelity_after"))
+    elif fault == "column":
+        history = pd.read_csv(run / "finetune" / "lora" / "history.csv").drop(columns="examples_seen")
+        rewrite(run / "finetune" / "lora", "history.csv", history.to_csv(index=False))
+    else:
+        (run / "teachers" / RULE / "manifest.json").unlink()
+    with pytest.raises((DataError, StaleArtifactError), match=message):
+        write_report(run, notebooks=False)
