@@ -18,8 +18,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .distributed import broadcast_object, is_main_process, launched_processes
 from .errors import DelrecError
+from .training.distributed import broadcast_object, is_main_process, launched_processes
 
 # The commands that may run under ``accelerate launch`` / ``torchrun`` (several processes): the
 # others write their outputs from every process.
@@ -124,7 +124,7 @@ def _llm_stage(args: argparse.Namespace):
 
 @command("distill", "stage 1: distil each teacher's pattern into a soft prompt (LLM frozen)")(_stage_args)
 def _distill(args: argparse.Namespace) -> None:
-    from .distill import run_distillation
+    from .delrec.distill import run_distillation
 
     config, paths, data, backbone = _llm_stage(args)
     for name in args.only or config.distill.prompts:
@@ -137,7 +137,7 @@ def _distill(args: argparse.Namespace) -> None:
 
 @command("finetune", "stage 2: LoRA fine-tuning with the frozen soft prompt, per variant")(_stage_args)
 def _finetune(args: argparse.Namespace) -> None:
-    from .finetune import run_finetuning, seeded_names
+    from .delrec.finetune import run_finetuning, seeded_names
 
     config, paths, data, backbone = _llm_stage(args)
     for variant in args.only or [*config.finetune.variants, *seeded_names(config)]:

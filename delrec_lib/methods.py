@@ -188,8 +188,8 @@ class MethodFamily(ABC):
 FAMILIES: dict[str, str] = {
     "popularity": "delrec_lib.teachers.methods:PopularityFamily",
     "teachers": "delrec_lib.teachers.methods:TeacherFamily",
-    "zero-shot": "delrec_lib.llm_ranker:ZeroShotFamily",
-    "finetuned": "delrec_lib.finetune:FinetunedFamily",
+    "zero-shot": "delrec_lib.llm.ranker:ZeroShotFamily",
+    "finetuned": "delrec_lib.delrec.finetune:FinetunedFamily",
     "llm-srec": "delrec_lib.llmsrec.methods:LLMSRecFamily",
     "p2rec": "delrec_lib.p2rec.methods:P2RecFamily",
 }

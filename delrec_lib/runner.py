@@ -244,8 +244,8 @@ def probe_machine(llm_dtype: str) -> dict[str, Any]:
 
     import torch
 
-    from .distributed import default_device
     from .llm import resolve_dtype
+    from .training.distributed import default_device
 
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):

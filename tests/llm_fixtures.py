@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from delrec_lib import prompts as P
+from delrec_lib.llm import prompts as P
 
 TITLES = [
     "Toy Story (1995)",

@@ -139,8 +139,8 @@ def run_trainer_scenario(run_dir: Path, record_dir: Path) -> dict:
     stopping decided from the main process's evaluation."""
     from safetensors.torch import save_file
 
-    from delrec_lib.distributed import process_state
     from delrec_lib.training import TrainConfig, Trainer
+    from delrec_lib.training.distributed import process_state
 
     state = process_state()
     cfg = TrainConfig(max_epochs=3, batch_size=GLOBAL_BATCH // state.num_processes, grad_accum=2, lr=0.1,
@@ -202,10 +202,10 @@ def run_scenario(scenario: str, world: Path, run_dir: Path, record_dir: Path) ->
 
     from delrec_lib.artifacts import RunPaths
     from delrec_lib.data import load_processed
-    from delrec_lib.distill import DistillTask, run_distillation
-    from delrec_lib.distributed import process_state
-    from delrec_lib.finetune import FinetuneTask, run_finetuning
+    from delrec_lib.delrec.distill import DistillTask, run_distillation
+    from delrec_lib.delrec.finetune import FinetuneTask, run_finetuning
     from delrec_lib.llm import load_backbone
+    from delrec_lib.training.distributed import process_state
 
     state = process_state()
     spec = SCENARIOS[scenario]

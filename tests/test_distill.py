@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from delrec_lib.config import DistillConfig, LLMConfig, RunConfig
-from delrec_lib.distill import (
+from delrec_lib.delrec.distill import (
     DistillExample,
     build_examples,
     heuristic_hits,
@@ -21,10 +21,10 @@ from delrec_lib.distill import (
     split_users,
     teacher_predictions,
 )
+from delrec_lib.delrec.soft_prompt import load_soft_prompt
 from delrec_lib.errors import DataError, StaleArtifactError
 from delrec_lib.llm import load_backbone
 from delrec_lib.runner import RunPaths
-from delrec_lib.soft_prompt import load_soft_prompt
 
 from .llm_fixtures import save_tiny_causal
 from .stage_fixtures import FIXED_PREDICTION, synthetic_data, write_teacher_exports
@@ -217,7 +217,7 @@ def test_held_out_sets_are_disjoint_sized_and_shrink_loudly(world, caplog):
     users = split_users(data, config().distill)
     fixed, others = len(data.report_users), data.num_users - len(data.report_users)  # 13 fixed report users of 40
     assert (len(users.report), len(users.selection), len(users.train)) == (10, 6, others - 6)
-    with caplog.at_level(logging.WARNING, logger="delrec_lib.distill"):
+    with caplog.at_level(logging.WARNING, logger="delrec_lib.delrec.distill"):
         small = split_users(data, DistillConfig(heldout_users=300, selection_users=100))
     assert (len(small.report), len(small.selection)) == (fixed, others // 2)
     assert f"holding out {fixed} report + {others // 2} selection" in caplog.text
@@ -260,7 +260,7 @@ def test_stage1_learns_a_fixed_teacher_and_leaves_the_backbone_untouched(world):
     again = run_distillation(config(), paths, data, backbone, "sasrec", progress=False)
     assert again.skipped and again.metrics == result.metrics
     # The teaching table: three report users, each candidate with the teacher's rank and both LLM rankings.
-    from delrec_lib.distill import teaching_table
+    from delrec_lib.delrec.distill import teaching_table
 
     table = teaching_table(config(), paths, data, backbone, "sasrec", result.soft_prompt.embeddings, users=3)
     assert table["user"].nunique() == 3 and len(table) == 3 * 6  # rps_top_k 3 + rps_random 3 candidates each

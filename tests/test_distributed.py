@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from delrec_lib import distributed
 from delrec_lib.__main__ import main
+from delrec_lib.training import distributed
 
 
 def test_launched_processes_reads_the_launchers_variables(monkeypatch):

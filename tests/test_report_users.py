@@ -14,7 +14,7 @@ from delrec_lib.artifacts import read_manifest
 from delrec_lib.config import DataConfig, DistillConfig
 from delrec_lib.data import load_processed, prepare_dataset
 from delrec_lib.data.report_users import REPORT_USERS_FILE, compute_report_users, report_set_size
-from delrec_lib.distill import UserSplit, split_users
+from delrec_lib.delrec.distill import UserSplit, split_users
 from delrec_lib.errors import DataError
 
 from .stage_fixtures import NUM_USERS, synthetic_data

@@ -450,8 +450,8 @@ def world(tmp_path_factory, one_torch_thread):
 
 
 def test_stage_1_and_2_rerun_after_a_settings_change_recompute_instead_of_failing(world, caplog):
-    from delrec_lib.distill import run_distillation
-    from delrec_lib.finetune import run_finetuning
+    from delrec_lib.delrec.distill import run_distillation
+    from delrec_lib.delrec.finetune import run_finetuning
 
     data, backbone, paths = world
     run_distillation(config(), paths, data, backbone, "sasrec", progress=False)
@@ -469,8 +469,8 @@ def test_stage_1_and_2_rerun_after_a_settings_change_recompute_instead_of_failin
 
 
 def test_evaluation_refuses_an_adapter_of_other_stage_2_settings_naming_both(world):
+    from delrec_lib.delrec.finetune import load_recommender, run_finetuning
     from delrec_lib.evaluation import evaluate_method
-    from delrec_lib.finetune import load_recommender, run_finetuning
     from delrec_lib.methods import MethodContext
 
     data, backbone, paths = world

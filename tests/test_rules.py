@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from delrec_lib.config import DistillConfig, RunConfig, TeachersConfig, parse_prompt_name
-from delrec_lib.distill import read_teacher_topk, teacher_predictions
+from delrec_lib.delrec.distill import read_teacher_topk, teacher_predictions
 from delrec_lib.errors import ConfigError
 from delrec_lib.teachers.rules import RULE_WINDOW, title_words
 from delrec_lib.teachers.stage import export_popularity, export_rule

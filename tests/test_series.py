@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from delrec_lib.config import RunConfig, parse_p2rec_variant, preset_config
-from delrec_lib.finetune import seeded_names, variant_soft_prompt
+from delrec_lib.delrec.finetune import seeded_names, variant_soft_prompt
 from delrec_lib.p2rec.stage import states_name
 from delrec_lib.runner import RunPaths, read_metrics, run_series, series_notebooks
 

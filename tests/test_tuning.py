@@ -38,7 +38,7 @@ def test_grid_scores_validation_only(tmp_path, one_torch_thread):
 
 
 def test_llm_stage_grid_is_typed_by_the_stage_fields():
-    from delrec_lib.tuning import parse_assignments, point_name
+    from delrec_lib.delrec.tuning import parse_assignments, point_name
 
     grid = parse_assignments(["lr=1e-3,3e-3", "lora_layers=4,none", "target_modules=q_proj+v_proj"], "finetune", grid=True)
     assert grid == {"lr": [0.001, 0.003], "lora_layers": [4, None], "target_modules": [("q_proj", "v_proj")]}
@@ -54,8 +54,8 @@ def test_llm_stage_grid_is_typed_by_the_stage_fields():
 
 def test_llm_stage_grid_trains_each_point_and_reads_no_test_split(tmp_path, one_torch_thread):
     from delrec_lib.config import FinetuneConfig, LLMConfig, RunConfig
+    from delrec_lib.delrec.tuning import validation_grid
     from delrec_lib.llm import load_backbone
-    from delrec_lib.tuning import validation_grid
 
     from .llm_fixtures import save_tiny_causal
     from .stage_fixtures import synthetic_data
@@ -128,10 +128,10 @@ def tool_runs(tool: str, monkeypatch, tmp_path, data, stage):
         monkeypatch.setattr("delrec_lib.teachers.tuning.fit", lambda model, spec, data, **kw: stage(data))
         return validation_grid("sasrec", {"dropout": [0.1]}, TeachersConfig(models=("sasrec",)), data)
     from delrec_lib.config import RunConfig
-    from delrec_lib.tuning import validation_grid as llm_grid
+    from delrec_lib.delrec.tuning import validation_grid as llm_grid
 
     (tmp_path / "from" / "teachers").mkdir(parents=True, exist_ok=True)
-    target = "delrec_lib.distill.run_distillation" if tool == "distill" else "delrec_lib.finetune.run_finetuning"
+    target = "delrec_lib.delrec.distill.run_distillation" if tool == "distill" else "delrec_lib.delrec.finetune.run_finetuning"
     monkeypatch.setattr(target, lambda config, paths, data, backbone, name, **kw: stage(data))
     name = "sasrec" if tool == "distill" else "lora"
     return llm_grid(tool, name, RunConfig(preset="smoke"), {"lr": [1e-3]}, {}, tmp_path / "from", tmp_path / "out", None, data)
@@ -201,11 +201,11 @@ def test_distill_grid_trains_and_selects_outside_the_report_set_and_shows_no_tar
     valid or test target (interacted_items keeps them out of the random negatives)."""
     import pandas as pd
 
-    from delrec_lib import distill
     from delrec_lib.artifacts import sha256_json
     from delrec_lib.config import DistillConfig, LLMConfig, RunConfig
-    from delrec_lib.tuning import point_name
-    from delrec_lib.tuning import validation_grid as llm_grid
+    from delrec_lib.delrec import distill
+    from delrec_lib.delrec.tuning import point_name
+    from delrec_lib.delrec.tuning import validation_grid as llm_grid
 
     _, data, backbone = llm_world
     teacher_without_targets(tmp_path / "from" / "teachers" / "sasrec", data)
@@ -253,8 +253,8 @@ def test_the_target_check_fails_on_negatives_drawn_from_unseen_train_items_only(
     """Companion: negatives that avoid only the train items (not interacted_items) do show targets."""
     import numpy as np
 
-    from delrec_lib import distill
     from delrec_lib.config import DistillConfig
+    from delrec_lib.delrec import distill
 
     _, data, _ = llm_world
     teacher_without_targets(tmp_path / "teachers" / "sasrec", data)

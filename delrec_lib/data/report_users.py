@@ -6,7 +6,7 @@ and the training or selection sets, so settings chosen on some users could be re
 The report set is therefore a property of the data: ``min(300, users // 3)`` users drawn from the
 processed users by a constant seed of its own, in a fixed order, written as ``report_users.json`` in the
 processed folder. Stage 1 reports on the first ``distill.heldout_users`` of them and trains and selects
-only on the users outside the whole set (``delrec_lib.distill.split_users``).
+only on the users outside the whole set (``delrec_lib.delrec.distill.split_users``).
 
 The file is not one of the processed data's outputs (``manifest.json`` does not list it), so it leaves
 the data's identity, and every artifact made from it, unchanged. It depends on the users only: a missing

@@ -37,10 +37,10 @@ import numpy as np
 import torch
 
 from ..artifacts import RunPaths
+from ..bench.perf import FlopModel, dtype_name, matmul_peak_gflops
 from ..config import load_config, resolve_path
 from ..data import load_processed, prepare_dataset
 from ..llm import load_backbone_from_config
-from ..perf import FlopModel, dtype_name, matmul_peak_gflops
 from .model import losses
 from .stage import Prompts, Scorer, build_model, select_users, teacher_representations, training_examples
 

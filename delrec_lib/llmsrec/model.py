@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..scoring import continue_prefixes, token_prefix_states
+from ..llm.scoring import continue_prefixes, token_prefix_states
 
 HISTORY_SLOT, USER_SLOT, ITEM_SLOT = "[HistoryEmb]", "[UserOut]", "[ItemOut]"
 USER_HEAD = "This user has watched a series of movies in the following order: "

@@ -27,10 +27,10 @@ import time
 import numpy as np
 import torch
 
+from ..bench.perf import FlopModel, dtype_name, matmul_peak_gflops
 from ..config import load_config, parse_p2rec_variant, resolve_path
 from ..data import load_processed, prepare_dataset
 from ..llm import load_backbone_from_config
-from ..perf import FlopModel, dtype_name, matmul_peak_gflops
 from .categories import shown_items
 from .sft import PreferenceModel, PreferencePrompts, common_prefix, item_states, pad_right, preference_loss
 from .stage import peft_model, split_users, states_name

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..artifacts import sha256_json
 from ..errors import ConfigError, DataError
 from ..llm import Backbone
-from ..prompts import LIST_SEPARATOR, PromptBuilder
+from ..llm.prompts import LIST_SEPARATOR, PromptBuilder
 from ..training import TrainingTask
 
 # The user-level task's text. The question names no category: the categories are latent, and the head,

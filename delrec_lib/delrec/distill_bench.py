@@ -18,8 +18,7 @@ import argparse
 import tempfile
 from dataclasses import replace
 
-from .distill import run_distillation
-from .perf import (
+from ..bench.perf import (
     FlopModel,
     PartClock,
     StepClock,
@@ -28,6 +27,7 @@ from .perf import (
     training_bench_setup,
     training_row,
 )
+from .distill import run_distillation
 
 add_args = training_args
 

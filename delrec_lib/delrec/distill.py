@@ -54,7 +54,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .artifacts import (
+from ..artifacts import (
     artifact_id,
     atomic_dir,
     build_manifest,
@@ -68,16 +68,16 @@ from .artifacts import (
     verify_outputs,
     write_manifest,
 )
-from .config import RunConfig, parse_prompt_name
-from .data.explore import item_popularity
-from .data.processed import ProcessedData
-from .errors import ConfigError, DataError
-from .metrics import bootstrap_ci, per_user_metrics
-from .prompts import TEACHER_DISPLAY, EncodedPrompt, PromptBuilder, TemporalExample, prompt_format_id
-from .scoring import prefix_states, rank_candidates
+from ..config import RunConfig, parse_prompt_name
+from ..data.explore import item_popularity
+from ..data.processed import ProcessedData
+from ..errors import ConfigError, DataError
+from ..llm.prompts import TEACHER_DISPLAY, EncodedPrompt, PromptBuilder, TemporalExample, prompt_format_id
+from ..llm.scoring import prefix_states, rank_candidates
+from ..metrics import bootstrap_ci, per_user_metrics
+from ..teachers import export_spec
+from ..training import TrainConfig, Trainer, TrainingTask
 from .soft_prompt import SOFT_PROMPT_KIND, SoftPrompt, distill_stage_config, nearest_tokens
-from .teachers import export_spec
-from .training import TrainConfig, Trainer, TrainingTask
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 BUCKET_ELEMENTS = 1 << 24  # gradients are averaged in flat buffers of at most this many values
 
@@ -45,7 +45,7 @@ def process_state():
         raise ConfigError(
             f"{launched} processes were launched but accelerate set up {state.num_processes}: something "
             "initialised accelerate's PartialState before the kit did (on a CPU-only machine it needs cpu=True); "
-            "create it with delrec_lib.distributed.process_state()"
+            "create it with delrec_lib.training.distributed.process_state()"
         )
     return state
 

@@ -1,7 +1,7 @@
 """Choosing the LLM stages' settings on held-out data: a grid over ``distill.*`` or ``finetune.*`` fields.
 
-    python -m delrec_lib.tuning finetune --variant lora --grid lr=5e-4,1e-3 lora_layers=4,8 --set max_steps=120
-    python -m delrec_lib.tuning distill --prompt sasrec --grid lr=1e-2,3e-2 num_soft_tokens=10,20
+    python -m delrec_lib.delrec.tuning finetune --variant lora --grid lr=5e-4,1e-3 lora_layers=4,8 --set max_steps=120
+    python -m delrec_lib.delrec.tuning distill --prompt sasrec --grid lr=1e-2,3e-2 num_soft_tokens=10,20
 
 Each point trains the stage exactly as a run does, in its own folder under ``--out`` (the teachers, and
 for a ``delrec-*`` variant the soft prompt, are read from ``--from-run``), and reports what the stage
@@ -41,9 +41,9 @@ from typing import Any
 
 import pandas as pd
 
-from .artifacts import RunPaths
-from .config import DistillConfig, FinetuneConfig, RunConfig, load_config, resolve_path
-from .errors import ConfigError
+from ..artifacts import RunPaths
+from ..config import DistillConfig, FinetuneConfig, RunConfig, load_config, resolve_path
+from ..errors import ConfigError
 
 STAGES = {"distill": DistillConfig, "finetune": FinetuneConfig}
 
@@ -119,7 +119,7 @@ def _link(source: Path, target: Path) -> None:
 def validation_grid(stage: str, name: str, config: RunConfig, grid: dict[str, list[Any]], fixed: dict[str, Any],
                     from_run: Path, out: Path, backbone, data) -> pd.DataFrame:  # fmt: skip
     """One row per grid point: its settings, the held-out numbers at the selected step, and its cost."""
-    from .data.guard import NoTestView
+    from ..data.guard import NoTestView
     from .distill import run_distillation
     from .finetune import run_finetuning, variant_soft_prompt
 
@@ -167,8 +167,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from .data import load_processed, prepare_dataset
-    from .llm import load_backbone_from_config
+    from ..data import load_processed, prepare_dataset
+    from ..llm import load_backbone_from_config
 
     config = load_config(args.preset, args.config)
     stage_cfg = getattr(config, args.stage)

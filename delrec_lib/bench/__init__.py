@@ -2,7 +2,8 @@
 with its defaults followed by a one-line-per-stage summary (``make bench``).
 
 Each benchmark lives beside what it measures and provides ``add_args(parser)``, ``run(args) -> dict``
-(JSON-able results) and ``summary(results) -> list[str]``; this module only lists them. Timings on a
+(JSON-able results) and ``summary(results) -> list[str]``; this package lists them, and its
+``perf`` module holds the measuring helpers they share. Timings on a
 busy machine are 5-10x slower (torch's OpenMP threads spin against any other process): benchmark on a
 quiet one.
 """
@@ -11,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 # name -> module providing add_args / run / summary, in the order ``all`` runs them.
 BENCHMARKS: dict[str, str] = {
     "teachers": "delrec_lib.teachers.bench",
-    "scoring": "delrec_lib.scoring_bench",
-    "distill": "delrec_lib.distill_bench",
-    "finetune": "delrec_lib.finetune_bench",
+    "scoring": "delrec_lib.delrec.scoring_bench",
+    "distill": "delrec_lib.delrec.distill_bench",
+    "finetune": "delrec_lib.delrec.finetune_bench",
     "llmsrec": "delrec_lib.llmsrec.bench",
     "p2rec": "delrec_lib.p2rec.bench",
 }
@@ -54,11 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in _module(name).summary(results[name]):
                 print(line)
     if args.json:
-        from .artifacts import atomic_write_json
+        from ..artifacts import atomic_write_json
 
         atomic_write_json(args.json, results)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

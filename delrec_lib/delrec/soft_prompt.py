@@ -17,10 +17,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .artifacts import artifact_id, atomic_path, read_manifest, require_config, verify_outputs
-from .config import RunConfig, parse_prompt_name
-from .errors import ConfigError, DataError, StaleArtifactError
-from .prompts import prompt_format_id
+from ..artifacts import artifact_id, atomic_path, read_manifest, require_config, verify_outputs
+from ..config import RunConfig, parse_prompt_name
+from ..errors import ConfigError, DataError, StaleArtifactError
+from ..llm.prompts import prompt_format_id
 
 SOFT_PROMPT_KIND = "soft-prompt"
 

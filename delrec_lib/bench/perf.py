@@ -1,8 +1,8 @@
 """Measuring speed: the machine's matmul peak, a FLOP model of a decoder-only LLM, chunked timings,
 and the throw-away run the training-stage benchmarks time their steps on.
 
-Used by the benchmarks beside each stage (``scoring_bench``, ``distill_bench``, ``finetune_bench``,
-``teachers/bench.py``, ...); ``python -m delrec_lib.bench`` lists and runs them.
+Used by the benchmarks beside each stage (``delrec/scoring_bench.py``, ``delrec/distill_bench.py``,
+``delrec/finetune_bench.py``, ``teachers/bench.py``, ...); ``python -m delrec_lib.bench`` lists and runs them.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def prompt_cost(fm: FlopModel, backbone, prompts: list, *, split_at_slot: bool =
     before the soft-prompt slot (run once when cached) and the rest the slot, the text after it and the
     candidates, which attend to the prefix.
     """
-    from .scoring import candidate_token_ids
+    from ..llm.scoring import candidate_token_ids
 
     costs = []
     for p in prompts:
@@ -241,11 +241,11 @@ def training_bench_setup(args: argparse.Namespace, root: str):
     """
     from pathlib import Path
 
-    from .artifacts import RunPaths
-    from .config import load_config, resolve_path
-    from .data import load_processed, prepare_dataset
-    from .llm import load_backbone_from_config
-    from .teachers import run_teachers
+    from ..artifacts import RunPaths
+    from ..config import load_config, resolve_path
+    from ..data import load_processed, prepare_dataset
+    from ..llm import load_backbone_from_config
+    from ..teachers import run_teachers
 
     config = load_config(args.preset, args.config)
     planned = {"distill": config.distill.max_steps, "finetune": config.finetune.max_steps, "config": config}

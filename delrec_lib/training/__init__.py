@@ -18,6 +18,9 @@ the same code runs on one CPU and, under ``accelerate launch``, on several proce
 
 A stage plugs in by implementing ``TrainingTask``. Checkpoints hold no pickles: tensors go to
 safetensors, counters and RNG states to JSON.
+
+``distributed`` (in this package) holds the process helpers: the device, the launch, broadcasts and
+gradient averaging.
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..artifacts import atomic_dir, sha256_json, to_jsonable
+from ..errors import ConfigError
 from . import distributed
-from .artifacts import atomic_dir, sha256_json, to_jsonable
-from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .artifacts import (
+from ..artifacts import (
     artifact_id,
     atomic_dir,
     build_manifest,
@@ -43,11 +43,12 @@ from .artifacts import (
     verify_outputs,
     write_manifest,
 )
-from .config import FinetuneConfig, RunConfig, parse_prompt_name
-from .data.processed import ProcessedData
-from .errors import ConfigError, DataError
-from .llm import peft_wrapping
-from .llm_ranker import (
+from ..config import FinetuneConfig, RunConfig, parse_prompt_name
+from ..data.processed import ProcessedData
+from ..errors import ConfigError, DataError
+from ..llm import peft_wrapping
+from ..llm.prompts import TEACHER_DISPLAY, prompt_format_id
+from ..llm.ranker import (
     ZERO_SHOT,
     LLMRanker,
     LLMRecommender,
@@ -57,12 +58,11 @@ from .llm_ranker import (
     run_boundary,
     split_examples,
 )
-from .methods import Curve, MethodContext, MethodFamily, Recommender
-from .metrics import per_user_frame, summarize
-from .prompts import TEACHER_DISPLAY, prompt_format_id
-from .scoring import layer_split_supported
+from ..llm.scoring import layer_split_supported
+from ..methods import Curve, MethodContext, MethodFamily, Recommender
+from ..metrics import per_user_frame, summarize
+from ..training import TrainConfig, Trainer, TrainingTask
 from .soft_prompt import load_run_soft_prompt
-from .training import TrainConfig, Trainer, TrainingTask
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def validation_baselines(paths: Any, data: ProcessedData, valid: list[RecExample
     """What rankings that are no LLM get on the very validation examples stage 2 selects on: each named
     exported ranking (``popularity``, a teacher) from its ``candidate_scores`` export, and chance
     (expected). Beside the stage-2 curve they tell "above chance" from "learned"."""
-    from .metrics import metrics_from_counts
+    from ..metrics import metrics_from_counts
 
     users = [e.user_id for e in valid]
     out = {}

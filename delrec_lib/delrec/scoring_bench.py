@@ -19,7 +19,7 @@ from functools import partial
 
 import torch
 
-from .perf import (
+from ..bench.perf import (
     ML100K_TITLES,
     ML100K_USERS,
     FlopModel,
@@ -33,10 +33,10 @@ from .perf import (
 
 
 def run(args: argparse.Namespace) -> dict:
-    from .config import LLMConfig
-    from .llm import load_backbone
-    from .prompts import PromptBuilder
-    from .scoring import candidate_token_ids, rank_candidates, rank_candidates_naive
+    from ..config import LLMConfig
+    from ..llm import load_backbone
+    from ..llm.prompts import PromptBuilder
+    from ..llm.scoring import candidate_token_ids, rank_candidates, rank_candidates_naive
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"

@@ -16,9 +16,7 @@ import argparse
 import tempfile
 from dataclasses import replace
 
-from .distill import run_distillation
-from .finetune import run_finetuning, select_users, training_examples
-from .perf import (
+from ..bench.perf import (
     FlopModel,
     PartClock,
     StepClock,
@@ -27,6 +25,8 @@ from .perf import (
     training_bench_setup,
     training_row,
 )
+from .distill import run_distillation
+from .finetune import run_finetuning, select_users, training_examples
 
 add_args = training_args
 

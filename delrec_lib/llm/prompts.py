@@ -31,10 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .artifacts import sha256_json
-from .config import LLMConfig
-from .data.titles import item_tagged, require_unique, untagged, without_year, year_less_titles
-from .errors import ConfigError, DataError
+from ..artifacts import sha256_json
+from ..config import LLMConfig
+from ..data.titles import item_tagged, require_unique, untagged, without_year, year_less_titles
+from ..errors import ConfigError, DataError
 
 SOFT_PROMPT_MARKER = "<|soft_prompt|>"
 # How templates name each teacher ("The recommendation pattern of SASRec is: ...").

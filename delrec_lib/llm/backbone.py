@@ -31,10 +31,10 @@ from typing import Any, Literal
 
 import torch
 
-from .artifacts import atomic_dir, atomic_path, build_manifest, read_manifest, sha256_file, write_manifest
-from .config import resolve_path
-from .distributed import default_device
-from .errors import ConfigError, DataError, StaleArtifactError
+from ..artifacts import atomic_dir, atomic_path, build_manifest, read_manifest, sha256_file, write_manifest
+from ..config import resolve_path
+from ..errors import ConfigError, DataError, StaleArtifactError
+from ..training.distributed import default_device
 
 Family = Literal["causal", "seq2seq"]
 DTYPES = ("auto", "float32", "bfloat16")

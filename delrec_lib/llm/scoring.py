@@ -43,8 +43,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, DataError
-from .llm import Backbone
+from ..errors import ConfigError, DataError
+from .backbone import Backbone
 from .prompts import SOFT_PROMPT_MARKER, EncodedPrompt, encode_text
 
 NORMALIZE = ("mean", "sum")

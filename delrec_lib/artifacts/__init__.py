@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import DataError, StaleArtifactError
+from .. import __version__
+from ..errors import DataError, StaleArtifactError
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def hash_outputs(directory: str | os.PathLike, names: list[str] | None = None) -
 def kit_identity() -> dict[str, Any]:
     """The code that makes an artifact: the kit's version and, in a git checkout of the kit, its commit
     and whether ``delrec_lib/`` has uncommitted changes (None when unknown: no git, or an installed copy)."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # delrec_lib/
     commit = dirty = None
     try:
         def git(*args: str) -> subprocess.CompletedProcess:

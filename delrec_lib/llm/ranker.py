@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .artifacts import sha256_json
-from .config import LLMConfig, RunConfig
-from .data.processed import ProcessedData
-from .methods import Capabilities, Generations, MethodContext, MethodFamily, Recommender
-from .metrics import per_user_frame
+from ..artifacts import sha256_json
+from ..config import LLMConfig, RunConfig
+from ..data.processed import ProcessedData
+from ..methods import Capabilities, Generations, MethodContext, MethodFamily, Recommender
+from ..metrics import per_user_frame
 from .prompts import EncodedPrompt, PromptBuilder, prompt_format_id
 from .scoring import (
     PackedRow,

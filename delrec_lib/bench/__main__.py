@@ -1,0 +1,7 @@
+"""``python -m delrec_lib.bench``: the benchmarks the package lists."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
