@@ -189,7 +189,7 @@ FAMILIES: dict[str, str] = {
     "popularity": "delrec_lib.teachers.methods:PopularityFamily",
     "teachers": "delrec_lib.teachers.methods:TeacherFamily",
     "zero-shot": "delrec_lib.llm.ranker:ZeroShotFamily",
-    "finetuned": "delrec_lib.delrec.finetune:FinetunedFamily",
+    "finetuned": "delrec_lib.delrec.methods:FinetunedFamily",
     "llm-srec": "delrec_lib.llmsrec.methods:LLMSRecFamily",
     "p2rec": "delrec_lib.p2rec.methods:P2RecFamily",
 }

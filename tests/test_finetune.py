@@ -158,7 +158,8 @@ def test_upper_layer_lora_trains_over_cached_lower_layers_and_matches_the_full_f
 def test_a_seeded_copy_trains_with_its_own_seed_on_the_same_users(world, tmp_path):
     """finetune.seeds: "<variant>-seed<N>" is the variant trained again with training seed N (another adapter
     initialisation, order and negatives), on the same training and validation users."""
-    from delrec_lib.delrec.finetune import FinetunedFamily, parse_variant_name
+    from delrec_lib.delrec.finetune import parse_variant_name
+    from delrec_lib.delrec.methods import FinetunedFamily
 
     _, data, backbone, paths = world
     cfg = config(seeds=(7,))
@@ -185,7 +186,7 @@ def test_a_seeded_copy_trains_with_its_own_seed_on_the_same_users(world, tmp_pat
 def test_evaluation_shares_lower_layer_states_between_zero_shot_and_upper_layer_adapters(world, tmp_path, monkeypatch):
     """With finetune.lora_layers, the zero-shot LLM and every adapter without a soft prompt read a test prompt
     alike through the lower layers: evaluation computes those states once, and scores as the full forward does."""
-    from delrec_lib.delrec.finetune import FinetunedFamily
+    from delrec_lib.delrec.methods import FinetunedFamily
     from delrec_lib.llm import scoring
     from delrec_lib.llm.ranker import ZeroShotFamily
     from delrec_lib.methods import MethodContext
