@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .artifacts import atomic_dir, build_manifest, is_complete, sha256_json, write_manifest
+from .artifacts import is_complete, sha256_json, write_stage_output
 from .config import RunConfig
 from .data.explore import item_popularity
 from .data.processed import ProcessedData
@@ -137,9 +137,8 @@ def shuffled_results(ctx: MethodContext, method: str, users: list[int]) -> pd.Da
         return pd.read_parquet(out / "per_user.parquet")
     rec, ids, shuffled, candidates, targets = shuffled_histories(ctx, method, users)
     frame = per_user_frame(ids, np.asarray(rec.score(ids, shuffled, candidates), dtype=np.float64), targets)
-    with atomic_dir(out) as tmp:
+    with write_stage_output(out, SHUFFLE_KIND, inputs=inputs, config=settings, extra={"method": method}) as tmp:
         frame.to_parquet(tmp / "per_user.parquet", index=False)
-        write_manifest(tmp, build_manifest(SHUFFLE_KIND, tmp, inputs=inputs, config=settings, extra={"method": method}))
     return frame
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .artifacts import atomic_dir, atomic_write_text, build_manifest, is_complete, sha256_json, write_manifest
+from .artifacts import atomic_write_text, is_complete, sha256_json, write_stage_output
 from .config import RunConfig
 from .data.processed import ProcessedData
 from .methods import MethodContext, Recommender, family_of, run_methods
@@ -238,14 +238,12 @@ def evaluate_method(ctx: MethodContext, method: str, *, progress: bool = True) -
     rec = family.load(ctx, method)
     result = score_method(rec, ctx.data, users, kind, generation_users=settings["generation_users"],
                           max_new_tokens=ctx.config.eval.max_new_tokens, progress=progress)  # fmt: skip
-    with atomic_dir(out) as tmp:
+    with write_stage_output(out, EVAL_KIND, inputs=inputs, config=settings, extra={"method": method, "kind": kind}) as tmp:
         result.per_user.to_parquet(tmp / "per_user.parquet", index=False)
         if result.generations is not None:
             result.generations.to_parquet(tmp / "generations.parquet", index=False)
         if result.catalogue is not None:
             result.catalogue.to_parquet(tmp / "catalogue.parquet", index=False)
-        write_manifest(tmp, build_manifest(EVAL_KIND, tmp, inputs=inputs, config=settings,
-                                           extra={"method": method, "kind": kind}))  # fmt: skip
     return result
 
 

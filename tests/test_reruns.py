@@ -25,7 +25,7 @@ import pytest
 
 import delrec_lib
 from delrec_lib import artifacts, runner
-from delrec_lib.artifacts import atomic_dir, build_manifest, read_manifest, write_manifest
+from delrec_lib.artifacts import atomic_dir, build_manifest, read_manifest, write_manifest, write_stage_output
 from delrec_lib.config import DataConfig, DistillConfig, EvalConfig, FinetuneConfig, LLMConfig, RunConfig
 from delrec_lib.data import load_processed, prepare_dataset
 from delrec_lib.errors import ConfigError, DelrecError, StaleArtifactError
@@ -325,6 +325,21 @@ def test_manifests_record_the_kits_version(tmp_path):
     assert artifacts.artifact_id(read_manifest(tmp_path / "a")) == artifacts.sha256_json({"out.txt": artifacts.sha256_bytes(b"x")}), (
         "the kit is not part of an artifact's identity: same outputs, same id"
     )  # fmt: skip
+
+
+def test_a_stage_output_is_written_whole_with_its_manifest_or_not_at_all(tmp_path):
+    out = tmp_path / "stage"
+    with write_stage_output(out, "test", inputs={"data": "d"}, config={"k": 1}, extra={"name": "a"}) as tmp:
+        (tmp / "out.txt").write_text("x")
+    manifest = read_manifest(out, "test")
+    assert manifest["outputs"] == {"out.txt": artifacts.sha256_bytes(b"x")}, "the manifest hashes every file written"
+    assert manifest["extra"] == {"name": "a"} and artifacts.is_complete(out, "test", inputs={"data": "d"}, config={"k": 1})
+    with pytest.raises(RuntimeError, match="the stage failed"), write_stage_output(out, "test", config={"k": 2}) as tmp:
+        (tmp / "out.txt").write_text("y")
+        raise RuntimeError("the stage failed")
+    assert (out / "out.txt").read_text() == "x", "a failed stage left its files in the output folder"
+    assert artifacts.is_complete(out, "test", inputs={"data": "d"}, config={"k": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["stage"], "a temporary folder was left behind"
 
 
 def kit_checkout_head() -> str:

@@ -246,6 +246,23 @@ def write_manifest(directory: str | os.PathLike, manifest: Mapping[str, Any]) ->
     atomic_write_json(Path(directory) / MANIFEST_NAME, manifest)
 
 
+@contextlib.contextmanager
+def write_stage_output(
+    directory: str | os.PathLike,
+    kind: str,
+    *,
+    inputs: Mapping[str, str] | None = None,
+    config: Any = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Iterator[Path]:
+    """A stage's output folder, written whole or not at all: yields a temporary folder for the block to
+    fill; when the block completes, the manifest (over every file in it) is written and the folder
+    replaces ``directory`` (``atomic_dir``). A block that raises leaves ``directory`` as it was."""
+    with atomic_dir(directory) as tmp:
+        yield tmp
+        write_manifest(tmp, build_manifest(kind, tmp, inputs=inputs, config=config, extra=extra))
+
+
 def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
     path = Path(directory) / MANIFEST_NAME
     if not path.is_file():

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..artifacts import atomic_dir, build_manifest, is_complete, write_manifest
+from ..artifacts import is_complete, write_stage_output
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from .report_users import load_report_users
@@ -248,16 +248,12 @@ def prepare_dataset(config: DataConfig, data_dir: str | Path) -> Path:
         write_report_users(out)
         return out
     tables = build_tables(raw, config.seed, config.num_negatives)
-    with atomic_dir(out) as tmp:
+    extra = {"dataset": raw.name, "source": raw.source, "seed": config.seed, **tables.stats}
+    with write_stage_output(out, PROCESSED_KIND, inputs=inputs, config=config, extra=extra) as tmp:
         _write_parquet(tables.items, tmp / "items.parquet")
         _write_parquet(tables.sequences, tmp / "sequences.parquet")
         _write_parquet(tables.splits, tmp / "splits.parquet")
         _write_parquet(tables.candidates, tmp / "candidates.parquet")
-        manifest = build_manifest(
-            PROCESSED_KIND, tmp, inputs=inputs, config=config,
-            extra={"dataset": raw.name, "source": raw.source, "seed": config.seed, **tables.stats},
-        )  # fmt: skip
-        write_manifest(tmp, manifest)
     write_report_users(out)
     return out
 

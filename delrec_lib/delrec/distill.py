@@ -56,8 +56,6 @@ import torch.nn.functional as F
 
 from ..artifacts import (
     artifact_id,
-    atomic_dir,
-    build_manifest,
     is_complete,
     read_json,
     read_manifest,
@@ -66,7 +64,7 @@ from ..artifacts import (
     sha256_json,
     to_jsonable,
     verify_outputs,
-    write_manifest,
+    write_stage_output,
 )
 from ..config import RunConfig, parse_prompt_name
 from ..data.explore import item_popularity
@@ -515,7 +513,8 @@ def run_distillation(
         examples_text["ta"] = task.prompt(report["ta"][example_user]).text
     meta = {**inputs, "teacher": teacher, "prompt": name, "tasks": ",".join(tasks), "kind": SOFT_PROMPT_KIND}
     if trainer.is_main_process:  # every process holds the same soft prompt; one writes it
-        with atomic_dir(out_dir) as tmp:
+        extra = {"teacher": teacher, "prompt": name}
+        with write_stage_output(out_dir, SOFT_PROMPT_KIND, inputs=inputs, config=stage_config, extra=extra) as tmp:
             soft.save(tmp / "soft_prompt.safetensors", meta)
             history.to_csv(tmp / "history.csv", index=False)
             train_log.to_csv(tmp / "train_log.csv", index=False)
@@ -523,8 +522,6 @@ def run_distillation(
             (tmp / "metrics.json").write_text(_json(metrics))
             (tmp / "examples.json").write_text(_json(examples_text))
             (tmp / "nearest_tokens.json").write_text(_json(nearest_tokens(backbone, soft.embeddings)))
-            write_manifest(tmp, build_manifest(SOFT_PROMPT_KIND, tmp, inputs=inputs, config=stage_config,
-                                               extra={"teacher": teacher, "prompt": name}))  # fmt: skip
     trainer.wait_for_everyone()
     return DistillResult(name, out_dir, metrics, history, train_log, soft)
 

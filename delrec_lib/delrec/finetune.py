@@ -31,8 +31,6 @@ import torch
 import torch.nn.functional as F
 
 from ..artifacts import (
-    atomic_dir,
-    build_manifest,
     is_complete,
     read_json,
     read_manifest,
@@ -40,7 +38,7 @@ from ..artifacts import (
     require_inputs,
     to_jsonable,
     verify_outputs,
-    write_manifest,
+    write_stage_output,
 )
 from ..config import FinetuneConfig, RunConfig, parse_prompt_name
 from ..data.processed import ProcessedData
@@ -385,14 +383,13 @@ def run_finetuning(
         "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
     }
     if trainer.is_main_process:  # every process holds the same adapter; one writes it
-        with atomic_dir(out_dir) as tmp:
+        with write_stage_output(out_dir, ADAPTER_KIND, inputs=inputs, config=stage_config, extra={"variant": variant}) as tmp:
             model.save_pretrained(str(tmp / "adapter"))
             if soft is not None:
                 (tmp / "soft_prompt.safetensors").write_bytes((paths.distill / variant_soft_prompt(variant) / "soft_prompt.safetensors").read_bytes())
             history.to_csv(tmp / "history.csv", index=False)
             pd.DataFrame(result.train_log).to_csv(tmp / "train_log.csv", index=False)
             (tmp / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2) + "\n")
-            write_manifest(tmp, build_manifest(ADAPTER_KIND, tmp, inputs=inputs, config=stage_config, extra={"variant": variant}))
     trainer.wait_for_everyone()
     return FinetuneResult(variant, out_dir, metrics, history, pd.DataFrame(result.train_log))
 

@@ -32,8 +32,6 @@ from safetensors.torch import load_file, save_file
 from ..artifacts import (
     RunPaths,
     artifact_id,
-    atomic_dir,
-    build_manifest,
     is_complete,
     read_json,
     read_manifest,
@@ -41,7 +39,7 @@ from ..artifacts import (
     require_inputs,
     to_jsonable,
     verify_outputs,
-    write_manifest,
+    write_stage_output,
 )
 from ..config import LLMSRecConfig, LLMSRecVariant, RunConfig, parse_llmsrec_variant
 from ..data.processed import ProcessedData
@@ -341,13 +339,12 @@ def run_llmsrec(config: RunConfig, paths: RunPaths, data: ProcessedData, backbon
     example = train[0]
     examples = {"user": prompts.user(example.user_id, example.history).text, "item": prompts.item(example.target).text}
     if trainer.is_main_process:
-        with atomic_dir(out_dir) as tmp:
+        with write_stage_output(out_dir, HEADS_KIND, inputs=inputs, config=stage, extra={"variant": name}) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "heads.safetensors"))
             history.to_csv(tmp / "history.csv", index=False)
             pd.DataFrame(result.train_log).to_csv(tmp / "train_log.csv", index=False)
             (tmp / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2) + "\n")
             (tmp / "examples.json").write_text(json.dumps(examples, indent=2, ensure_ascii=False) + "\n")
-            write_manifest(tmp, build_manifest(HEADS_KIND, tmp, inputs=inputs, config=stage, extra={"variant": name}))
     trainer.wait_for_everyone()
     return LLMSRecResult(name, out_dir, metrics, history, pd.DataFrame(result.train_log))
 

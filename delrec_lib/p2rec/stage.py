@@ -40,9 +40,7 @@ from safetensors.torch import load_file, save_file
 from ..artifacts import (
     RunPaths,
     artifact_id,
-    atomic_dir,
     atomic_write_json,
-    build_manifest,
     is_complete,
     read_json,
     read_manifest,
@@ -50,7 +48,7 @@ from ..artifacts import (
     sha256_json,
     to_jsonable,
     verify_outputs,
-    write_manifest,
+    write_stage_output,
 )
 from ..config import P2RecConfig, P2RecVariant, RunConfig, parse_p2rec_variant
 from ..data import ProcessedData
@@ -250,7 +248,7 @@ def run_sft(config: RunConfig, paths: RunPaths, data: ProcessedData, backbone: B
         "kmeans_inertia": cats.inertia,
         "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
     }  # fmt: skip
-    with atomic_dir(out) as tmp:
+    with write_stage_output(out, SFT_KIND, inputs=inputs, config=stage_config, extra={"name": name}) as tmp:
         model.llm.save_pretrained(str(tmp / "adapter"))
         save_file({"weight": model.head.weight.detach().cpu().contiguous(), "bias": model.head.bias.detach().cpu().contiguous()},
                   str(tmp / "head.safetensors"))  # fmt: skip
@@ -266,7 +264,6 @@ def run_sft(config: RunConfig, paths: RunPaths, data: ProcessedData, backbone: B
         pd.DataFrame(result.train_log).to_csv(tmp / "train_log.csv", index=False)
         save_file({"states": states}, str(tmp / "item_states.safetensors"))
         atomic_write_json(tmp / "metrics.json", metrics)
-        write_manifest(tmp, build_manifest(SFT_KIND, tmp, inputs=inputs, config=stage_config, extra={"name": name}))
     shutil.rmtree(ckpt, ignore_errors=True)
     return SFTResult(name, out, to_jsonable(metrics))
 
@@ -284,10 +281,9 @@ def run_base_states(config: RunConfig, paths: RunPaths, data: ProcessedData, bac
     states = item_states(backbone, backbone.model, prompts, data.num_items, batch_size=config.p2rec.item_batch_size,
                          progress=progress)  # fmt: skip
     metrics = {"name": BASE_STATES, "states_seconds": round(time.perf_counter() - start, 1), "items": data.num_items}
-    with atomic_dir(out) as tmp:
+    with write_stage_output(out, STATES_KIND, inputs=inputs, config=stage_config, extra={"name": BASE_STATES}) as tmp:
         save_file({"states": states}, str(tmp / "item_states.safetensors"))
         atomic_write_json(tmp / "metrics.json", metrics)
-        write_manifest(tmp, build_manifest(STATES_KIND, tmp, inputs=inputs, config=stage_config, extra={"name": BASE_STATES}))
     return SFTResult(BASE_STATES, out, metrics)
 
 
@@ -326,13 +322,12 @@ def enhance(config: RunConfig, paths: RunPaths, data: ProcessedData, name: str, 
     ckpt = paths.p2rec / ".checkpoints" / f"{out.name}-{sha256_json({'config': stage_config, 'inputs': inputs})[:12]}"
     with torch_threads(config.teachers.threads):
         result, examples = fit(model, spec, data, ckpt, progress=progress)
-        with atomic_dir(out) as tmp:
+        with write_stage_output(out, TEACHER_KIND, inputs=inputs, config=stage_config, extra={"method": name}) as tmp:
             metrics = export_model(model, spec, data, tmp, result, examples)
             metrics.update(method=name, seed=spec["seed"], init="random" if variant is None else states_name(config, variant))
             atomic_write_json(tmp / "metrics.json", metrics)
             if tables:
                 save_file({k: v.detach().cpu().contiguous() for k, v in tables.items()}, str(tmp / "init.safetensors"))
-            write_manifest(tmp, build_manifest(TEACHER_KIND, tmp, inputs=inputs, config=stage_config, extra={"method": name}))
     shutil.rmtree(ckpt, ignore_errors=True)
     return EnhancedResult(name, out, to_jsonable(metrics))
 

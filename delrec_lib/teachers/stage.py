@@ -41,9 +41,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..artifacts import (
-    atomic_dir,
     atomic_write_json,
-    build_manifest,
     is_complete,
     read_json,
     read_manifest,
@@ -51,7 +49,7 @@ from ..artifacts import (
     sha256_json,
     to_jsonable,
     verify_outputs,
-    write_manifest,
+    write_stage_output,
 )
 from ..config import TEACHER_NAMES, CaserConfig, GRU4RecConfig, SASRecConfig, TeachersConfig
 from ..data import ProcessedData
@@ -290,9 +288,8 @@ def _train_and_export(name, spec, data, teachers_dir, out, inputs, progress, cal
     model = build_model(spec)
     ckpt = checkpoint_dir(teachers_dir, name, spec, data)
     result, examples = fit(model, spec, data, ckpt, progress=progress, callbacks=callbacks)
-    with atomic_dir(out) as tmp:
+    with write_stage_output(out, TEACHER_KIND, inputs=inputs, config=spec, extra={"teacher": name}) as tmp:
         metrics = export_model(model, spec, data, tmp, result, examples)
-        write_manifest(tmp, build_manifest(TEACHER_KIND, tmp, inputs=inputs, config=spec, extra={"teacher": name}))
     shutil.rmtree(ckpt, ignore_errors=True)
     return TeacherResult(name, out, metrics)
 
@@ -306,14 +303,13 @@ def export_popularity(data: ProcessedData, teachers_dir: str | Path, top: int = 
         return TeacherResult(POPULARITY, out, read_json(out / "metrics.json"), skipped=True)
     start = time.perf_counter()
     counts = train_popularity(data)
-    with atomic_dir(out) as tmp:
+    with write_stage_output(out, POPULARITY_KIND, inputs=inputs, config=spec) as tmp:
         _write_parquet(pd.DataFrame({"item_id": np.arange(1, data.num_items + 1, dtype=np.int32), "count": counts[1:]}),
                        tmp / "popularity.parquet")  # fmt: skip
         atomic_write_json(tmp / "config.json", {"spec": spec, "data_id": data.data_id, "class": "Popularity"})
         summary = _export_scores(popularity_scorer(counts), data, tmp, top)
         metrics = {"teacher": POPULARITY, **summary, "train_seconds": round(time.perf_counter() - start, 2)}
         atomic_write_json(tmp / "metrics.json", metrics)
-        write_manifest(tmp, build_manifest(POPULARITY_KIND, tmp, inputs=inputs, config=spec))
     return TeacherResult(POPULARITY, out, metrics)
 
 
@@ -326,12 +322,11 @@ def export_rule(name: str, config: TeachersConfig, data: ProcessedData, teachers
     if is_complete(out, TEACHER_KIND, inputs=inputs, config=spec):
         return TeacherResult(name, out, read_json(out / "metrics.json"), skipped=True)
     start = time.perf_counter()
-    with atomic_dir(out) as tmp:
+    with write_stage_output(out, TEACHER_KIND, inputs=inputs, config=spec, extra={"teacher": name}) as tmp:
         atomic_write_json(tmp / "config.json", {"spec": spec, "data_id": data.data_id, "class": "Rule"})
         summary = _export_scores(rule_scorer(spec, data), data, tmp, spec["top_k"])
         metrics = {"teacher": name, **summary, "train_seconds": round(time.perf_counter() - start, 2)}
         atomic_write_json(tmp / "metrics.json", metrics)
-        write_manifest(tmp, build_manifest(TEACHER_KIND, tmp, inputs=inputs, config=spec, extra={"teacher": name}))
     return TeacherResult(name, out, metrics)
 
 
