@@ -14,7 +14,6 @@ of the run.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import functools
 import json
 import logging
@@ -23,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +37,11 @@ from .artifacts import (
     same_kit,
     sha256_file,
 )
+from .artifacts.context import run_context, run_folder_lock, run_root, timestamp
 from .config import RunConfig, config_to_dict, load_config, project_root, resolve_path
 from .errors import ConfigError, DataError, DelrecError
 
 log = logging.getLogger(__name__)
-
-
-def default_run_dir(preset: str) -> Path:
-    return resolve_path(Path("outputs") / preset)
 
 
 def notebook_context(
@@ -59,10 +55,7 @@ def notebook_context(
     The runner passes ``config_file`` (the run's resolved config); a student opening a notebook
     by hand gets the preset's defaults. Keyword overrides come from the ``parameters`` cell.
     """
-    config = load_config(preset, config_file, **overrides)
-    root = resolve_path(run_dir) if run_dir else default_run_dir(config.preset)
-    root.mkdir(parents=True, exist_ok=True)
-    return config, RunPaths(root), resolve_path(config.data_dir)
+    return run_context(preset, run_dir, config_file, **overrides)
 
 
 def record_metrics(paths: RunPaths, notebook: str, metrics: dict[str, Any]) -> Path:
@@ -102,7 +95,6 @@ OPTIONAL: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
     "06_p2rec": (lambda c: bool(c.p2rec.variants), "p2rec.variants is empty"),
 }
 
-LOCK_NAME = ".lock"
 FAILED_DIR = "failed"  # under the run's notebooks/: executions that did not complete
 
 
@@ -197,44 +189,6 @@ def other_kit_artifacts(config: RunConfig, paths: RunPaths) -> list[tuple[str, s
     return out
 
 
-@contextlib.contextmanager
-def run_folder_lock(root: Path) -> Iterator[None]:
-    """Hold ``root`` for this process: a second run on the same folder stops at once, naming this one.
-
-    Stopping (rather than waiting) because a waiting run would mostly find everything done or would
-    recompute with settings the first run has just overwritten; the message says who holds the folder.
-    The lock is ``fcntl.flock`` on ``<root>/.lock``, released by the system when the process ends,
-    however it ends (no stale lock after a crash). The holder's description is emptied on release,
-    so that a run leaves the file as it found it."""
-    import fcntl  # POSIX only: imported here so that notebooks can use this module anywhere
-
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = json.loads(os.pread(fd, 65536, 0).decode("utf-8"))
-                who = f"pid {holder['pid']}, started {holder['started_at']}: {holder['command']}"
-            except (ValueError, KeyError, TypeError):
-                who = "a process that is just starting"
-            raise DelrecError(f"{root} is in use by another run ({who}); wait for it to end or use another "
-                              "--run-dir") from None  # fmt: skip
-        holder = {"pid": os.getpid(), "started_at": _now(), "command": " ".join(sys.argv)}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode("utf-8"), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
-
 
 def probe_machine(llm_dtype: str) -> dict[str, Any]:
     """The machine as a results page states it: CPU model, cores, GPUs, the dtype the LLM computes in
@@ -311,7 +265,7 @@ def run_series(
     import papermill as pm
 
     config = load_config(preset, config_file)
-    root = resolve_path(run_dir) if run_dir else default_run_dir(config.preset)
+    root = run_root(config, run_dir)
     paths = RunPaths(root)
     every = series_notebooks()
     notebooks = select_notebooks(every, only)
@@ -370,7 +324,7 @@ def _execute(pm, config: RunConfig, paths: RunPaths, notebooks: list[Path], forc
         needed, why = OPTIONAL.get(nb.stem, (lambda c: True, ""))
         if not needed(config):
             print(f"[delrec] {nb.name} skipped: the {config.preset} preset trains no such method ({why})", flush=True)
-            executions.append({"notebook": nb.stem, "started_at": _now(), "rerun": False, "seconds": 0.0,
+            executions.append({"notebook": nb.stem, "started_at": timestamp(), "rerun": False, "seconds": 0.0,
                                "outcome": f"not in this preset ({why})", "skipped_finished_work": True, "written": []})  # fmt: skip
             atomic_write_json(timings_path, {"executions": executions})
             done.append(nb.stem)
@@ -381,7 +335,7 @@ def _execute(pm, config: RunConfig, paths: RunPaths, notebooks: list[Path], forc
         log.info("executing %s -> %s", nb.name, out)
         print(f"[delrec] {nb.name} ...", flush=True)
         before = artifact_snapshot(config, paths)
-        record = {"notebook": nb.stem, "started_at": _now(), "rerun": nb.stem in forced, "machine": machine}
+        record = {"notebook": nb.stem, "started_at": timestamp(), "rerun": nb.stem in forced, "machine": machine}
         start = time.perf_counter()
         outcome = "interrupted"
         try:

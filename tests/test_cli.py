@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -144,6 +146,22 @@ def test_a_stage_command_on_a_locked_run_folder_stops_at_once_naming_the_holder(
     assert err.startswith(f"error: {root} is in use by another run (pid {os.getpid()}, started 20"), err
     assert run_cli(capsys, command, "--preset", "smoke", "--run-dir", str(root)) == (0, "")
     assert started == [command], "released: the same command then runs"
+
+
+def test_a_stage_command_takes_its_run_folder_and_lock_without_the_notebook_runner(tmp_path):
+    """A stage's command gets its run context and lock from ``artifacts.context``: it loads nothing of the
+    notebook runner (a fresh process, the stage itself stubbed)."""
+    code = (
+        "import sys\n"
+        "from delrec_lib import __main__ as cli\n"
+        "help_, add_args, _ = cli.COMMANDS['teachers']\n"
+        "cli.COMMANDS['teachers'] = (help_, add_args, lambda args: print('delrec_lib.runner' in sys.modules))\n"
+        f"sys.exit(cli.main(['teachers', '--preset', 'smoke', '--run-dir', {str(tmp_path / 'run')!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False", "the command went through the notebook runner"
+    assert (tmp_path / "run" / ".lock").is_file(), "the command took the run folder's lock"
 
 
 def launched_as(monkeypatch, main_process: bool, main_says: str | None = None) -> list:
