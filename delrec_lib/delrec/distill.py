@@ -428,8 +428,8 @@ def run_distillation(
 ) -> DistillResult:
     """Stage 1 for one soft prompt (``name`` = "<teacher>" or an ablation "<teacher>-ta" / "-rps"):
     writes ``<run>/distill/<name>/``; skipped when already up to date."""
-    teacher, tasks = parse_prompt_name(name)
-    stage_config = distill_stage_config(config, name)
+    stage_config = distill_stage_config(config, name)  # the soft prompt's settings, its teacher and tasks
+    teacher, tasks = stage_config["teacher"], stage_config["tasks"]
     cfg = stage_config["distill"]
     teacher_dir = paths.teachers / teacher
     topk = read_teacher_topk(teacher_dir, data, config.teachers)
@@ -538,8 +538,8 @@ def teaching_table(config: RunConfig, paths: Any, data: ProcessedData, backbone:
     """A few report-set users' RPS examples side by side, for a class: every candidate with the teacher's
     rank (1 is the label; "-" for the random candidates), its train popularity, and the LLM's score and rank
     with the soft prompt as initialised and as trained (``trained`` [K, hidden])."""
-    teacher, _ = parse_prompt_name(name)
-    cfg = distill_stage_config(config, name)["distill"]
+    stage_config = distill_stage_config(config, name)
+    teacher, cfg = stage_config["teacher"], stage_config["distill"]
     predictions = teacher_predictions(read_teacher_topk(paths.teachers / teacher, data, config.teachers), data)
     split = split_users(data, cfg, config.max_users)
     rps = build_examples(data, predictions, split.report, cfg, donors=split.train)["rps"]
