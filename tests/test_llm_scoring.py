@@ -461,6 +461,15 @@ def test_embedded_default_ranks_the_named_title_first():
     assert scores[0, 1] - scores[0].topk(2).values[1] > 0.5, scores  # by a clear margin
 
 
+def test_the_benchmarks_help_lists_every_benchmark(capsys):
+    from delrec_lib import bench
+
+    with pytest.raises(SystemExit) as done:
+        bench.main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and all(name in out for name in bench.BENCHMARKS), out
+
+
 def test_scoring_benchmark_runs_on_a_tiny_model(causal_dir, tmp_path, capsys):
     from delrec_lib import bench
 

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--json", help="also write the results to this JSON file")
     sub = parser.add_subparsers(dest="name", required=True)
     for name in BENCHMARKS:
-        _module(name).add_args(sub.add_parser(name, parents=[common], help=(_module(name).__doc__ or "").split("\n")[0]))
+        about = (_module(name).__doc__ or "").split("\n")[0].replace("%", "%%")  # argparse formats help with %
+        _module(name).add_args(sub.add_parser(name, parents=[common], help=about))
     sub.add_parser("all", parents=[common], help="every benchmark with its defaults, then a summary")
     args = parser.parse_args(argv)
     names = list(BENCHMARKS) if args.name == "all" else [args.name]
