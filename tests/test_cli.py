@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from delrec_lib import __main__ as cli
-from delrec_lib import config as config_module
 from delrec_lib import runner
+from delrec_lib.config import loading as config_loading
 from delrec_lib.errors import DelrecError
 
 COMMANDS = ("run", "data", "teachers", "distill", "finetune", "p2rec")
@@ -27,7 +27,7 @@ def resolved_preset(monkeypatch):
     def stop(name):
         raise Resolved(f"resolved preset {name}")
 
-    monkeypatch.setattr(config_module, "preset_config", stop)
+    monkeypatch.setattr(config_loading, "preset_config", stop)
 
 
 def run_cli(capsys, *argv) -> tuple[int, str]:
@@ -80,7 +80,7 @@ def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(monkeypatch, tmp_path,
     def interrupted(name):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(config_module, "preset_config", interrupted)
+    monkeypatch.setattr(config_loading, "preset_config", interrupted)
     code, err = run_cli(capsys, "teachers", "--run-dir", str(tmp_path / "run"))
     assert code == 130 and err.strip() == "interrupted; rerun the same command to resume"
 

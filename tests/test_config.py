@@ -8,6 +8,7 @@ import pytest
 
 from delrec_lib.config import (
     FIELD_RULES,
+    PRESET_NAMES,
     PRESETS,
     DataConfig,
     Flag,
@@ -32,6 +33,7 @@ from .stage_fixtures import synthetic_data
 
 
 def test_every_preset_resolves():
+    assert tuple(PRESETS) == PRESET_NAMES  # the names RunConfig.preset accepts
     for name in ("smoke", "cpu", "cpu-long", "cpu-seeds", "cpu-ablations", "paper"):
         assert preset_config(name).preset == name
 

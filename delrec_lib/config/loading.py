@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .presets import PRESETS
+from .presets import PRESETS, preset_config
 from .sections import RunConfig
 
 
@@ -149,8 +149,6 @@ def load_config(
         if preset is not None and file_preset is not None and file_preset != preset:
             raise ConfigError(f"{config_file}: preset '{file_preset}' disagrees with the requested preset '{preset}'")
         preset = preset or file_preset
-    from . import preset_config  # the package's name, where a test may stand in for it
-
     config = preset_config(preset or "cpu")
     config = override(config, file_values, str(config_file) if config_file else "")
     config = override(config, _drop_none(overrides), "")

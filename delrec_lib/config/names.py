@@ -1,4 +1,4 @@
-"""Method names and their grammar: teachers, stage-1 soft prompts, P2Rec and LLM-SRec variants."""
+"""Method names and their grammar: teachers, stage-1 soft prompts, P2Rec and LLM-SRec variants; the presets' names."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .rules import Satisfies, parsed_by
+
+# The presets (presets.py builds each), here for RunConfig.preset's rule: the dataclasses cannot import the presets
+# that build them.
+PRESET_NAMES = ("smoke", "cpu", "cpu-long", "cpu-seeds", "cpu-ablations", "paper")
 
 TEACHER_NAMES = ("sasrec", "gru4rec", "caser")
 # Synthetic teachers whose top-1 is a rule read from the prompt (``teachers/rules.py``): stage 1's known answer.

@@ -18,6 +18,7 @@ from .names import (
     P2REC_PREFIX,
     P2REC_VARIANT,
     POPULARITY,
+    PRESET_NAMES,
     PROMPT_NAME,
     RULE_TEACHERS,
     TEACHER_NAMES,
@@ -50,12 +51,6 @@ def _metric_names() -> tuple[str, ...]:
     from ..metrics import METRICS  # pandas: not at import of the config
 
     return METRICS
-
-
-def _preset_names() -> tuple[str, ...]:
-    from .presets import PRESETS  # the presets build these dataclasses
-
-    return tuple(PRESETS)
 
 
 METRIC = OneOf(_metric_names)
@@ -390,7 +385,7 @@ class EvalConfig(Checked):
 class RunConfig(Checked):
     """Everything one run of the series needs. ``preset`` names where the defaults came from."""
 
-    preset: Annotated[str, OneOf(_preset_names)] = "cpu"
+    preset: Annotated[str, OneOf(PRESET_NAMES)] = "cpu"
     data_dir: NonEmpty = "data"
     max_users: MaybeCount = None  # LLM stages and evaluation on the first N users only (smoke preset); None: all
     # Extra method families, "module:FamilyClass" (methods.py): a method added without editing the kit appears everywhere.
