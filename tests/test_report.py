@@ -334,7 +334,13 @@ def test_the_kits_readme_agrees_with_its_results_pages():
     if not runs:
         pytest.skip("README.md has no results block yet")
     for run in runs:
-        check_readme_matches(REPO / "README.md", REPO / "docs" / "results" / f"{run}.md")
+        page = REPO / "docs" / "results" / f"{run}.md"
+        if not page.exists():
+            # Not generated yet: the block may hold a note, never a table typed by hand.
+            block = readme_block((REPO / "README.md").read_text(), run)
+            assert "|" not in block, f"README.md: run {run}'s results block holds a table, but {page} does not exist"
+            pytest.skip(f"{page} not generated yet")
+        check_readme_matches(REPO / "README.md", page)
 
 
 # --------------------------------------------------------------------------------------------
