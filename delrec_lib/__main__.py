@@ -5,7 +5,7 @@
   so the heavy stages can be launched on GPUs with ``accelerate launch -m delrec_lib <stage>``;
 - ``report``: a run's results page, written from its folder (``delrec_lib.report``).
 
-The commands that write a run folder hold its lock (``artifacts.context.run_folder_lock``) while they work,
+The commands that write a run folder hold its lock (``config.context.run_folder_lock``) while they work,
 as ``run`` does: a second command or run on the same folder stops at once, naming the first.
 """
 
@@ -90,7 +90,7 @@ def _teachers_args(p: argparse.ArgumentParser) -> None:
 
 @command("teachers", "train, evaluate and export the preset's teachers and the popularity baseline")(_teachers_args)
 def _teachers(args: argparse.Namespace) -> None:
-    from .artifacts.context import run_context
+    from .config.context import run_context
     from .teachers import run_teachers
     from .teachers.report import metrics_table
 
@@ -113,7 +113,7 @@ def _stage_args(p: argparse.ArgumentParser) -> None:
 
 
 def _llm_stage(args: argparse.Namespace):
-    from .artifacts.context import run_context
+    from .config.context import run_context
     from .data import load_processed
     from .llm import load_backbone_from_config
 
@@ -210,7 +210,7 @@ def _report(args: argparse.Namespace) -> None:
 
 def run_folder(args: argparse.Namespace) -> Path:
     """The run folder a command writes: ``--run-dir``, else ``outputs/<the config's preset>``."""
-    from .artifacts.context import run_context
+    from .config.context import run_context
 
     return run_context(args.preset, args.run_dir, args.config)[1].root
 
@@ -223,7 +223,7 @@ def held_run_folder(root: Path) -> Iterator[None]:
     run: each taking it would refuse its siblings), and tells the others whether it got it, so
     that a refused launch stops in every process instead of leaving them waiting for the main one.
     """
-    from .artifacts.context import run_folder_lock
+    from .config.context import run_folder_lock
 
     if launched_processes() == 1:
         with run_folder_lock(root):

@@ -37,8 +37,8 @@ from .artifacts import (
     same_kit,
     sha256_file,
 )
-from .artifacts.context import run_context, run_folder_lock, run_root, timestamp
 from .config import RunConfig, config_to_dict, load_config, project_root, resolve_path
+from .config.context import run_context, run_folder_lock, run_root, timestamp
 from .errors import ConfigError, DataError, DelrecError
 
 log = logging.getLogger(__name__)

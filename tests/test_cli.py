@@ -149,7 +149,7 @@ def test_a_stage_command_on_a_locked_run_folder_stops_at_once_naming_the_holder(
 
 
 def test_a_stage_command_takes_its_run_folder_and_lock_without_the_notebook_runner(tmp_path):
-    """A stage's command gets its run context and lock from ``artifacts.context``: it loads nothing of the
+    """A stage's command gets its run context and lock from ``config.context``: it loads nothing of the
     notebook runner (a fresh process, the stage itself stubbed)."""
     code = (
         "import sys\n"

@@ -6,8 +6,6 @@ stage compares the manifest of what it is about to read with what it expects and
 or mismatched inputs instead of mixing runs; outputs of another version of the kit are reused
 with a warning (a code change need not change a result).
 Nothing is pickled: tensors go to safetensors, tables to Parquet/CSV, the rest to JSON.
-
-``context`` (in this package) gives a run's config, folder and data folder, and the run folder's lock.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ Paths in a config are relative to the project root (the folder holding ``pyproje
 so a notebook opened from ``notebooks/`` and the CLI run from the root see the same files.
 
 The package: rules.py (what a field accepts), names.py (method names and their grammar), sections.py (the
-dataclasses, each field's rule beside it), presets.py, loading.py (files, overrides, paths).
+dataclasses, each field's rule beside it), presets.py, loading.py (files, overrides, paths), and context.py
+(where every entry point starts: a run's config, folder and data folder, and the run folder's lock; imported
+from ``delrec_lib.config.context``, not from here).
 """
 
 from ..errors import ConfigError

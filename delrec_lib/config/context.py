@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, load_config, resolve_path
+from ..artifacts import RunPaths
 from ..errors import DelrecError
-from . import RunPaths
+from .loading import load_config, resolve_path
+from .sections import RunConfig
 
 LOCK_NAME = ".lock"
 
