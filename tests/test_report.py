@@ -41,6 +41,7 @@ from delrec_lib.config import (
 )
 from delrec_lib.data import load_processed
 from delrec_lib.delrec.distill import run_distillation
+from delrec_lib.delrec.finetune import run_finetuning
 from delrec_lib.errors import DataError, StaleArtifactError
 from delrec_lib.evaluation import (
     EVAL_KIND,
@@ -56,7 +57,6 @@ from delrec_lib.evaluation import (
     results_table,
     write_tables,
 )
-from delrec_lib.delrec.finetune import run_finetuning
 from delrec_lib.llm import load_backbone
 from delrec_lib.metrics import METRICS, holm_adjust, paired_test
 from delrec_lib.report import (

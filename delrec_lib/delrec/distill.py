@@ -66,7 +66,7 @@ from ..artifacts import (
     verify_outputs,
     write_stage_output,
 )
-from ..config import RunConfig, parse_prompt_name
+from ..config import RunConfig
 from ..data.explore import item_popularity
 from ..data.processed import ProcessedData
 from ..errors import ConfigError, DataError
@@ -533,20 +533,30 @@ def initial_soft_prompt(backbone: Any, cfg: Any, teacher: str) -> SoftPrompt:
     return SoftPrompt.from_vocabulary(backbone, cfg.num_soft_tokens, cfg.seed)
 
 
+def _report_examples(config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str,
+                     soft: SoftPrompt) -> tuple[DistillTask, dict[str, dict[int, DistillExample]], list[int]]:  # fmt: skip
+    """Soft prompt ``name``'s report-set examples as stage 1 builds them, a task that scores them with
+    ``soft``, and the report users (sorted)."""
+    stage_config = distill_stage_config(config, name)
+    teacher, cfg = stage_config["teacher"], stage_config["distill"]
+    predictions = teacher_predictions(read_teacher_topk(paths.teachers / teacher, data, config.teachers), data)
+    split = split_users(data, cfg, config.max_users)
+    examples = build_examples(data, predictions, split.report, cfg, donors=split.train)
+    builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
+    task = DistillTask(backbone, builder, soft, data.titles, examples, {}, cfg, teacher, config.llm)
+    return task, examples, split.report
+
+
 def teaching_table(config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str, trained: torch.Tensor,
                    users: int = 3) -> pd.DataFrame:  # fmt: skip
     """A few report-set users' RPS examples side by side, for a class: every candidate with the teacher's
     rank (1 is the label; "-" for the random candidates), its train popularity, and the LLM's score and rank
     with the soft prompt as initialised and as trained (``trained`` [K, hidden])."""
     stage_config = distill_stage_config(config, name)
-    teacher, cfg = stage_config["teacher"], stage_config["distill"]
-    predictions = teacher_predictions(read_teacher_topk(paths.teachers / teacher, data, config.teachers), data)
-    split = split_users(data, cfg, config.max_users)
-    rps = build_examples(data, predictions, split.report, cfg, donors=split.train)["rps"]
+    initial = initial_soft_prompt(backbone, stage_config["distill"], stage_config["teacher"])
+    task, examples, _ = _report_examples(config, paths, data, backbone, name, initial)
+    rps = examples["rps"]
     picked = [rps[u] for u in sorted(rps)[:users]]
-    builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
-    initial = initial_soft_prompt(backbone, cfg, teacher)
-    task = DistillTask(backbone, builder, initial, data.titles, {"ta": {}, "rps": {}}, {}, cfg, teacher, config.llm)
     popularity = item_popularity(data, split="train")
     rows = []
     with torch.no_grad():
@@ -568,14 +578,100 @@ def describe_examples(examples: dict[str, DistillExample]) -> pd.DataFrame:
 
 
 def preview_prompts(config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str) -> dict[str, EncodedPrompt]:
-    """The TA and RPS prompts of the first report-set user, as stage 1 will render them."""
-    teacher, _ = parse_prompt_name(name)
-    cfg = config.distill
-    predictions = teacher_predictions(read_teacher_topk(paths.teachers / teacher, data, config.teachers), data)
-    users = split_users(data, cfg, config.max_users)
-    examples = build_examples(data, predictions, users.report, cfg, donors=users.train)
-    user = next(u for u in users.report if u in examples["ta"] and u in examples["rps"])
-    builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
-    task = DistillTask(backbone, builder, SoftPrompt(torch.zeros(cfg.num_soft_tokens, backbone.hidden_size)),
-                       data.titles, examples, {}, cfg, teacher, config.llm)  # fmt: skip
+    """The TA and RPS prompts of the first report-set user (with an example of each task), as stage 1 renders them."""
+    cfg = distill_stage_config(config, name)["distill"]
+    blank = SoftPrompt(torch.zeros(cfg.num_soft_tokens, backbone.hidden_size))
+    task, examples, report = _report_examples(config, paths, data, backbone, name, blank)
+    user = next(u for u in report if u in examples["ta"] and u in examples["rps"])
     return {"ta": task.prompt(examples["ta"][user]), "rps": task.prompt(examples["rps"][user])}
+
+
+@dataclass
+class StepAnatomy:
+    """One RPS training step taken apart (``anatomy_of_a_step``)."""
+
+    layout: pd.DataFrame  # segment, tokens: the text before the slot, the K soft vectors, the text after
+    candidates: pd.DataFrame  # candidate, teacher rank, LLM score, softmax probability
+    loss: float  # the cross-entropy of the teacher's top-1 under the softmax over the candidate scores
+    gradients: pd.DataFrame  # parameters, count, with a gradient, gradient norm: soft prompt vs the frozen LLM
+
+
+def anatomy_of_a_step(config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str,
+                      soft: torch.Tensor | None = None) -> StepAnatomy:  # fmt: skip
+    """The first report user's RPS example through one forward and backward pass, as a training step runs it
+    (nothing is updated): where the soft-prompt vectors are spliced, every candidate's score, the loss, and
+    which parameters the gradient reaches (the soft prompt's vectors only; the LLM is frozen)."""
+    stage_config = distill_stage_config(config, name)
+    init = initial_soft_prompt(backbone, stage_config["distill"], stage_config["teacher"])
+    vectors = (init.embeddings if soft is None else soft).detach().clone().requires_grad_(True)
+    task, examples, report = _report_examples(config, paths, data, backbone, name, SoftPrompt(vectors.detach()))
+    example = examples["rps"][next(u for u in report if u in examples["rps"])]
+    prompt = task.prompt(example)
+    scores = task.scores([example], vectors)[0]  # [C]
+    loss = F.cross_entropy(scores.float()[None], torch.tensor([example.label]))
+    frozen = [p for p in backbone.model.parameters()]
+    loss.backward()
+    ranks = {item: k + 1 for k, item in enumerate((example.target, *example.ranked))}
+    probs = torch.softmax(scores.detach().float(), dim=-1)
+    candidates = pd.DataFrame({
+        "candidate": [data.titles[i] for i in example.candidates],
+        "teacher rank": [ranks.get(i, "-") for i in example.candidates],
+        "LLM score": scores.detach().float().numpy().round(3),
+        "probability": probs.numpy().round(3),
+    }).sort_values("LLM score", ascending=False).reset_index(drop=True)  # fmt: skip
+    layout = pd.DataFrame({
+        "segment": ["text before the slot (frozen token embeddings)", "soft prompt (trainable vectors)",
+                    "text after the slot (frozen token embeddings)", "candidates scored after the prompt"],
+        "tokens": [len(prompt.before_ids), prompt.num_soft_tokens, len(prompt.after_ids), len(prompt.candidates)],
+    })  # fmt: skip
+    reached = [p for p in frozen if p.grad is not None]
+    gradients = pd.DataFrame({
+        "parameters": ["soft prompt", "LLM (frozen)"],
+        "count": [vectors.numel(), sum(p.numel() for p in frozen)],
+        "with a gradient": [vectors.numel() if vectors.grad is not None else 0, sum(p.numel() for p in reached)],
+        "gradient norm": [float(vectors.grad.norm()) if vectors.grad is not None else 0.0,
+                          float(sum(p.grad.norm() ** 2 for p in reached) ** 0.5) if reached else 0.0],
+    })  # fmt: skip
+    return StepAnatomy(layout, candidates, float(loss.detach()), gradients)
+
+
+def _ci_text(v: dict[str, float] | None) -> str:
+    return f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" if v else "-"
+
+
+def stage1_table(metrics: dict[str, Any]) -> pd.Series:
+    """A soft prompt's stage-1 numbers as notebook 03 shows them: the report set before and after, beside
+    the heuristics on the same examples and chance, with 95% intervals; the selection set; the budget."""
+    m = metrics
+    return pd.Series({
+        "RPS fidelity, LLM untrained": _ci_text(m["fidelity_before"]),
+        "RPS fidelity, LLM trained": _ci_text(m["fidelity_after"]),
+        **{f"RPS fidelity, {k}": _ci_text(v) for k, v in m["fidelity_baselines"].items()},
+        "RPS fidelity, chance": f"{m['fidelity_chance']:.3f}",
+        "TA accuracy, LLM untrained": _ci_text(m["ta_accuracy_before"]),
+        "TA accuracy, LLM trained": _ci_text(m["ta_accuracy_after"]),
+        **{f"TA accuracy, {k}": _ci_text(v) for k, v in m["ta_baselines"].items()},
+        "TA accuracy, chance": f"{m['ta_chance']:.3f}",
+        "report users": m["heldout_users"],
+        "selection users": m["selection_users"],
+        "selection fidelity at the chosen step": f"{m['selection']['fidelity_best']:.3f}",
+        "steps (chosen)": f"{m['steps']} ({m['best_step']})",
+        "training users": m["train_users"],
+        "seconds": m["seconds"],
+    })  # fmt: skip
+
+
+def fidelity_reading(metrics: dict[str, Any]) -> str:
+    """One sentence on a soft prompt's report-set fidelity, judged by its 95% interval: beyond the best
+    heuristic's mean and chance, not distinguishable from chance (or below it), or in between."""
+    after, before = metrics["fidelity_after"], metrics["fidelity_before"]
+    chance = metrics["fidelity_chance"]
+    name, best = max(metrics["fidelity_baselines"].items(), key=lambda kv: kv[1]["mean"])
+    floor = max(best["mean"], chance)
+    numbers = (f"fidelity {_ci_text(after)} on {metrics['heldout_users']} report users after {metrics['best_step']} "
+               f"steps (untrained {before['mean']:.3f}), against {name} {best['mean']:.3f} and chance {chance:.3f}")  # fmt: skip
+    if after["ci_low"] > floor:
+        return f"{metrics['prompt']}: learned beyond every heuristic: {numbers}."
+    if after["ci_low"] <= chance:
+        return f"{metrics['prompt']}: not distinguishable from chance in this budget: {numbers}."
+    return f"{metrics['prompt']}: above chance but not beyond the best heuristic: {numbers}."

@@ -1,0 +1,78 @@
+"""Stage 1's known answer and the pieces notebook 03 teaches with: a rule teacher distilled like any
+teacher, one training step taken apart, and the reading of a soft prompt's fidelity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from delrec_lib.config import DistillConfig, LLMConfig, RunConfig, TeachersConfig
+from delrec_lib.delrec.distill import anatomy_of_a_step, fidelity_reading, preview_prompts, stage1_table
+from delrec_lib.llm import load_backbone
+from delrec_lib.runner import RunPaths
+from delrec_lib.teachers.stage import export_rule
+
+from .llm_fixtures import save_tiny_causal
+from .stage_fixtures import synthetic_data
+
+RULE = "rule-sharedword"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("known")
+    data = synthetic_data(root / "data")
+    backbone = load_backbone(str(save_tiny_causal(root / "tiny")), dtype="float32")
+    config = RunConfig(preset="smoke", llm=LLMConfig(history_len=4),
+                       teachers=TeachersConfig(rules=(RULE,)),
+                       distill=DistillConfig(prompts=(RULE + "-rps", "sasrec"), heldout_users=8, selection_users=6,
+                                             num_soft_tokens=4, rps_top_k=3, rps_random=3, ta_candidates=6))  # fmt: skip
+    paths = RunPaths(root / "run")
+    export_rule(RULE, config.teachers, data, paths.teachers)
+    return config, paths, data, backbone
+
+
+def test_a_step_taken_apart_reaches_the_soft_prompt_only(world):
+    config, paths, data, backbone = world
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    anatomy = anatomy_of_a_step(config, paths, data, backbone, RULE + "-rps")
+    layout = anatomy.layout.set_index("segment")["tokens"]
+    assert layout["soft prompt (trainable vectors)"] == 4
+    assert layout["candidates scored after the prompt"] == len(anatomy.candidates) == 3 + 3
+    assert (anatomy.candidates["teacher rank"] == 1).sum() == 1  # the label, once
+    probs = torch.softmax(torch.tensor(anatomy.candidates["LLM score"].to_numpy(), dtype=torch.float64), 0)
+    label = int((anatomy.candidates["teacher rank"] == 1).to_numpy().argmax())
+    assert anatomy.loss == pytest.approx(float(-probs[label].log()), abs=1e-2)  # the loss is the label's cross-entropy
+    grads = anatomy.gradients.set_index("parameters")
+    assert grads.loc["soft prompt", "with a gradient"] == grads.loc["soft prompt", "count"] == 4 * backbone.hidden_size
+    assert grads.loc["soft prompt", "gradient norm"] > 0
+    assert grads.loc["LLM (frozen)", "with a gradient"] == 0 and grads.loc["LLM (frozen)", "count"] > 0
+    assert all(torch.equal(before[k], v) for k, v in backbone.model.state_dict().items())  # nothing updated
+    # The prompt it took apart is the one notebook 03 shows.
+    assert preview_prompts(config, paths, data, backbone, RULE + "-rps")["rps"].num_soft_tokens == 4
+
+
+def metrics(after: tuple[float, float, float], best: float = 0.3, chance: float = 0.1) -> dict:
+    ci = dict(zip(("mean", "ci_low", "ci_high"), after, strict=True))
+    return {"prompt": "rule-sharedword-rps", "fidelity_after": ci, "fidelity_before": {"mean": 0.05, "ci_low": 0.0, "ci_high": 0.1},
+            "fidelity_baselines": {"most popular unlisted candidate": {"mean": best, "ci_low": best - 0.05, "ci_high": best + 0.05},
+                                   "most popular candidate": {"mean": 0.1, "ci_low": 0.05, "ci_high": 0.15}},
+            "fidelity_chance": chance, "heldout_users": 100, "best_step": 40}  # fmt: skip
+
+
+def test_fidelity_reading_is_judged_by_the_interval():
+    assert "learned beyond every heuristic" in fidelity_reading(metrics((0.85, 0.78, 0.91)))
+    assert "not distinguishable from chance" in fidelity_reading(metrics((0.12, 0.07, 0.18)))
+    assert "above chance but not beyond" in fidelity_reading(metrics((0.30, 0.21, 0.39)))
+    # The interval, not the mean, decides: a mean above the heuristic whose interval reaches it is not "learned".
+    assert "learned beyond" not in fidelity_reading(metrics((0.35, 0.28, 0.42)))
+
+
+def test_stage1_table_shows_every_heuristic_beside_the_llm():
+    m = metrics((0.5, 0.4, 0.6))
+    m |= {"ta_accuracy_before": None, "ta_accuracy_after": None, "ta_baselines": {}, "ta_chance": 0.1,
+          "selection_users": 6, "selection": {"fidelity_best": 0.5}, "steps": 40, "train_users": 20, "seconds": 1.0}  # fmt: skip
+    table = stage1_table(m)
+    assert table["RPS fidelity, most popular unlisted candidate"].startswith("0.300")
+    assert table["RPS fidelity, LLM trained"] == "0.500 [0.400, 0.600]"
+    assert table["TA accuracy, LLM trained"] == "-"
