@@ -127,7 +127,7 @@ def _distill(args: argparse.Namespace) -> None:
     from .delrec.distill import run_distillation
 
     config, paths, data, backbone = _llm_stage(args)
-    for name in args.only or config.distill.prompts:
+    for name in args.only or [*filter(None, [config.distill.known_answer]), *config.distill.prompts]:
         r = run_distillation(config, paths, data, backbone, name, progress=not args.no_progress)
         m = r.metrics
         if is_main_process():

@@ -187,16 +187,23 @@ def test_02_teacher_training_metrics(smoke_run):
 def test_03_pattern_distillation_metrics(smoke_run):
     cfg = preset_config("smoke")
     m = read_metrics(smoke_run, "03_pattern_distillation")
-    assert sorted(m) == sorted(cfg.distill.prompts)
+    d = cfg.distill
+    assert sorted(m) == sorted([*d.prompts, "known_answer"])
+    budgets = {name: (d.heldout_users, d.selection_users, d.max_steps) for name in d.prompts}
+    # the known answer (a rule teacher's soft prompt) on its own budget
+    budgets["known_answer"] = (d.known_answer_users, d.known_answer_users // 2, d.known_answer_steps)
+    assert m["known_answer"]["prompt"] == d.known_answer
     for name, r in m.items():
-        assert r["fidelity_chance"] == 1 / (cfg.distill.rps_top_k + cfg.distill.rps_random)
+        assert r["fidelity_chance"] == 1 / (d.rps_top_k + d.rps_random)
         # reported on the report set beside the heuristics; the step chosen on the selection set
-        assert (r["heldout_users"], r["selection_users"]) == (cfg.distill.heldout_users, cfg.distill.selection_users)
+        assert (r["heldout_users"], r["selection_users"], r["steps"]) == budgets[name]
         assert sorted(r["fidelity_baselines"]) == ["most popular candidate", "most popular unlisted candidate"]
         assert list(r["ta_baselines"]) == ["most popular candidate"]
-        assert r["steps"] == cfg.distill.max_steps
-        assert (smoke_run.distill / name / "soft_prompt.safetensors").is_file()
-    assert (smoke_run.figures / "03_distillation_curves.png").is_file()
+        assert (smoke_run.distill / r.get("prompt", name) / "soft_prompt.safetensors").is_file()
+    known = pd.read_csv(smoke_run.distill / d.known_answer / "history.csv")
+    assert known["step"].tolist() == eval_steps(d.known_answer_steps, max(1, d.known_answer_steps // 4))
+    for figure in ("03_distillation_curves.png", "03_known_answer_curves.png"):
+        assert (smoke_run.figures / figure).is_file()
 
 
 @series

@@ -19,13 +19,19 @@ from .sections import (
 )
 
 
+# Stage 1's known answer in notebook 03: the rule teacher's Pattern Simulating soft prompt.
+KNOWN_ANSWER_TEACHER = "rule-sharedword"
+KNOWN_ANSWER = KNOWN_ANSWER_TEACHER + "-rps"
+
+
 def _smoke() -> RunConfig:
     # Teachers: every model for one epoch (seconds each); enough to exercise every export.
     return RunConfig(
         preset="smoke",
         max_users=48,
-        teachers=TeachersConfig(max_epochs=1),
-        distill=DistillConfig(heldout_users=8, selection_users=8, max_train_users=16, max_steps=4, eval_every=2, warmup_steps=0),
+        teachers=TeachersConfig(max_epochs=1, rules=(KNOWN_ANSWER_TEACHER,)),
+        distill=DistillConfig(heldout_users=8, selection_users=8, max_train_users=16, max_steps=4, eval_every=2, warmup_steps=0,
+                              known_answer=KNOWN_ANSWER, known_answer_steps=4, known_answer_users=8),
         # One extra training seed: the seed study's code path (its copies, their tests and summary).
         finetune=FinetuneConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, warmup_steps=0, grad_accum=1,
                                 seeds=(1,)),
@@ -39,8 +45,9 @@ def _smoke() -> RunConfig:
 
 
 def _cpu() -> RunConfig:
-    # P2Rec lives in cpu-ablations: the hour is DELRec's and LLM-SRec's.
-    return RunConfig(preset="cpu", p2rec=P2RecConfig(variants=()))
+    # P2Rec lives in cpu-ablations: the hour is DELRec's and LLM-SRec's (and the known answer's few minutes).
+    return RunConfig(preset="cpu", teachers=TeachersConfig(rules=(KNOWN_ANSWER_TEACHER,)),
+                     distill=DistillConfig(known_answer=KNOWN_ANSWER), p2rec=P2RecConfig(variants=()))
 
 
 def _cpu_long() -> RunConfig:

@@ -216,6 +216,11 @@ class DistillConfig(Checked):
     eval_every: Count = 25
     # The frozen LLM runs the text before the soft-prompt slot once: the same scores for about a third of the tokens.
     cache_prefix: bool = True
+    # Stage 1's known answer, trained first on its own small budget (notebook 03 opens with it): a soft prompt of a
+    # rule teacher, whose top-1 the prompt shows, e.g. "rule-sharedword-rps"; None: none.
+    known_answer: Annotated[str | None, Maybe(PROMPT_NAME)] = None
+    known_answer_steps: Count = 40  # evaluated on the selection set every quarter of them
+    known_answer_users: Count = 100  # report users (the data's fixed ones); the selection set has half as many
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -402,7 +407,8 @@ class RunConfig(Checked):
     def __post_init__(self) -> None:
         super().__post_init__()
         # A soft prompt of a teacher this run does not train would fail in notebook 03 ("no manifest").
-        for name in self.distill.prompts:
+        known = (self.distill.known_answer,) if self.distill.known_answer else ()
+        for name in (*known, *self.distill.prompts):
             teacher, _ = parse_prompt_name(name)
             if teacher in RULE_TEACHERS and teacher not in self.teachers.rules:
                 raise ConfigError(

@@ -117,11 +117,18 @@ def nearest_tokens(backbone: Any, vectors: torch.Tensor, k: int = 3) -> list[lis
 
 def distill_stage_config(config: RunConfig, name: str) -> dict[str, Any]:
     """The settings a stage-1 soft prompt ``name`` depends on (its manifest's config): the stage's own,
-    not the list of other soft prompts the run distils."""
+    not the list of other soft prompts the run distils; the known answer (``distill.known_answer``) trains
+    and is evaluated on its own budget."""
     import dataclasses
 
     teacher, tasks = parse_prompt_name(name)
-    cfg = dataclasses.replace(config.distill, prompts=(name,))
+    own = config.distill
+    defaults = {f.name: f.default for f in dataclasses.fields(own) if f.name.startswith("known_answer")}
+    cfg = dataclasses.replace(own, prompts=(name,), **defaults)  # the known answer's budget is not the others'
+    if name == own.known_answer:  # its own budget
+        steps, users = own.known_answer_steps, own.known_answer_users
+        cfg = dataclasses.replace(cfg, max_steps=steps, eval_every=max(1, steps // 4), heldout_users=users,
+                                  selection_users=max(1, users // 2), known_answer=name)  # fmt: skip
     return {"distill": cfg, "llm": config.llm, "max_users": config.max_users, "teacher": teacher, "tasks": tasks}
 
 

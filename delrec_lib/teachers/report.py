@@ -51,7 +51,7 @@ def metrics_table(results, split: str = "test", protocol: str | None = None, nam
 def training_summary(results, names=None) -> pd.DataFrame:
     rows = []
     for name, m in _metrics_of(results, names).items():
-        if name == POPULARITY:
+        if "epochs" not in m:  # popularity and rule teachers train nothing
             continue
         rows.append({
             "model": name, "epochs": m["epochs"], "best epoch": m["best_epoch"], "stopped": m["stopped"],
