@@ -18,7 +18,6 @@ from .sections import (
     TeachersConfig,
 )
 
-
 # Stage 1's known answer in notebook 03: the rule teacher's Pattern Simulating soft prompt.
 KNOWN_ANSWER_TEACHER = "rule-sharedword"
 KNOWN_ANSWER = KNOWN_ANSWER_TEACHER + "-rps"
