@@ -146,9 +146,11 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     test users' and data's identity, the machine, the kit."""
     root = Path(run_dir).resolve()
     config = read_json(_require(root / "config.json", "not a run folder (the runner writes config.json)"))
-    table = read_results(root)
-    per_user = per_user_results(root)
-    users = sorted(int(u) for u in next(iter(per_user.values()))[0]["user_id"])
+    # A run that stopped before notebook 07 (e.g. `--only 01 02 06`) has stages and no test results.
+    evaluated = (root / "eval" / "results.csv").is_file()
+    table = read_results(root) if evaluated else pd.DataFrame()
+    per_user = per_user_results(root) if evaluated else {}
+    users = sorted(int(u) for u in next(iter(per_user.values()))[0]["user_id"]) if per_user else []
     data_ids = sorted({str(man.get("inputs", {}).get("data")) for _, man in per_user.values()})
     times = notebook_times(root)
     machines = {sha256_json(t.get("machine")): t.get("machine") for t in times if t.get("machine")}
@@ -159,8 +161,8 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
         "run_dir": _shown(root),
         "preset": config.get("preset"),
         "users": len(users),
-        "users_id": sha256_json(users),
-        "data_id": data_ids[0] if len(data_ids) == 1 else data_ids,
+        "users_id": sha256_json(users) if users else None,
+        "data_id": data_ids[0] if len(data_ids) == 1 else data_ids or None,
         "num_candidates": num_candidates,
         "confidence": config.get("eval", {}).get("confidence"),
         "bootstrap": config.get("eval", {}).get("bootstrap"),
@@ -622,8 +624,9 @@ def _kits(summary: dict[str, Any]) -> str:
 def _run_section(root: Path, summary: dict[str, Any]) -> list[str]:
     versions = {k: v for m in summary.get("machines") or [] for k, v in (m.get("versions") or {}).items()}
     lines = ["## The run", "",
-             f"- Run folder `{summary['run_dir']}`, preset `{summary['preset']}`; processed data "
-             f"`{str(summary['data_id'])[:12]}`, {summary['users']} test users.",
+             f"- Run folder `{summary['run_dir']}`, preset `{summary['preset']}`; "
+             + (f"processed data `{str(summary['data_id'])[:12]}`, {summary['users']} test users."
+                if summary["users"] else "not evaluated on the test split."),
              f"- Machine: {_machines(summary)}.",
              f"- LLM: `{summary['llm']['backbone']}`, `llm.dtype = {summary['llm']['dtype_setting']}`.",
              f"- Kit: {_kits(summary)}.",
@@ -937,9 +940,13 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
              f"Written by `python -m delrec_lib report` from the run folder `{summary['run_dir']}`: every number "
              "below is read from the run's files. Regenerate the page; do not edit it.", ""]  # fmt: skip
     lines += _run_section(root, summary)
-    lines += ["## Headline", "", _marked("headline", summary["run"], headline(summary))]
-    lines += _eval_sections(root, summary)
-    lines += _analysis_sections(root)
+    if summary["table"]:
+        lines += ["## Headline", "", _marked("headline", summary["run"], headline(summary))]
+        lines += _eval_sections(root, summary)
+        lines += _analysis_sections(root)
+    else:
+        lines += ["## Test results", "", "None: this run stopped before the evaluation (notebook 07), so the page "
+                  "shows its stages' own numbers only.", ""]  # fmt: skip
     lines += _stage_sections(summary)
     lines += _figures(root, out.parent, None if out.is_relative_to(root) else out.parent / f"{out.stem}_figures")
     if notebooks:

@@ -510,6 +510,18 @@ def test_the_stage_check_fails_on_a_dropped_heuristic_or_the_selection_sets_numb
         check_stage_rows(write_report(staged_run, notebooks=False).read_text(), staged_run)
 
 
+def test_a_run_without_evaluation_gets_a_page_of_its_stages(staged_run, tmp_path):
+    """A run stopped before notebook 07 (e.g. ``--only 01 02 06``): its stages, and no test numbers."""
+    partial = tmp_path / "partial"
+    shutil.copytree(staged_run, partial, ignore=shutil.ignore_patterns("eval", "report"))
+    text = write_report(partial, notebooks=False).read_text()
+    assert "None: this run stopped before the evaluation" in text and "not evaluated on the test split" in text
+    assert "## Headline" not in text and "<!-- headline:" not in text
+    check_stage_rows(text, partial)
+    with pytest.raises(DataError, match="results.csv: not found"):
+        report.read_results(partial)
+
+
 def test_a_reference_shows_stage_1_side_by_side_with_intervals(staged_run, tmp_path):
     summary = report.run_summary(staged_run)
     reference = json.loads(json.dumps(summary))
