@@ -81,8 +81,8 @@ def series_notebooks(root: Path | None = None) -> list[Path]:
 STAGES: dict[str, tuple[str, Callable[[RunConfig, RunPaths], list[Path]]]] = {
     "01_data_prep": ("data", lambda c, p: [processed_data_dir(c)]),
     "02_teacher_training": ("teachers", lambda c, p: [p.teachers]),
-    "03_pattern_distillation": ("distill", lambda c, p: [p.distill]),
-    "04_llm_finetuning": ("finetune", lambda c, p: [p.finetune]),
+    "03_delrec_stage1_distillation": ("distill", lambda c, p: [p.distill]),
+    "04_delrec_stage2_finetuning": ("finetune", lambda c, p: [p.finetune]),
     "05_llm_srec": ("llmsrec", lambda c, p: [p.llmsrec]),
     "06_p2rec": ("p2rec", lambda c, p: [p.p2rec]),
     "07_evaluation": ("evaluation", lambda c, p: [p.eval]),

@@ -274,7 +274,7 @@ def test_rerun_recomputes_exactly_that_stage(series):
     assert seen == {"teachers": False, "checkpoint": False, "distill": True}, "only stage 2's artifacts are redone"
     runs = json.loads((p.root / "timings.json").read_text())["executions"]
     assert [(r["notebook"], r["rerun"], r["written"]) for r in runs] == [
-        ("02_teacher_training", True, ["teachers/sasrec"]), ("03_pattern_distillation", False, [])]  # fmt: skip
+        ("02_teacher_training", True, ["teachers/sasrec"]), ("03_delrec_stage1_distillation", False, [])]  # fmt: skip
     # by number: evaluation's caches go, the analysis' (eval/shuffled) stay
     series.run(only=["07"], rerun=["07"])
     assert not (p.eval / "lora" / "manifest.json").exists()

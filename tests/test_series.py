@@ -184,9 +184,9 @@ def test_02_teacher_training_metrics(smoke_run):
 
 
 @series
-def test_03_pattern_distillation_metrics(smoke_run):
+def test_03_delrec_stage1_distillation_metrics(smoke_run):
     cfg = preset_config("smoke")
-    m = read_metrics(smoke_run, "03_pattern_distillation")
+    m = read_metrics(smoke_run, "03_delrec_stage1_distillation")
     d = cfg.distill
     assert sorted(m) == sorted([*d.prompts, "known_answer"])
     budgets = {name: (d.heldout_users, d.selection_users, d.max_steps) for name in d.prompts}
@@ -207,9 +207,9 @@ def test_03_pattern_distillation_metrics(smoke_run):
 
 
 @series
-def test_04_llm_finetuning_metrics(smoke_run):
+def test_04_delrec_stage2_finetuning_metrics(smoke_run):
     cfg = preset_config("smoke")
-    m = read_metrics(smoke_run, "04_llm_finetuning")
+    m = read_metrics(smoke_run, "04_delrec_stage2_finetuning")
     assert cfg.finetune.seeds and sorted(m) == sorted([*cfg.finetune.variants, *seeded_names(cfg)])
     for variant, r in m.items():
         assert r["steps"] == cfg.finetune.max_steps

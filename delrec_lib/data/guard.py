@@ -1,6 +1,6 @@
 """A view of the processed data without its test split: what the tuning tools hand the stage they tune.
 
-Settings chosen with a tuning tool go into ``config.py`` as defaults; had the tool read a test target,
+Settings chosen with a tuning tool go into ``delrec_lib/config/`` as defaults; had the tool read a test target,
 every run's test numbers would carry that choice. The tools therefore never give a stage the data
 itself but a ``NoTestView`` of it, which refuses every read of the test split, however it is asked
 for (positional or keyword argument, or a table that holds test targets), with ``TestSplitRead``.

@@ -9,7 +9,7 @@ itself measures on data it never trains on: stage 1 the selection set's RPS fide
 stage 2 the validation metrics, at the selected step, with the seconds the point took. ``--csv`` keeps
 the table; each point's folder keeps its curves (``history.csv``).
 
-What a point may read, so that the defaults chosen with this tool in ``config.py`` never saw a test
+What a point may read, so that the defaults chosen with this tool in ``delrec_lib/config/`` never saw a test
 target, nor stage 1's its report users:
 
 - the stage is handed a ``NoTestView`` of the data (``delrec_lib.data.guard``), never the data itself:

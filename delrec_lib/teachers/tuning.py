@@ -9,7 +9,7 @@ The teacher is handed a ``NoTestView`` of the data (``delrec_lib.data.guard``), 
 it may read the items, the users, their train items (training) and the validation split (early
 stopping and the table), nothing else; any read of the test split, and of ``interacted_items`` (which
 holds the test targets and which a teacher has no use for), raises ``TestSplitRead``. So the chosen
-defaults in ``config.py`` can be justified without looking at test.
+defaults in ``delrec_lib/config/`` can be justified without looking at test.
 
 The best-epoch validation score is the early-stopping maximum, so it is optimistic for every point
 alike; it ranks the points, it is not an estimate of test quality.
