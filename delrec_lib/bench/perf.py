@@ -218,11 +218,11 @@ def prompt_cost(fm: FlopModel, backbone, prompts: list, *, split_at_slot: bool =
     before the soft-prompt slot (run once when cached) and the rest the slot, the text after it and the
     candidates, which attend to the prefix.
     """
-    from ..llm.scoring import candidate_token_ids
+    from ..llm.scoring import answer_token_ids
 
     costs = []
     for p in prompts:
-        lens = [len(t) for t in candidate_token_ids(backbone, p.candidates)]
+        lens = [len(t) for t in answer_token_ids(backbone, p, p.candidates)]
         tokens, flops = shared_flops(fm, p.num_tokens, lens)
         if not split_at_slot:
             costs.append((tokens, flops))

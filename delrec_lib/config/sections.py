@@ -173,6 +173,12 @@ class LLMConfig(Checked):
     title_style: Literal["no_year", "with_year"] = "no_year"  # "Toy Story" or "Toy Story (1995)"
     list_candidates: bool = False  # list the candidates in the prompt, as DELRec does; the scorer ranks them either way
     normalize: Literal["mean", "sum"] = "mean"  # a candidate's score: mean (length-normalised) or sum of token log-probs
+    # "title": a candidate's score is its title's likelihood after the prompt. "index" (LlamaRec): the prompt lists the
+    # candidates under one-token letters in the candidate set's fixed shuffled order, and a candidate's score is its
+    # letter's logit at the answer position, so the model compares listed candidates in one forward pass.
+    head: Literal["title", "index"] = "title"
+    # Index head only: each prompt scored under this many listing orders, scores averaged (k times the cost).
+    index_orderings: Count = 1
     score_batch_size: Count = 8  # prompts scored together in one forward pass (each with all of its candidates)
     max_prompt_tokens: Count = 512  # soft-prompt tokens included
 

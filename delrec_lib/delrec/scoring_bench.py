@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> dict:
     from ..config import LLMConfig
     from ..llm import load_backbone
     from ..llm.prompts import PromptBuilder
-    from ..llm.scoring import candidate_token_ids, rank_candidates, rank_candidates_naive
+    from ..llm.scoring import answer_token_ids, rank_candidates, rank_candidates_naive
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
         first = variant == args.variants[0]
         builder = PromptBuilder(backbone, replace(config, title_style=style, list_candidates=bool(listed)))
         prompts = [builder.recommendation(h, c) for h, c in users]
-        cand_lens = [[len(t) for t in candidate_token_ids(backbone, p.candidates)] for p in prompts]
+        cand_lens = [[len(t) for t in answer_token_ids(backbone, p, p.candidates)] for p in prompts]
         prompt_tokens = statistics.mean(p.num_tokens for p in prompts)
         title_tokens = statistics.mean(
             len(backbone.tokenizer(builder.title(t), add_special_tokens=False)["input_ids"])

@@ -15,6 +15,11 @@ With ``list_candidates`` a template lists its candidates (DELRec's form); withou
 default) it saves ~6 tokens per candidate, a third of a 20-candidate prompt. Either way the scorer
 ranks exactly the prompt's candidate titles (``EncodedPrompt.candidates``).
 
+With ``head = "index"`` (LlamaRec's head) every template lists its candidates as "A. title", in an
+order fixed by the candidate set alone (a seeded shuffle of its titles: the caller's order, where the
+target may sit first, never shows), and asks for the letter; ``EncodedPrompt.candidates`` are then the
+letters, each one token, and the scorer reads their logits at the answer position.
+
 Token budget (every prompt token costs CPU time): the most recent ``history_len`` titles are
 kept, titles are cut to ``title_max_tokens``, and when the prompt is still longer than
 ``max_prompt_tokens`` the OLDEST history titles are dropped first. Causal models with a chat
@@ -26,10 +31,13 @@ there, and the scorer splices the K soft-prompt vectors between the two parts' e
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..artifacts import sha256_json
 from ..config import LLMConfig
@@ -78,6 +86,11 @@ PATTERN_SIMULATING_TEMPLATE = (
 
 # Plain-text framing for models without a chat template (base causal models, T5).
 PLAIN_FRAME = "{system}\n{body}\nAnswer:"
+# The index head: letters, a listed candidate's line, and the request for a letter (before the pattern line,
+# so that the text after the soft-prompt slot stays the turn's end).
+INDEX_LABELS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+INDEX_LINE = "{label}. {title}"
+INDEX_INSTRUCTION = " Answer with the letter of one candidate."
 LIST_SEPARATOR = "\n"
 EMPTY_LIST = "(none)"
 
@@ -112,9 +125,12 @@ class EncodedPrompt:
     before_ids: tuple[int, ...]
     after_ids: tuple[int, ...]
     num_soft_tokens: int
-    candidates: tuple[str, ...]  # candidate titles as shown in the prompt (and to be scored)
+    candidates: tuple[str, ...]  # what the scorer scores, in the caller's candidate order: titles, or letters (index head)
     text: str  # the rendered text, the slot shown as SOFT_PROMPT_MARKER
     history_shown: int = 0  # history titles kept after truncation
+    head: str = "title"  # "index": ``candidates`` are one-token letters, scored at the answer position only
+    shown: tuple[str, ...] = ()  # the candidates' titles as shown, in the caller's order
+    listed_at: tuple[int, ...] = ()  # index head: each candidate's position in the listing (0 = "A")
 
     @property
     def num_tokens(self) -> int:
@@ -183,6 +199,19 @@ class PromptBuilder:
         self._catalogued = catalogue is not None
         if catalogue is not None:
             self._show_catalogue(catalogue)
+        self.head = config.head
+        if self.head == "index":
+            self._check_labels(backbone)
+
+    def _check_labels(self, backbone: Any) -> None:
+        """The index head reads one logit per candidate: every letter must be one token where an answer starts."""
+        for label in INDEX_LABELS:
+            ids = self.tokenizer(label, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise ConfigError(
+                    f"llm.head='index': the letter {label!r} is {len(ids)} tokens ({ids}) in the tokenizer of backbone "
+                    f"{getattr(backbone, 'name', '?')!r}; the index head needs one-token labels (use llm.head='title')"
+                )
 
     def fingerprint(self) -> str:
         """Identity of what this builder renders, for manifests: templates plus every setting used."""
@@ -200,6 +229,8 @@ class PromptBuilder:
                     c.title_style,
                     c.list_candidates,
                 ],
+                # Only a non-default head enters: the title head's fingerprint, and the runs made under it, stay valid.
+                **({"head": [c.head, INDEX_LABELS, INDEX_LINE, INDEX_INSTRUCTION]} if c.head != "title" else {}),
             }
         )
 
@@ -280,11 +311,12 @@ class PromptBuilder:
     # ---- tasks ------------------------------------------------------------------------------
 
     def recommendation(
-        self, history: Sequence[str], candidates: Sequence[str], *, teacher: str | None = None
+        self, history: Sequence[str], candidates: Sequence[str], *, teacher: str | None = None, ordering: int = 0
     ) -> EncodedPrompt:
-        """Stage 2 / evaluation: which candidate will the user watch next?"""
+        """Stage 2 / evaluation: which candidate will the user watch next? (``ordering``: which of the index head's
+        listing orders; 0 is the candidate set's own.)"""
         fields = {"candidates": candidates}
-        return self._build(RECOMMENDATION_TEMPLATE, history, fields, teacher=teacher)
+        return self._build(RECOMMENDATION_TEMPLATE, history, fields, teacher=teacher, ordering=ordering)
 
     def temporal_analysis(
         self,
@@ -358,12 +390,32 @@ class PromptBuilder:
             history_shown=history_shown,
         )
 
+    def listing_order(self, shown: Sequence[str], ordering: int = 0) -> list[int]:
+        """The index head's listing: candidate indices in the order listed. A seeded shuffle of the candidate
+        set's titles (their sorted list and ``ordering`` make the seed), so the caller's order never shows."""
+        seed = int(sha256_json({"titles": sorted(shown), "ordering": ordering})[:16], 16)
+        ranks = sorted(range(len(shown)), key=lambda i: shown[i])
+        perm = np.random.default_rng(seed).permutation(len(shown))
+        return [ranks[j] for j in perm]
+
     def _build(
-        self, template: str, history: Sequence[str], fields: dict[str, Any], *, teacher: str | None
+        self, template: str, history: Sequence[str], fields: dict[str, Any], *, teacher: str | None, ordering: int = 0
     ) -> EncodedPrompt:
         candidates = self.titles(fields.pop("candidates"))
         if not candidates:
             raise DataError("candidates: empty candidate list; every prompt needs at least one candidate")
+        index = self.head == "index"
+        listed_at: list[int] = []
+        if index:
+            if len(candidates) > len(INDEX_LABELS):
+                raise DataError(f"candidates: {len(candidates)} candidates, but llm.head='index' has "
+                                f"{len(INDEX_LABELS)} letters to list them under")  # fmt: skip
+            listing = self.listing_order(candidates, ordering)
+            listed_at = [0] * len(candidates)
+            for j, i in enumerate(listing):
+                listed_at[i] = j
+            listed = LIST_SEPARATOR.join(INDEX_LINE.format(label=INDEX_LABELS[j], title=candidates[i])
+                                         for j, i in enumerate(listing))  # fmt: skip
         if self.num_soft_tokens > 0 and not teacher:
             raise ConfigError(
                 "teacher: a prompt with a soft-prompt slot names the teacher whose pattern it holds"
@@ -373,6 +425,8 @@ class PromptBuilder:
             if self.num_soft_tokens
             else ""
         )
+        if index:
+            pattern = INDEX_INSTRUCTION + pattern
         history = _most_recent(self.titles(history), self.config.history_len)
         example = fields.pop("example_history", None)
         if example is not None:
@@ -381,12 +435,19 @@ class PromptBuilder:
         def encode_with(kept: list[str], example_kept: list[str] | None) -> EncodedPrompt:
             values = dict(fields, teacher=teacher or "", pattern=pattern)
             values["history"] = self._list(kept)
-            values["candidates"] = (
-                CANDIDATES_BLOCK.format(titles=self._list(candidates)) if self.config.list_candidates else ""
-            )
+            if index:
+                values["candidates"] = CANDIDATES_BLOCK.format(titles=listed)
+            else:
+                values["candidates"] = (
+                    CANDIDATES_BLOCK.format(titles=self._list(candidates)) if self.config.list_candidates else ""
+                )
             if example_kept is not None:
                 values["example_history"] = self._list(example_kept)
-            return self.encode(self.render(template.format(**values)), candidates, len(kept))
+            prompt = self.encode(self.render(template.format(**values)), candidates, len(kept))
+            if not index:
+                return dataclasses.replace(prompt, shown=tuple(candidates))
+            return dataclasses.replace(prompt, head="index", candidates=tuple(INDEX_LABELS[j] for j in listed_at),
+                                       shown=tuple(candidates), listed_at=tuple(listed_at))  # fmt: skip
 
         # Drop the oldest titles first: the user's history, then the in-context example's.
         prompt = encode_with(history, example)

@@ -94,30 +94,41 @@ class LLMRanker:
         self._prompts: dict[tuple, EncodedPrompt] = {}
         self._row_prefix = (*share_key, frozen_below, self.builder.fingerprint(), teacher)
 
-    def _key(self, ex: RecExample) -> tuple:
-        return ex.user_id, ex.history[-self.llm.history_len :] if self.llm.history_len else (), ex.candidates
+    def _key(self, ex: RecExample, ordering: int = 0) -> tuple:
+        return ex.user_id, ex.history[-self.llm.history_len :] if self.llm.history_len else (), ex.candidates, ordering
 
-    def prompt(self, ex: RecExample) -> EncodedPrompt:
-        key = self._key(ex)
+    def prompt(self, ex: RecExample, ordering: int = 0) -> EncodedPrompt:
+        key = self._key(ex, ordering)
         if key not in self._prompts:
             t = self.titles
             self._prompts[key] = self.builder.recommendation([t[i] for i in ex.history], [t[i] for i in ex.candidates],
-                                                             teacher=self.teacher)  # fmt: skip
+                                                             teacher=self.teacher, ordering=ordering)  # fmt: skip
         return self._prompts[key]
 
-    def scores(self, examples: list[RecExample], progress: bool = False) -> torch.Tensor:
-        if self.frozen_below:
-            return rank_rows(self.backbone, self.rows(examples, progress), normalize=self.llm.normalize,
-                             batch_size=self.llm.score_batch_size, progress=progress)  # fmt: skip
-        return rank_candidates(self.backbone, [self.prompt(e) for e in examples], soft_prompt=self.soft,
-                               normalize=self.llm.normalize, batch_size=self.llm.score_batch_size, progress=progress)  # fmt: skip
+    @property
+    def orderings(self) -> int:
+        """Listing orders each example is scored under (index head; the title head lists in one order or none)."""
+        return self.llm.index_orderings if self.llm.head == "index" else 1
 
-    def rows(self, examples: list[RecExample], progress: bool = False) -> list[PackedRow]:
+    def scores(self, examples: list[RecExample], progress: bool = False) -> torch.Tensor:
+        """[examples, candidates]; with ``llm.index_orderings`` = k > 1 the mean over k listing orders."""
+        total = None
+        for ordering in range(self.orderings):
+            if self.frozen_below:
+                s = rank_rows(self.backbone, self.rows(examples, progress, ordering), normalize=self.llm.normalize,
+                              batch_size=self.llm.score_batch_size, progress=progress)  # fmt: skip
+            else:
+                s = rank_candidates(self.backbone, [self.prompt(e, ordering) for e in examples], soft_prompt=self.soft,
+                                    normalize=self.llm.normalize, batch_size=self.llm.score_batch_size, progress=progress)  # fmt: skip
+            total = s if total is None else total + s
+        return total / self.orderings
+
+    def rows(self, examples: list[RecExample], progress: bool = False, ordering: int = 0) -> list[PackedRow]:
         """Each example's hidden states entering layer ``frozen_below``, computed at its first scoring."""
-        keys = [(*self._row_prefix, *self._key(e)) for e in examples]
+        keys = [(*self._row_prefix, *self._key(e, ordering)) for e in examples]
         missing = list({k: e for k, e in zip(keys, examples, strict=True) if k not in self._rows}.items())
         if missing:
-            states = lower_states(self.backbone, [self.prompt(e) for _, e in missing], None, self.frozen_below,
+            states = lower_states(self.backbone, [self.prompt(e, ordering) for _, e in missing], None, self.frozen_below,
                                   soft_prompt=self.soft, batch_size=self.rows_batch_size, progress=progress)  # fmt: skip
             self._rows.update({k: r for (k, _), r in zip(missing, states, strict=True)})
         return [self._rows[k] for k in keys]
@@ -131,7 +142,7 @@ class LLMRanker:
     def listed(self) -> LLMRanker:
         """The same model and soft prompt with the candidates listed in the prompt, as LLaRA's generation
         protocol needs (a model cannot name a candidate it was not shown)."""
-        if self.llm.list_candidates:
+        if self.llm.list_candidates or self.llm.head == "index":
             return self
         # Generation runs the whole model: no lower-layer states.
         return LLMRanker(self.backbone, dataclasses.replace(self.llm, list_candidates=True), self.titles, self.soft,
@@ -194,7 +205,23 @@ class LLMRecommender(Recommender):
         listed = self.ranker.listed()
         examples = self._examples(users, histories, candidates)
         answers = listed.generate(examples, max_new_tokens=max_new_tokens)
-        return Generations(answers, [list(listed.prompt(e).candidates) for e in examples])
+        prompts = [listed.prompt(e) for e in examples]
+        # An index-head answer names a candidate by its letter: matched as the title that letter lists.
+        answers = [letter_as_title(p, a) for p, a in zip(prompts, answers, strict=True)]
+        return Generations(answers, [list(p.shown) for p in prompts])
+
+
+def letter_as_title(prompt: EncodedPrompt, answer: str) -> str:
+    """An index-head answer that starts with a listed letter ("B", "B.", "B) ...") as that candidate's title; any
+    other answer (and every title-head answer) as it is."""
+    if prompt.head != "index":
+        return answer
+    head = answer.strip()[:2]
+    if head and (len(head) == 1 or not head[1].isalnum()):
+        for label, title in zip(prompt.candidates, prompt.shown, strict=True):
+            if head[0] == label:
+                return title
+    return answer
 
 
 def llm_identity(ctx: MethodContext, num_soft_tokens: int) -> dict[str, str]:

@@ -99,6 +99,22 @@ def candidate_token_ids(backbone: Backbone, titles: Sequence[str]) -> list[list[
     return [list(ids) + list(backbone.answer_end_ids) for ids in encoded]
 
 
+def answer_token_ids(backbone: Backbone, prompt: EncodedPrompt, candidates: Sequence[str]) -> list[list[int]]:
+    """What is scored after ``prompt`` for each candidate: a title and the answer's end (title head), or one
+    letter token, read at the answer position alone (index head: its log-probability orders the candidates as
+    its logit does, and a softmax over the candidates is the same from either)."""
+    if prompt.head != "index":
+        return candidate_token_ids(backbone, candidates)
+    out = []
+    for label in candidates:
+        ids = backbone.tokenizer(label, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ConfigError(f"index head: the label {label!r} is {len(ids)} tokens in the tokenizer of backbone "
+                              f"{backbone.name!r}; the index head needs one-token labels")  # fmt: skip
+        out.append(list(ids))
+    return out
+
+
 def prompt_embeddings(
     backbone: Backbone, prompt: EncodedPrompt, soft_prompt: torch.Tensor | None, *, after_slot: bool = False
 ) -> torch.Tensor:
@@ -317,7 +333,7 @@ def lower_states(backbone: Backbone, prompts: Sequence[EncodedPrompt], candidate
         idx = order[s : s + batch_size]
         with torch.no_grad():
             rows = [_layout(backbone, prompt_embeddings(backbone, encoded[i], _soft_for(soft_prompt, i)),
-                            candidate_token_ids(backbone, titles[i])) for i in idx]  # fmt: skip
+                            answer_token_ids(backbone, encoded[i], titles[i])) for i in idx]  # fmt: skip
             x, visible, pos, *_ = _collate(rows, max(len(r.lengths) for r in rows))
             with backbone.autocast():
                 h = run_layers(backbone, x, _attention_mask(backbone, visible[:, None]), pos, 0, stop)
@@ -599,7 +615,7 @@ def rank_candidates(
         return torch.empty(0, 0, device=backbone.device)
     if prefixes is not None:
         _check_prefixes(backbone, encoded, prefixes, mode)
-    cand_ids = [candidate_token_ids(backbone, c) for c in titles]
+    cand_ids = [answer_token_ids(backbone, p, c) for p, c in zip(encoded, titles, strict=True)]
     width = max(len(c) for c in titles)
     # Longest first: batches of similar length waste little padding.
     cost = [encoded[i].num_tokens + sum(len(t) for t in cand_ids[i]) for i in range(n)]
@@ -672,6 +688,10 @@ def _candidate_lists(
         if len(candidate_titles) != len(prompts):
             raise ConfigError(f"candidate_titles: {len(candidate_titles)} lists for {len(prompts)} prompts")
         titles = [list(c) for c in candidate_titles]
+        for i, (p, c) in enumerate(zip(prompts, titles, strict=True)):
+            if p.head == "index" and tuple(c) != p.candidates:
+                raise ConfigError(f"candidate_titles[{i}]: an index-head prompt scores its own listed letters "
+                                  f"{list(p.candidates)}; pass candidate_titles=None")  # fmt: skip
     for i, c in enumerate(titles):
         if not c:
             raise DataError(
@@ -701,7 +721,7 @@ def rank_candidates_naive(
     for i, (prompt, cands) in enumerate(zip(encoded, titles, strict=True)):
         e = prompt_embeddings(backbone, prompt, _soft_for(soft_prompt, i))  # [p, d]
         p = e.shape[0]
-        for c, t in enumerate(candidate_token_ids(backbone, cands)):
+        for c, t in enumerate(answer_token_ids(backbone, prompt, cands)):
             target = torch.tensor(t, device=dev)
             if backbone.family == "seq2seq":
                 start = [model.config.decoder_start_token_id]
