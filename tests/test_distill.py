@@ -22,8 +22,9 @@ from delrec_lib.delrec.distill import (
     teacher_predictions,
 )
 from delrec_lib.delrec.soft_prompt import load_soft_prompt
-from delrec_lib.errors import DataError, StaleArtifactError
+from delrec_lib.errors import ConfigError, DataError, StaleArtifactError
 from delrec_lib.llm import load_backbone
+from delrec_lib.llm.scoring import layer_prompt_shape
 from delrec_lib.runner import RunPaths
 
 from .llm_fixtures import save_tiny_causal
@@ -352,3 +353,27 @@ def test_stage1_ablations_train_only_their_task(world, ablation, trained):
     losses = {c.removeprefix("loss_") for c in result.train_log.columns if c.startswith("loss_")}
     assert losses == trained
     assert (paths.distill / ablation / "soft_prompt.safetensors").is_file()
+
+
+def test_stage1_with_a_per_layer_prompt_learns_and_runs_on_the_index_head(world):
+    """Stage 1's options: a prompt at every layer (learns the fixed teacher on the title head), clipping, capped task
+    weights, and the index head end to end (a random 2-layer model cannot tie a letter to the title beside it, so
+    only the real backbone's learning is measured: notebook 03 and the study)."""
+    root, data, backbone = world
+    before = weights_digest(backbone.model)
+    for head in ("title", "index"):
+        paths = paths_for(root, f"layered-{head}")
+        write_teacher_exports(paths.teachers / "sasrec", data)
+        cfg = config(prompt_depth="every_layer", max_grad_norm=1.0, max_task_weight=1.5, lr=0.3, max_steps=20)
+        cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, head=head))
+        result = run_distillation(cfg, paths, data, backbone, "sasrec", progress=False)
+        assert weights_digest(backbone.model) == before
+        m = result.metrics
+        assert tuple(result.soft_prompt.embeddings.shape) == layer_prompt_shape(backbone, 4)
+        if head == "title":
+            assert m["fidelity_after"]["mean"] >= 0.8 > m["fidelity_chance"] * 2
+        weights = result.train_log.filter(like="w_").to_numpy()
+        assert weights.size and weights.max() <= 1.5 + 1e-6  # the cap held
+        assert not (paths.distill / "sasrec" / "nearest_tokens.json").exists()  # no input vectors to read as tokens
+        with pytest.raises(ConfigError, match="per-layer prompt"):  # stage 2 reads input prompts only
+            load_soft_prompt(paths.distill / "sasrec", backbone, data, cfg.llm)

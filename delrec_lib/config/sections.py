@@ -222,6 +222,13 @@ class DistillConfig(Checked):
     eval_every: Count = 25
     # The frozen LLM runs the text before the soft-prompt slot once: the same scores for about a third of the tokens.
     cache_prefix: bool = True
+    # "input": K vectors at the slot in the input (DELRec). "every_layer": K keys and values at the slot in every
+    # layer (P-tuning v2), which closes much of prompt tuning's gap on small models; stage 2 reads input prompts only.
+    prompt_depth: Literal["input", "every_layer"] = "input"
+    max_grad_norm: Annotated[float | None, Maybe(Num(0, open_lo=True))] = None  # clip the soft prompt's gradient to this norm; None: no clipping
+    # "dynamic" weighting gives each task's gradient the mean norm (weight mean/norm); this caps a weight, so a task
+    # whose gradient nearly vanishes does not get its noise amplified without bound. None: no cap.
+    max_task_weight: Annotated[float | None, Maybe(Num(1))] = None
     # Stage 1's known answer, trained first on its own small budget (notebook 03 opens with it): a soft prompt of a
     # rule teacher, whose top-1 the prompt shows, e.g. "rule-sharedword-rps"; None: none.
     known_answer: Annotated[str | None, Maybe(PROMPT_NAME)] = None

@@ -277,8 +277,10 @@ class DistillTask(TrainingTask):
 
     def prefixes(self, examples: list[DistillExample], prompts: list[EncodedPrompt]) -> list[torch.Tensor] | None:
         """The cached keys/values of each example's text before the slot (None: ``distill.cache_prefix``
-        off, or a model the cache does not support). The LLM is frozen in stage 1, so they never change."""
-        if not self.config.cache_prefix or self.backbone.family != "causal":
+        off, or a model the cache does not support). The LLM is frozen in stage 1, so they never change.
+        A per-layer prompt always reads them (it sits in the cache after them)."""
+        layered = self.config.prompt_depth == "every_layer"
+        if not (self.config.cache_prefix or layered) or self.backbone.family != "causal":
             return None
         missing = [(e, p) for e, p in zip(examples, prompts, strict=True) if (e.task, e.user_id) not in self._prefixes]
         if missing:
@@ -326,6 +328,8 @@ class DistillTask(TrainingTask):
             grads = [accelerator.reduce(g, reduction="mean") for g in grads]
         norms = torch.stack([g.norm() for g in grads]).clamp_min(1e-12)
         weights = norms.mean() / norms  # every task's gradient gets the mean norm
+        if self.config.max_task_weight is not None:
+            weights = weights.clamp(max=self.config.max_task_weight)
         combined = sum(w * g for w, g in zip(weights, grads, strict=True))
         param.grad = combined if param.grad is None else param.grad + combined
         self._pending = {}
@@ -398,7 +402,7 @@ def distill_inputs(data: ProcessedData, teacher_dir: Path, backbone: Any, llm_co
 def train_config(cfg: Any) -> TrainConfig:
     return TrainConfig(
         max_epochs=10_000, max_steps=cfg.max_steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-        lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="constant", max_grad_norm=None,
+        lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="constant", max_grad_norm=cfg.max_grad_norm,
         eval_every=cfg.eval_every, metric="fidelity", greater_is_better=True, bf16=False, seed=cfg.seed,
         log_every=max(1, min(5, cfg.max_steps)),
     )  # fmt: skip
@@ -521,15 +525,20 @@ def run_distillation(
             per_user.to_parquet(tmp / "per_user.parquet", index=False)
             (tmp / "metrics.json").write_text(_json(metrics))
             (tmp / "examples.json").write_text(_json(examples_text))
-            (tmp / "nearest_tokens.json").write_text(_json(nearest_tokens(backbone, soft.embeddings)))
+            if not soft.every_layer:  # a per-layer prompt has no input vectors to compare with the vocabulary
+                (tmp / "nearest_tokens.json").write_text(_json(nearest_tokens(backbone, soft.embeddings)))
     trainer.wait_for_everyone()
     return DistillResult(name, out_dir, metrics, history, train_log, soft)
 
 
 def initial_soft_prompt(backbone: Any, cfg: Any, teacher: str) -> SoftPrompt:
     """The soft prompt before training: the embeddings of ``init_text`` (or seeded vocabulary rows)."""
+    every_layer = cfg.prompt_depth == "every_layer"
     if cfg.init == "text":
-        return SoftPrompt.from_text(backbone, cfg.init_text.format(teacher=TEACHER_DISPLAY.get(teacher, teacher)), cfg.num_soft_tokens)
+        return SoftPrompt.from_text(backbone, cfg.init_text.format(teacher=TEACHER_DISPLAY.get(teacher, teacher)),
+                                    cfg.num_soft_tokens, every_layer=every_layer)  # fmt: skip
+    if every_layer:
+        raise ConfigError("distill.init: a per-layer prompt (distill.prompt_depth='every_layer') starts from a text")
     return SoftPrompt.from_vocabulary(backbone, cfg.num_soft_tokens, cfg.seed)
 
 

@@ -31,17 +31,24 @@ DEFAULT_INIT_TEXT = (
 
 
 class SoftPrompt(torch.nn.Module):
-    """K virtual-token embeddings [K, hidden]; ``forward()`` returns them for the scorer."""
+    """K virtual-token embeddings [K, hidden] at the input (DELRec), or a per-layer prompt: K keys and values
+    [layers, 2, kv_heads, K, head_dim] that every layer reads at the slot (``distill.prompt_depth``,
+    P-tuning v2). ``forward()`` returns the tensor for the scorer (``rank_candidates`` takes either)."""
 
     def __init__(self, embeddings: torch.Tensor):
         super().__init__()
-        if embeddings.dim() != 2 or embeddings.shape[0] < 1:
-            raise ConfigError(f"soft prompt: expected a [K, hidden] tensor with K >= 1, got {tuple(embeddings.shape)}")
+        if embeddings.dim() not in (2, 5) or embeddings.shape[-2] < 1:
+            raise ConfigError("soft prompt: expected a [K, hidden] tensor (or a per-layer prompt [layers, 2, kv_heads, "
+                              f"K, head_dim]) with K >= 1, got {tuple(embeddings.shape)}")  # fmt: skip
         self.embeddings = torch.nn.Parameter(embeddings.detach().clone().float())
 
     @property
     def num_tokens(self) -> int:
-        return int(self.embeddings.shape[0])
+        return int(self.embeddings.shape[-2])
+
+    @property
+    def every_layer(self) -> bool:
+        return self.embeddings.dim() == 5
 
     def forward(self) -> torch.Tensor:
         return self.embeddings
@@ -49,13 +56,18 @@ class SoftPrompt(torch.nn.Module):
     # -- initialisation ----------------------------------------------------------------------
 
     @classmethod
-    def from_text(cls, backbone: Any, text: str, num_tokens: int) -> SoftPrompt:
+    def from_text(cls, backbone: Any, text: str, num_tokens: int, *, every_layer: bool = False) -> SoftPrompt:
         """Start from the embeddings of a text's tokens (cycled or cut to K): a prompt the
-        frozen LLM already reads sensibly, which trains faster and more stably than noise."""
+        frozen LLM already reads sensibly, which trains faster and more stably than noise.
+        ``every_layer``: the keys and values every layer makes of those tokens."""
         ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ConfigError("distill.init_text: the initialisation text encodes to no tokens")
         ids = (ids * (num_tokens // len(ids) + 1))[:num_tokens]
+        if every_layer:
+            from ..llm.scoring import token_prefix_states
+
+            return cls(token_prefix_states(backbone, [ids])[0].detach().cpu())
         weight = backbone.input_embeddings.weight
         return cls(weight[torch.tensor(ids, device=weight.device)].detach().cpu())
 
@@ -138,6 +150,9 @@ def load_soft_prompt(
     """A stage-1 soft prompt, refused unless it was made for this backbone, prompt format and data."""
     path = Path(distill_dir) / "soft_prompt.safetensors"
     soft, _ = SoftPrompt.load(path)
+    if soft.every_layer:
+        raise ConfigError(f"{path}: a per-layer prompt (distill.prompt_depth='every_layer'), a stage-1 study option; "
+                          "stage 2 and the evaluation read input-layer soft prompts (distill.prompt_depth='input')")  # fmt: skip
     expect = {
         "backbone": backbone.identity,
         "template": prompt_format_id(backbone, llm_config, soft.num_tokens),

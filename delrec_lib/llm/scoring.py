@@ -56,6 +56,12 @@ MODES = ("packed", "cache")
 # --------------------------------------------------------------------------------------------
 
 
+def is_layer_prompt(soft_prompt: Any) -> bool:
+    """A per-layer prompt (P-tuning v2 at the slot): keys and values [layers, 2, kv_heads, K, head_dim] that every
+    layer reads at the slot's K positions, instead of K input vectors [K, hidden] that only the first reads."""
+    return isinstance(soft_prompt, torch.Tensor) and soft_prompt.dim() == 5
+
+
 def _as_prompts(
     backbone: Backbone, prompts: Sequence[EncodedPrompt | str], soft_prompt: Any
 ) -> list[EncodedPrompt]:
@@ -82,8 +88,16 @@ def _as_prompts(
 def _check_soft_prompt(backbone: Backbone, soft_prompt: Any, n: int) -> torch.Tensor | None:
     if soft_prompt is None:
         return None
+    if is_layer_prompt(soft_prompt):
+        want = layer_prompt_shape(backbone, int(soft_prompt.shape[3]))
+        if backbone.family != "causal" or tuple(soft_prompt.shape) != want:
+            raise ConfigError(f"soft_prompt: a per-layer prompt of shape {tuple(soft_prompt.shape)}; this backbone "
+                              f"takes [layers, 2, kv_heads, K, head_dim] = {want}" if backbone.family == "causal" else
+                              "soft_prompt: per-layer prompts need a causal (decoder-only) model")  # fmt: skip
+        return soft_prompt
     if not isinstance(soft_prompt, torch.Tensor) or soft_prompt.dim() not in (2, 3):
-        raise ConfigError("soft_prompt: expected a tensor [K, hidden] (or [num_prompts, K, hidden])")
+        raise ConfigError("soft_prompt: expected a tensor [K, hidden] (or [num_prompts, K, hidden]), or a per-layer "
+                          "prompt [layers, 2, kv_heads, K, head_dim]")
     if soft_prompt.shape[-1] != backbone.hidden_size:
         raise ConfigError(
             f"soft_prompt: last dimension {soft_prompt.shape[-1]} != hidden size {backbone.hidden_size}"
@@ -91,6 +105,15 @@ def _check_soft_prompt(backbone: Backbone, soft_prompt: Any, n: int) -> torch.Te
     if soft_prompt.dim() == 3 and soft_prompt.shape[0] != n:
         raise ConfigError(f"soft_prompt: {soft_prompt.shape[0]} per-prompt soft prompts for {n} prompts")
     return soft_prompt
+
+
+def layer_prompt_shape(backbone: Backbone, num_tokens: int) -> tuple[int, ...]:
+    """[layers, 2, kv_heads, K, head_dim]: the keys and values a causal backbone's layers hold for K positions."""
+    cfg = backbone.base_model.config
+    heads = cfg.num_attention_heads
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return (cfg.num_hidden_layers, 2, kv, num_tokens, head_dim)
 
 
 def candidate_token_ids(backbone: Backbone, titles: Sequence[str]) -> list[list[int]]:
@@ -130,6 +153,15 @@ def prompt_embeddings(
         return torch.cat([soft, after], dim=0)
     before = embed(torch.tensor(prompt.before_ids, dtype=torch.long, device=dev))
     return torch.cat([before, soft, after], dim=0)
+
+
+def after_slot_embeddings(backbone: Backbone, prompt: EncodedPrompt, soft_prompt: torch.Tensor | None) -> torch.Tensor:
+    """What a row continuing a cached prefix embeds: the soft prompt and the text after the slot, or (a per-layer
+    prompt, held in the cache; ``soft_prompt`` None) the text after the slot alone."""
+    if soft_prompt is not None:
+        return prompt_embeddings(backbone, prompt, soft_prompt, after_slot=True)
+    embed = backbone.input_embeddings
+    return embed(torch.tensor(prompt.after_ids, dtype=torch.long, device=embed.weight.device))
 
 
 def _head_logprobs(
@@ -319,6 +351,8 @@ def lower_states(backbone: Backbone, prompts: Sequence[EncodedPrompt], candidate
     if not layer_split_supported(backbone):
         raise ConfigError("lower_states: " + ("an encoder-decoder model" if backbone.family != "causal" else
                           f"{type(backbone.base_model).__name__} is not a Llama-style decoder with sdpa/eager attention"))  # fmt: skip
+    if is_layer_prompt(soft_prompt):
+        raise ConfigError("lower_states: a per-layer prompt enters every layer, so no layer's input can be kept")
     soft_prompt = _check_soft_prompt(backbone, soft_prompt, len(prompts))
     encoded = _as_prompts(backbone, prompts, soft_prompt)
     titles = _candidate_lists(encoded, candidate_titles)
@@ -600,6 +634,10 @@ def rank_candidates(
     ``prefixes`` (``prefix_states`` of the same prompts) replaces each prompt's text before its soft-prompt
     slot by its cached keys and values (causal models, packed mode, prompts with a slot): the same scores,
     for the cost of what follows the slot.
+
+    A per-layer ``soft_prompt`` [layers, 2, kv_heads, K, head_dim] (``is_layer_prompt``) is read by every layer
+    as the keys and values of the slot's K positions, after the cached text before it (computed here when
+    ``prefixes`` is None, which needs a frozen model: the cache carries no gradient).
     """
     if normalize not in NORMALIZE:
         raise ConfigError(f"normalize: expected one of {list(NORMALIZE)}, got {normalize!r}")
@@ -613,8 +651,16 @@ def rank_candidates(
     n = len(encoded)
     if n == 0:
         return torch.empty(0, 0, device=backbone.device)
+    layered = is_layer_prompt(soft_prompt)
+    if layered and prefixes is None:
+        if any(p.requires_grad for p in backbone.model.parameters()):
+            raise ConfigError("soft_prompt: a per-layer prompt over a model with trainable parameters needs the text "
+                              "before the slot run with them (not supported); train the prompt with the model frozen")  # fmt: skip
+        prefixes = prefix_states(backbone, encoded, batch_size=batch_size)
     if prefixes is not None:
         _check_prefixes(backbone, encoded, prefixes, mode)
+    if layered:  # the slot's keys and values join each prompt's cached prefix; the rows start after the slot
+        prefixes = [torch.cat([k, soft_prompt.to(k.dtype)], dim=3) for k in prefixes]
     cand_ids = [answer_token_ids(backbone, p, c) for p, c in zip(encoded, titles, strict=True)]
     width = max(len(c) for c in titles)
     # Longest first: batches of similar length waste little padding.
@@ -636,7 +682,8 @@ def rank_candidates(
             embeds = [prompt_embeddings(backbone, encoded[i], _soft_for(soft_prompt, i)) for i in idx]
             out = scorer(backbone, embeds, cands)
         else:
-            embeds = [prompt_embeddings(backbone, encoded[i], _soft_for(soft_prompt, i), after_slot=True) for i in idx]
+            embeds = [after_slot_embeddings(backbone, encoded[i], None if layered else _soft_for(soft_prompt, i))
+                      for i in idx]  # fmt: skip
             out = _causal_packed(backbone, embeds, cands, [prefixes[i] for i in idx])
         pieces.append(_scores_block(*out, [len(c) for c in cands], width, normalize))
     return _unsort(torch.cat(pieces, dim=0), order)
@@ -711,6 +758,8 @@ def rank_candidates_naive(
     """Reference scorer: one full forward pass per (prompt, candidate), float32, no shared prefix."""
     if normalize not in NORMALIZE:
         raise ConfigError(f"normalize: expected one of {list(NORMALIZE)}, got {normalize!r}")
+    if is_layer_prompt(soft_prompt):
+        raise ConfigError("rank_candidates_naive: input-layer soft prompts only (a per-layer prompt needs a cache)")
     soft_prompt = _check_soft_prompt(backbone, soft_prompt, len(prompts))
     encoded = _as_prompts(backbone, prompts, soft_prompt)
     titles = _candidate_lists(encoded, candidate_titles)
