@@ -292,3 +292,30 @@ def test_stage2_prints_no_gradient_checkpointing_deprecation(world, tmp_path):
     # only that warning: the filter is gone once the wrap is done
     with pytest.warns(FutureWarning, match="is_gradient_checkpointing"):
         _ = backbone.model.is_gradient_checkpointing
+
+
+def test_the_untrained_prompt_control_reads_stage_1s_starting_prompt(world, tmp_path):
+    """"delrec-<p>-untrained": the pattern line with <p> as stage 1 starts it, through stage 2 like any variant,
+    compared with the trained variant and with LoRA."""
+    from delrec_lib.delrec.distill import initial_soft_prompt
+    from delrec_lib.delrec.finetune import load_variant_parts
+    from delrec_lib.delrec.methods import FinetunedFamily
+
+    _, data, backbone, paths = world
+    cfg = config(variants=("lora", "delrec-sasrec", "delrec-sasrec-untrained"))
+    with pytest.raises(ConfigError, match="delrec-<soft prompt>-untrained"):
+        config(variants=("delrec-sasrec-untrainedx",))
+    soft, teacher, soft_id = load_variant_parts(cfg, paths, "delrec-sasrec-untrained", backbone, data)
+    start = initial_soft_prompt(backbone, cfg.distill, "sasrec").embeddings
+    trained, _, trained_id = load_variant_parts(cfg, paths, "delrec-sasrec", backbone, data)
+    assert torch.equal(soft, start) and not torch.equal(soft, trained)  # stage 1 moved the trained one
+    assert teacher == "SASRec" and soft_id.startswith("untrained-") and soft_id != trained_id
+    family = FinetunedFamily()
+    assert family.comparisons(cfg, "delrec-sasrec-untrained") == ["delrec-sasrec", "lora"]
+    assert family.teacher("delrec-sasrec-untrained") == "sasrec"
+    # It needs no stage-1 artifact: a run folder without distill/ trains it.
+    run_paths = RunPaths(tmp_path / "untrained")
+    result = run_finetuning(cfg, run_paths, data, backbone, "delrec-sasrec-untrained", progress=False)
+    assert result.metrics["soft_prompt"] == "sasrec" and not run_paths.distill.exists()
+    ranker = load_recommender(run_paths, "delrec-sasrec-untrained", backbone, data, cfg)
+    assert torch.equal(ranker.soft, start)

@@ -38,11 +38,14 @@ def parse_prompt_name(name: str) -> tuple[str, tuple[str, ...]]:
 PROMPT_NAME = parsed_by(
     parse_prompt_name, f"'<teacher>', '<teacher>-ta' or '<teacher>-rps' with a teacher among {', '.join(STAGE1_TEACHERS)}"
 )
-# Stage 2: "lora" (no soft prompt) or "delrec-<p>" with stage 1's soft prompt <p>.
+# Stage 2: "lora" (no soft prompt), "delrec-<p>" with stage 1's soft prompt <p>, or "delrec-<p>-untrained": the
+# pattern line with <p> as stage 1 starts it, never trained (what the line does without what stage 1 taught).
+UNTRAINED_SUFFIX = "-untrained"
 FINETUNE_VARIANT = Satisfies(
-    lambda v: v == "lora" or (isinstance(v, str) and v.startswith("delrec-") and PROMPT_NAME.test(v.removeprefix("delrec-"))),
-    f"'lora' or 'delrec-<soft prompt>', a soft prompt being {PROMPT_NAME.expected}",
-)
+    lambda v: v == "lora" or (isinstance(v, str) and v.startswith("delrec-")
+                              and PROMPT_NAME.test(v.removeprefix("delrec-").removesuffix(UNTRAINED_SUFFIX))),
+    f"'lora', 'delrec-<soft prompt>' or 'delrec-<soft prompt>-untrained', a soft prompt being {PROMPT_NAME.expected}",
+)  # fmt: skip
 
 
 P2REC_PREFIX = "p2rec-"

@@ -22,6 +22,7 @@ from .names import (
     PROMPT_NAME,
     RULE_TEACHERS,
     TEACHER_NAMES,
+    UNTRAINED_SUFFIX,
     parse_p2rec_variant,
     parse_prompt_name,
 )
@@ -441,7 +442,8 @@ class RunConfig(Checked):
             )
         # A variant whose soft prompt this run never distils would otherwise fail an hour in, in notebook 04.
         for variant in self.finetune.variants:
-            if variant.startswith("delrec-") and variant.removeprefix("delrec-") not in self.distill.prompts:
+            trained = variant.startswith("delrec-") and not variant.endswith(UNTRAINED_SUFFIX)  # the control needs no stage 1
+            if trained and variant.removeprefix("delrec-") not in self.distill.prompts:
                 raise ConfigError(
                     f"finetune.variants: '{variant}' needs soft prompt '{variant.removeprefix('delrec-')}', "
                     f"which distill.prompts {list(self.distill.prompts)} does not produce"

@@ -75,7 +75,13 @@ from ..llm.scoring import prefix_states, rank_candidates
 from ..metrics import bootstrap_ci, per_user_metrics
 from ..teachers import export_spec
 from ..training import TrainConfig, Trainer, TrainingTask
-from .soft_prompt import SOFT_PROMPT_KIND, SoftPrompt, distill_stage_config, nearest_tokens
+from .soft_prompt import (
+    SOFT_PROMPT_KIND,
+    SoftPrompt,
+    distill_stage_config,
+    initial_soft_prompt,
+    nearest_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -529,17 +535,6 @@ def run_distillation(
                 (tmp / "nearest_tokens.json").write_text(_json(nearest_tokens(backbone, soft.embeddings)))
     trainer.wait_for_everyone()
     return DistillResult(name, out_dir, metrics, history, train_log, soft)
-
-
-def initial_soft_prompt(backbone: Any, cfg: Any, teacher: str) -> SoftPrompt:
-    """The soft prompt before training: the embeddings of ``init_text`` (or seeded vocabulary rows)."""
-    every_layer = cfg.prompt_depth == "every_layer"
-    if cfg.init == "text":
-        return SoftPrompt.from_text(backbone, cfg.init_text.format(teacher=TEACHER_DISPLAY.get(teacher, teacher)),
-                                    cfg.num_soft_tokens, every_layer=every_layer)  # fmt: skip
-    if every_layer:
-        raise ConfigError("distill.init: a per-layer prompt (distill.prompt_depth='every_layer') starts from a text")
-    return SoftPrompt.from_vocabulary(backbone, cfg.num_soft_tokens, cfg.seed)
 
 
 def _report_examples(config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str,

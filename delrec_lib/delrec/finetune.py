@@ -41,6 +41,7 @@ from ..artifacts import (
     write_stage_output,
 )
 from ..config import FinetuneConfig, RunConfig, parse_prompt_name
+from ..config.names import UNTRAINED_SUFFIX
 from ..data.processed import ProcessedData
 from ..errors import ConfigError, DataError
 from ..llm import peft_wrapping
@@ -54,7 +55,7 @@ from ..llm.ranker import (
 from ..llm.scoring import layer_split_supported
 from ..metrics import per_user_frame, summarize
 from ..training import TrainConfig, Trainer, TrainingTask
-from .soft_prompt import load_run_soft_prompt
+from .soft_prompt import SoftPrompt, load_run_soft_prompt, untrained_soft_prompt
 
 log = logging.getLogger(__name__)
 
@@ -229,10 +230,16 @@ def variant_soft_prompt(variant: str) -> str | None:
     if variant == "lora":
         return None
     if not variant.startswith("delrec-"):
-        raise ConfigError(f"finetune.variants: '{variant}' is not 'lora' or 'delrec-<soft prompt>'")
-    name = variant[len("delrec-") :]
+        raise ConfigError(f"finetune.variants: '{variant}' is not 'lora', 'delrec-<soft prompt>' or "
+                          "'delrec-<soft prompt>-untrained'")  # fmt: skip
+    name = variant[len("delrec-") :].removesuffix(UNTRAINED_SUFFIX)
     parse_prompt_name(name)
     return name
+
+
+def is_untrained(variant: str) -> bool:
+    """Whether a variant reads its soft prompt as stage 1 starts it (the untrained-prompt control)."""
+    return parse_variant_name(variant)[0].endswith(UNTRAINED_SUFFIX)
 
 
 def load_variant_parts(config: RunConfig, paths: Any, variant: str, backbone, data: ProcessedData):
@@ -241,9 +248,12 @@ def load_variant_parts(config: RunConfig, paths: Any, variant: str, backbone, da
     name = variant_soft_prompt(variant)
     if name is None:
         return None, None, None
+    teacher, _ = parse_prompt_name(name)
+    if is_untrained(variant):
+        soft, soft_id = untrained_soft_prompt(config, backbone, name)
+        return soft, TEACHER_DISPLAY.get(teacher, teacher), soft_id
     soft, soft_id = load_run_soft_prompt(config, paths, data, backbone, name)
     soft.requires_grad_(False)
-    teacher, _ = parse_prompt_name(name)
     return soft.embeddings.detach(), TEACHER_DISPLAY.get(teacher, teacher), soft_id
 
 
@@ -385,7 +395,9 @@ def run_finetuning(
     if trainer.is_main_process:  # every process holds the same adapter; one writes it
         with write_stage_output(out_dir, ADAPTER_KIND, inputs=inputs, config=stage_config, extra={"variant": variant}) as tmp:
             model.save_pretrained(str(tmp / "adapter"))
-            if soft is not None:
+            if soft is not None and is_untrained(variant):
+                SoftPrompt(soft).save(tmp / "soft_prompt.safetensors", {"untrained": variant_soft_prompt(variant), "id": soft_id})
+            elif soft is not None:
                 (tmp / "soft_prompt.safetensors").write_bytes((paths.distill / variant_soft_prompt(variant) / "soft_prompt.safetensors").read_bytes())
             history.to_csv(tmp / "history.csv", index=False)
             pd.DataFrame(result.train_log).to_csv(tmp / "train_log.csv", index=False)

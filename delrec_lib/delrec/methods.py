@@ -14,6 +14,7 @@ from .finetune import (
     SEED_SUFFIX,
     check_adapter,
     first_adapted_layer,
+    is_untrained,
     load_adapter,
     load_variant_parts,
     parse_variant_name,
@@ -56,6 +57,9 @@ class FinetunedFamily(MethodFamily):
         prompt = variant_soft_prompt(name)
         if prompt is None:
             return [ZERO_SHOT]
+        if is_untrained(name):  # the control: what stage 1's training adds, and what the pattern line alone does
+            trained = f"delrec-{prompt}"
+            return [trained, "lora"] if trained in config.finetune.variants else ["lora"]
         teacher, _ = parse_prompt_name(prompt)
         return [teacher, "lora", ZERO_SHOT]
 

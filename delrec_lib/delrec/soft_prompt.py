@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from ..artifacts import artifact_id, atomic_path, read_manifest, require_config, verify_outputs
 from ..config import RunConfig, parse_prompt_name
 from ..errors import ConfigError, DataError, StaleArtifactError
-from ..llm.prompts import prompt_format_id
+from ..llm.prompts import TEACHER_DISPLAY, prompt_format_id
 
 SOFT_PROMPT_KIND = "soft-prompt"
 
@@ -142,6 +142,33 @@ def distill_stage_config(config: RunConfig, name: str) -> dict[str, Any]:
         cfg = dataclasses.replace(cfg, max_steps=steps, eval_every=max(1, steps // 4), heldout_users=users,
                                   selection_users=max(1, users // 2), known_answer=name)  # fmt: skip
     return {"distill": cfg, "llm": config.llm, "max_users": config.max_users, "teacher": teacher, "tasks": tasks}
+
+
+def initial_soft_prompt(backbone: Any, cfg: Any, teacher: str) -> SoftPrompt:
+    """The soft prompt before training: the embeddings of ``init_text`` (or seeded vocabulary rows)."""
+    every_layer = cfg.prompt_depth == "every_layer"
+    if cfg.init == "text":
+        return SoftPrompt.from_text(backbone, cfg.init_text.format(teacher=TEACHER_DISPLAY.get(teacher, teacher)),
+                                    cfg.num_soft_tokens, every_layer=every_layer)  # fmt: skip
+    if every_layer:
+        raise ConfigError("distill.init: a per-layer prompt (distill.prompt_depth='every_layer') starts from a text")
+    return SoftPrompt.from_vocabulary(backbone, cfg.num_soft_tokens, cfg.seed)
+
+
+def untrained_soft_prompt(config: RunConfig, backbone: Any, name: str) -> tuple[torch.Tensor, str]:
+    """Soft prompt ``name`` as stage 1 starts it, never trained (the ``delrec-<name>-untrained`` control of stage 2),
+    with an id naming what made it."""
+    from ..artifacts import sha256_json
+
+    stage = distill_stage_config(config, name)
+    cfg = stage["distill"]
+    if cfg.prompt_depth != "input":
+        raise ConfigError(f"finetune.variants: delrec-{name}-untrained: stage 2 reads input-layer soft prompts; "
+                          f"distill.prompt_depth is {cfg.prompt_depth!r}")  # fmt: skip
+    soft = initial_soft_prompt(backbone, cfg, stage["teacher"]).embeddings.detach()
+    made_of = {"untrained": name, "init": cfg.init, "init_text": cfg.init_text, "num_soft_tokens": cfg.num_soft_tokens,
+               "seed": cfg.seed, "backbone": backbone.identity}  # fmt: skip
+    return soft, "untrained-" + sha256_json(made_of)[:16]
 
 
 def load_soft_prompt(
