@@ -76,3 +76,26 @@ def test_stage1_table_shows_every_heuristic_beside_the_llm():
     assert table["RPS fidelity, most popular unlisted candidate"].startswith("0.300")
     assert table["RPS fidelity, LLM trained"] == "0.500 [0.400, 0.600]"
     assert table["TA accuracy, LLM trained"] == "-"
+
+
+def test_the_known_answer_may_have_its_own_head_depth_and_rate(world):
+    import dataclasses
+
+    from delrec_lib.delrec.distill import run_distillation
+    from delrec_lib.delrec.soft_prompt import distill_stage_config
+
+    config, paths, data, backbone = world
+    own = dataclasses.replace(config.distill, known_answer=RULE + "-rps", known_answer_steps=2, known_answer_users=8,
+                              known_answer_head="index", known_answer_depth="every_layer", known_answer_lr=0.2)  # fmt: skip
+    config = dataclasses.replace(config, distill=own)
+    known, real = distill_stage_config(config, RULE + "-rps"), distill_stage_config(config, "sasrec")
+    assert (known["llm"].head, known["distill"].prompt_depth, known["distill"].lr) == ("index", "every_layer", 0.2)
+    assert (real["llm"].head, real["distill"].prompt_depth, real["distill"].lr) == ("title", "input", own.lr)
+    result = run_distillation(config, paths, data, backbone, RULE + "-rps", progress=False)
+    assert result.soft_prompt.embeddings.dim() == 5  # a per-layer prompt
+    import json
+
+    trained_on = json.loads((result.directory / "examples.json").read_text())["rps"]  # the prompt stage 1 trained on
+    assert "Candidates:\nA. " in trained_on and "Answer with the letter" in trained_on
+    prompt = preview_prompts(config, paths, data, backbone, RULE + "-rps")["rps"]
+    assert prompt.head == "index" and "Candidates:\nA. " in prompt.text

@@ -235,6 +235,11 @@ class DistillConfig(Checked):
     known_answer: Annotated[str | None, Maybe(PROMPT_NAME)] = None
     known_answer_steps: Count = 40  # evaluated on the selection set every quarter of them
     known_answer_users: Count = 100  # report users (the data's fixed ones); the selection set has half as many
+    # The known answer's own head, prompt depth and learning rate (None: the run's): a demo of the mechanism may use
+    # the settings under which it learns, which need not be those of the real teachers.
+    known_answer_head: Annotated[str | None, Maybe(OneOf(("title", "index")))] = None
+    known_answer_depth: Annotated[str | None, Maybe(OneOf(("input", "every_layer")))] = None
+    known_answer_lr: Annotated[float | None, Maybe(Num(0, open_lo=True))] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -443,7 +443,8 @@ def run_distillation(
     cfg = stage_config["distill"]
     teacher_dir = paths.teachers / teacher
     topk = read_teacher_topk(teacher_dir, data, config.teachers)
-    inputs = distill_inputs(data, teacher_dir, backbone, config.llm, cfg.num_soft_tokens)
+    llm = stage_config["llm"]  # the run's, or the known answer's own head
+    inputs = distill_inputs(data, teacher_dir, backbone, llm, cfg.num_soft_tokens)
     out_dir = paths.distill / name
     if is_complete(out_dir, SOFT_PROMPT_KIND, inputs=inputs, config=stage_config):
         log.info("%s is up to date", out_dir)
@@ -458,10 +459,10 @@ def run_distillation(
         if not examples["rps"]:
             raise DataError(f"stage 1: no {label} user has an RPS example; raise distill.{field}")
 
-    builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
+    builder = PromptBuilder(backbone, llm, num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
     soft = initial_soft_prompt(backbone, cfg, teacher)
     initial = soft.embeddings.detach().clone()
-    task = DistillTask(backbone, builder, soft, data.titles, train, selection, cfg, teacher, config.llm, tasks)
+    task = DistillTask(backbone, builder, soft, data.titles, train, selection, cfg, teacher, llm, tasks)
     if not task.users:
         raise DataError("stage 1: no training user has both a TA and an RPS example")
 
@@ -546,8 +547,8 @@ def _report_examples(config: RunConfig, paths: Any, data: ProcessedData, backbon
     predictions = teacher_predictions(read_teacher_topk(paths.teachers / teacher, data, config.teachers), data)
     split = split_users(data, cfg, config.max_users)
     examples = build_examples(data, predictions, split.report, cfg, donors=split.train)
-    builder = PromptBuilder(backbone, config.llm, num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
-    task = DistillTask(backbone, builder, soft, data.titles, examples, {}, cfg, teacher, config.llm)
+    builder = PromptBuilder(backbone, stage_config["llm"], num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
+    task = DistillTask(backbone, builder, soft, data.titles, examples, {}, cfg, teacher, stage_config["llm"])
     return task, examples, split.report
 
 

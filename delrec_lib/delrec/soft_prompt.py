@@ -137,11 +137,15 @@ def distill_stage_config(config: RunConfig, name: str) -> dict[str, Any]:
     own = config.distill
     defaults = {f.name: f.default for f in dataclasses.fields(own) if f.name.startswith("known_answer")}
     cfg = dataclasses.replace(own, prompts=(name,), **defaults)  # the known answer's budget is not the others'
-    if name == own.known_answer:  # its own budget
+    llm = config.llm
+    if name == own.known_answer:  # its own budget and settings
         steps, users = own.known_answer_steps, own.known_answer_users
         cfg = dataclasses.replace(cfg, max_steps=steps, eval_every=max(1, steps // 4), heldout_users=users,
-                                  selection_users=max(1, users // 2), known_answer=name)  # fmt: skip
-    return {"distill": cfg, "llm": config.llm, "max_users": config.max_users, "teacher": teacher, "tasks": tasks}
+                                  selection_users=max(1, users // 2), known_answer=name,
+                                  prompt_depth=own.known_answer_depth or own.prompt_depth,
+                                  lr=own.known_answer_lr or own.lr)  # fmt: skip
+        llm = dataclasses.replace(llm, head=own.known_answer_head or llm.head)
+    return {"distill": cfg, "llm": llm, "max_users": config.max_users, "teacher": teacher, "tasks": tasks}
 
 
 def initial_soft_prompt(backbone: Any, cfg: Any, teacher: str) -> SoftPrompt:
