@@ -155,3 +155,26 @@ def test_an_answer_letter_is_matched_as_the_title_it_lists(causal):
     assert letter_as_title(p, "Contact") == "Contact"  # starts with a capital, not a letter alone
     title_prompt = PromptBuilder(causal, LLMConfig()).recommendation(TITLES[:2], TITLES[3:7])
     assert letter_as_title(title_prompt, "A") == "A"
+
+
+def test_position_bias_counts_where_targets_sit_and_where_picks_land(causal):
+    import numpy as np
+
+    from delrec_lib.llm.ranker import position_bias
+
+    titles = [""] + TITLES
+    examples = [RecExample(u, (1, 2), tuple(range(3 + u, 8 + u)), u % 5) for u in range(10)]
+    ranker = LLMRanker(causal, INDEX, titles, None, None)
+    at = [[ranker.prompt(e).listed_at[c] for c in range(5)] for e in examples]
+    always_a = np.array([[1.0 if j == 0 else 0.0 for j in row] for row in at])  # a ranker that always answers "A"
+    table = position_bias(ranker, examples, always_a).set_index("position")
+    assert table.loc["A", "share of picks"] == 1.0 and table["share of picks"].sum() == pytest.approx(1.0)
+    assert table["targets"].sum() == 10
+    target_at = [row[e.label] for row, e in zip(at, examples, strict=True)]
+    for j, letter in enumerate("ABCDE"):
+        hits = [t == 0 for t in target_at if t == j]
+        assert table.loc[letter, "targets"] == len(hits)
+        if hits:
+            assert table.loc[letter, "HR@1"] == (1.0 if j == 0 else 0.0)
+    with pytest.raises(ConfigError, match="title head"):
+        position_bias(LLMRanker(causal, LLMConfig(), titles, None, None), examples, always_a)

@@ -22,9 +22,10 @@ import torch
 from ..artifacts import sha256_json
 from ..config import LLMConfig, RunConfig
 from ..data.processed import ProcessedData
+from ..errors import ConfigError
 from ..methods import Capabilities, Generations, MethodContext, MethodFamily, Recommender
 from ..metrics import per_user_frame
-from .prompts import EncodedPrompt, PromptBuilder, prompt_format_id
+from .prompts import INDEX_LABELS, EncodedPrompt, PromptBuilder, prompt_format_id
 from .scoring import (
     PackedRow,
     layer_split_supported,
@@ -209,6 +210,28 @@ class LLMRecommender(Recommender):
         # An index-head answer names a candidate by its letter: matched as the title that letter lists.
         answers = [letter_as_title(p, a) for p, a in zip(prompts, answers, strict=True)]
         return Generations(answers, [list(p.shown) for p in prompts])
+
+
+def position_bias(ranker: LLMRanker, examples: list[RecExample], scores: np.ndarray | None = None) -> pd.DataFrame:
+    """Index head: per listed position ("A", "B", ...), how many examples have their target there, HR@1 on those,
+    and the share of all top-1 picks that land there. An unbiased ranker picks every letter about equally often
+    and its HR@1 does not depend on where the target is listed. ``scores``: the ranker's, when already computed."""
+    if ranker.llm.head != "index":
+        raise ConfigError("position_bias: the title head lists no letters (llm.head='title')")
+    if scores is None:
+        with torch.no_grad():
+            scores = ranker.scores(examples).float().cpu().numpy()
+    width = len(examples[0].candidates)
+    target_at = np.array([ranker.prompt(e).listed_at[e.label] for e in examples])
+    picked_at = np.array([ranker.prompt(e).listed_at[int(np.argmax(s[: len(e.candidates)]))]
+                          for e, s in zip(examples, scores, strict=True)])  # fmt: skip
+    rows = []
+    for j in range(width):
+        here = target_at == j
+        rows.append({"position": INDEX_LABELS[j], "targets": int(here.sum()),
+                     "HR@1": float((picked_at[here] == j).mean()) if here.any() else float("nan"),
+                     "share of picks": float((picked_at == j).mean())})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def letter_as_title(prompt: EncodedPrompt, answer: str) -> str:
