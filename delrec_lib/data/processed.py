@@ -13,6 +13,7 @@ from ..artifacts import artifact_id, read_manifest, require_config, verify_outpu
 from ..config import DataConfig
 from ..errors import ConfigError
 from .pipeline import PROCESSED_KIND, SPLITS, processed_dir
+from .popularity_matched import load_popularity_matched
 from .report_users import load_report_users
 
 
@@ -31,6 +32,7 @@ class ProcessedData:
     candidates: pd.DataFrame
     _split_index: dict = field(default_factory=dict, repr=False)
     _report: dict | None = field(default=None, repr=False, compare=False)
+    _matched: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self._split_index = {int(u): i for i, u in enumerate(self.splits["user_id"])}
@@ -107,6 +109,16 @@ class ProcessedData:
         """user_id, target, target_position, candidates (array of item ids) for one split, by user id."""
         self._check_split(split)
         df = self.candidates[self.candidates["split"] == split].sort_values("user_id").reset_index(drop=True)
+        return df if max_users is None else df.iloc[:max_users].reset_index(drop=True)
+
+    def popularity_matched_sets(self, split: str, max_users: int | None = None) -> pd.DataFrame:
+        """The popularity-matched candidate sets of one split (``popularity_matched.parquet``; see
+        ``delrec_lib.data.popularity_matched``), in the frame of ``candidate_sets`` plus the target's bin,
+        the bin range drawn from and how many bins were added."""
+        self._check_split(split)
+        if self._matched is None:
+            self._matched = load_popularity_matched(self)[0].to_pandas()
+        df = self._matched[self._matched["split"] == split].sort_values("user_id").reset_index(drop=True)
         return df if max_users is None else df.iloc[:max_users].reset_index(drop=True)
 
     def _row(self, user_id: int) -> int:
