@@ -70,6 +70,15 @@ def test_matched_sets_hold_the_target_and_unseen_distinct_negatives_of_its_bin(r
     assert (sets["target"] == shared["target"]).all()
 
 
+def test_the_check_fails_on_negatives_drawn_ignoring_the_bin(real_data, monkeypatch):
+    """The shared sets (uniform negatives) under the matched sets' bin columns: the check must refuse them."""
+    matched = real_data.popularity_matched_sets("test")
+    shared = real_data.candidate_sets("test").assign(**{c: matched[c] for c in ("bin", "bin_low", "bin_high", "widened")})
+    monkeypatch.setattr(real_data, "popularity_matched_sets", lambda split: shared)
+    with pytest.raises(AssertionError, match="a negative outside its bins"):
+        check_matched_sets(real_data, "test")
+
+
 def test_bins_are_item_count_quantiles_with_equal_counts_sharing_a_bin(real_data):
     counts = train_counts(real_data)
     assert (counts == train_popularity(real_data)).all()  # popularity's own counts
