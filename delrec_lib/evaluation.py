@@ -23,6 +23,7 @@ together; ``paired_comparisons`` says which.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import pandas as pd
 
 from .artifacts import atomic_write_text, is_complete, sha256_json, write_stage_output
 from .config import RunConfig
+from .data.popularity_matched import load_popularity_matched, matched_inputs
 from .data.processed import ProcessedData
 from .methods import MethodContext, Recommender, family_of, run_methods
 from .metrics import (
@@ -65,6 +67,7 @@ class MethodResult:
     # generating methods: user_id, answer, and matched_<rule>, valid_<rule>, hit_<rule> per MATCH_RULES rule
     generations: pd.DataFrame | None = None
     catalogue: pd.DataFrame | None = None  # full-catalogue methods: per user and protocol (masked/unmasked)
+    matched: pd.DataFrame | None = None  # per_user's columns on the popularity-matched candidate sets (eval.matched_users)
 
 
 def method_context(config: RunConfig, paths: Any, data: ProcessedData, backbone=None) -> MethodContext:
@@ -214,9 +217,12 @@ def generation_metrics(users, answers: list[str], shown: list[list[str]], labels
 
 def _eval_settings(ctx: MethodContext, users: list[int], *, generation: bool = True) -> dict[str, Any]:
     e = ctx.config.eval
-    return {"users": {"count": len(users), "ids": sha256_json(users)}, "generation_users": e.generation_users if generation else 0,
-            "max_new_tokens": e.max_new_tokens,
-            "generation_protocol": GENERATION_PROTOCOL, "catalogue_protocols": list(CATALOGUE_PROTOCOLS)}  # fmt: skip
+    settings = {"users": {"count": len(users), "ids": sha256_json(users)}, "generation_users": e.generation_users if generation else 0,
+                "max_new_tokens": e.max_new_tokens,
+                "generation_protocol": GENERATION_PROTOCOL, "catalogue_protocols": list(CATALOGUE_PROTOCOLS)}  # fmt: skip
+    if e.matched_users:  # only then: runs made without the matched protocol stay valid
+        settings["matched"] = {"users": min(e.matched_users, len(users)), "sets": load_popularity_matched(ctx.data)[1]}
+    return settings
 
 
 def evaluate_method(ctx: MethodContext, method: str, *, progress: bool = True) -> MethodResult:
@@ -234,22 +240,27 @@ def evaluate_method(ctx: MethodContext, method: str, *, progress: bool = True) -
         def read(name):
             return pd.read_parquet(out / name) if (out / name).is_file() else None
 
-        return MethodResult(method, kind, read("per_user.parquet"), read("generations.parquet"), read("catalogue.parquet"))
+        return MethodResult(method, kind, read("per_user.parquet"), read("generations.parquet"), read("catalogue.parquet"),
+                            read("matched.parquet"))  # fmt: skip
     rec = family.load(ctx, method)
     result = score_method(rec, ctx.data, users, kind, generation_users=settings["generation_users"],
-                          max_new_tokens=ctx.config.eval.max_new_tokens, progress=progress)  # fmt: skip
+                          max_new_tokens=ctx.config.eval.max_new_tokens, progress=progress,
+                          matched_users=settings.get("matched", {}).get("users", 0))  # fmt: skip
     with write_stage_output(out, EVAL_KIND, inputs=inputs, config=settings, extra={"method": method, "kind": kind}) as tmp:
         result.per_user.to_parquet(tmp / "per_user.parquet", index=False)
         if result.generations is not None:
             result.generations.to_parquet(tmp / "generations.parquet", index=False)
         if result.catalogue is not None:
             result.catalogue.to_parquet(tmp / "catalogue.parquet", index=False)
+        if result.matched is not None:
+            result.matched.to_parquet(tmp / "matched.parquet", index=False)
     return result
 
 
 def score_method(rec: Recommender, data: ProcessedData, users: list[int], kind: str, *, generation_users: int | None,
-                 max_new_tokens: int, progress: bool = False) -> MethodResult:  # fmt: skip
-    """Everything the evaluation measures of one loaded method on the test split."""
+                 max_new_tokens: int, progress: bool = False, matched_users: int = 0) -> MethodResult:  # fmt: skip
+    """Everything the evaluation measures of one loaded method on the test split (``matched_users``: the first N
+    users ranked again on their popularity-matched candidate sets)."""
     ids, histories, candidates, targets = split_inputs(data, users)
     scores = np.asarray(rec.score(ids, histories, candidates, progress=progress), dtype=np.float64)
     if scores.shape != candidates.shape:
@@ -267,7 +278,18 @@ def score_method(rec: Recommender, data: ProcessedData, users: list[int], kind: 
     if rec.capabilities.generation and n_gen:
         g = rec.generate(ids[:n_gen], histories[:n_gen], candidates[:n_gen], max_new_tokens=max_new_tokens)
         generations = generation_metrics(ids[:n_gen], g.answers, g.shown, targets[:n_gen])
-    return MethodResult(rec.name, kind, per_user, generations, catalogue)
+    matched = None
+    if matched_users:
+        m_ids, m_histories, m_candidates, m_targets = matched_inputs(data, list(users[:matched_users]))
+        m_scores = np.asarray(rec.score(m_ids, m_histories, m_candidates, progress=progress), dtype=np.float64)
+        matched = per_user_frame(m_ids, m_scores, m_targets)
+    return MethodResult(rec.name, kind, per_user, generations, catalogue, matched)
+
+
+def matched_table(results: dict[str, MethodResult], **bootstrap) -> pd.DataFrame:
+    """``results_table`` on the popularity-matched candidate sets (the methods that have them)."""
+    on_matched = {m: dataclasses.replace(r, per_user=r.matched) for m, r in results.items() if r.matched is not None}
+    return results_table(on_matched, **bootstrap) if on_matched else pd.DataFrame()
 
 
 def evaluate_all(ctx: MethodContext, *, progress: bool = True) -> dict[str, MethodResult]:
@@ -417,7 +439,8 @@ def seed_study(paired: pd.DataFrame, replicas: dict[str, tuple[str, int]]) -> tu
 
 def write_tables(paths: Any, table: pd.DataFrame, paired: pd.DataFrame, generation: pd.DataFrame,
                  catalogue: dict[str, pd.DataFrame] | None = None, chance: pd.DataFrame | None = None,
-                 seeds: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> dict[str, Path]:  # fmt: skip
+                 seeds: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+                 matched: pd.DataFrame | None = None) -> dict[str, Path]:  # fmt: skip
     """results.csv / results.md (and the paired tests with their Holm families, the generation protocol, the
     full-catalogue tables per protocol and the seed study's per-seed tests and summary) under ``<run>/eval/``."""
     flat = table.copy()
@@ -433,6 +456,13 @@ def write_tables(paths: Any, table: pd.DataFrame, paired: pd.DataFrame, generati
     atomic_write_text(files["results_md"], markdown_table(shown))
     atomic_write_text(files["paired_csv"], paired.to_csv(index=False))
     atomic_write_text(files["generation_csv"], generation.to_csv())
+    if matched is not None and len(matched):
+        files["matched_csv"], files["matched_md"] = paths.eval / "results_matched.csv", paths.eval / "results_matched.md"
+        flat_m = matched.copy()
+        flat_m.columns = [f"{m} {c}" for m, c in flat_m.columns]
+        atomic_write_text(files["matched_csv"], flat_m.to_csv())
+        atomic_write_text(files["matched_md"], markdown_table(format_table(matched) if chance is None
+                                                              else pd.concat([format_table(matched), chance])))  # fmt: skip
     for protocol, frame in (catalogue or {}).items():
         if len(frame):
             files[f"catalogue_{protocol}_md"] = paths.eval / f"catalogue_{protocol}.md"

@@ -232,3 +232,33 @@ def test_generation_table_reports_both_rules_side_by_side():
     assert (row["HR@1_strict"], row["HR@1_words"]) == (0.25, 0.5)
     assert row["HR@1 among valid_strict"] == 0.5 and row["HR@1 among valid_words"] == pytest.approx(2 / 3)
 
+
+
+def test_the_matched_protocol_ranks_the_first_users_again_on_their_matched_sets(tmp_path):
+    from delrec_lib.config import DataConfig, EvalConfig, RunConfig
+    from delrec_lib.data.popularity_matched import popularity_hr1
+    from delrec_lib.evaluation import evaluate_method, matched_table, method_context
+    from delrec_lib.teachers.stage import export_popularity
+
+    from .stage_fixtures import synthetic_data
+
+    data = synthetic_data(tmp_path / "data")
+    results = {}
+    for n in (10, 0):
+        config = RunConfig(preset="smoke", data_dir=str(tmp_path / "data"), data=DataConfig(dataset="toy", num_negatives=5),
+                           eval=EvalConfig(bootstrap=100, matched_users=n))  # fmt: skip
+        paths = RunPaths(tmp_path / f"run{n}")
+        export_popularity(data, paths.teachers)
+        ctx = method_context(config, paths, data)
+        results[n] = evaluate_method(ctx, "popularity", progress=False)
+    first = ctx.users()[:10]
+    matched = results[10].matched
+    assert results[0].matched is None and matched["user_id"].tolist() == first
+    sets = data.popularity_matched_sets("test").set_index("user_id").loc[first]
+    assert matched["target_position"].tolist() == sets["target_position"].tolist()  # ranked on the matched sets
+    expected = popularity_hr1(data, sets.reset_index(), n_boot=100)["hr1"]
+    assert matched["HR@1"].mean() == pytest.approx(expected)
+    assert results[10].per_user.equals(results[0].per_user)  # the shared-set results are untouched
+    table = matched_table({"popularity": results[10]}, n_boot=100)
+    assert table.loc["popularity", ("HR@1", "mean")] == pytest.approx(expected)
+    assert matched_table({"popularity": results[0]}).empty
