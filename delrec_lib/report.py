@@ -667,6 +667,12 @@ def _eval_sections(root: Path, summary: dict[str, Any]) -> list[str]:
                       "Sign-flip permutation tests of the per-user difference on the same users (`eval/paired_tests.csv`); "
                       f"a difference is significant where its Holm-adjusted p (within its family) is below {ALPHA}.", "",
                       markdown_table(shown)]  # fmt: skip
+    f = ev / "results_matched.md"
+    if f.is_file():
+        lines += ["## Popularity-matched candidates", "",
+                  "The first users ranked again on their second candidate set, whose 19 negatives share the target's "
+                  "bin of train-interaction counts (`eval/results_matched.csv`): popularity is near chance there, so a "
+                  "method above chance learned something beyond item popularity.", "", f.read_text(encoding="utf-8")]  # fmt: skip
     for protocol in ("masked", "unmasked"):
         f = ev / f"catalogue_{protocol}.md"
         if f.is_file():

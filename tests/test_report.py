@@ -51,6 +51,7 @@ from delrec_lib.evaluation import (
     evaluate_method,
     format_table,
     generation_table,
+    matched_table,
     method_context,
     paired_comparisons,
     per_user_frame,
@@ -116,7 +117,8 @@ def run_folder(tmp_path_factory) -> Path:
     table = results_table(results, n_boot=100, seed=config.eval.seed)
     paired = paired_comparisons(results, [(TOY, "popularity")], ("HR@1", "NDCG@10"), replicas={}, seed=config.eval.seed)
     catalogue = {p: catalogue_table(results, p, n_boot=100) for p in ("masked", "unmasked")}
-    write_tables(paths, table, paired, generation_table(results), catalogue, chance_table(6))
+    write_tables(paths, table, paired, generation_table(results), catalogue, chance_table(6),
+                 matched=matched_table(results, n_boot=100))
     users = ctx.users()
     order = order_diagnostic(results, {m: shuffled_results(ctx, m, users) for m in results})
     text = reading(table, paired, None, order)
@@ -155,6 +157,9 @@ def test_the_page_shows_every_method_with_intervals_times_machine_and_versions(r
         assert f"| {r.method} | {r.versus} | {r.metric} | {r.mean_diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}] | {r.p_value:.3g} | {r.p_holm:.3g} |" in text
     assert (run_folder / "eval" / "reading.md").read_text().strip() in text
     assert "## Order diagnostic" in text and "## Full catalogue (history masked)" in text
+    matched = pd.read_csv(run_folder / "eval" / "results_matched.csv", index_col=0)
+    assert "## Popularity-matched candidates" in text and list(matched.index) == ["popularity", TOY]
+    assert f"| popularity | {matched.loc['popularity', 'HR@1 mean']:.4f} [" in text
     (link,) = re.findall(r"!\[08_metrics\]\((.+?)\)", text)
     assert (page.parent / link).resolve() == (run_folder / "figures" / "08_metrics.png").resolve()
     summary = json.loads(page.with_suffix(".json").read_text())
