@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "finetune": "delrec_lib.delrec.finetune_bench",
     "llmsrec": "delrec_lib.llmsrec.bench",
     "p2rec": "delrec_lib.p2rec.bench",
+    "int8": "delrec_lib.llm.int8_bench",
 }
 
 
