@@ -178,3 +178,28 @@ def test_position_bias_counts_where_targets_sit_and_where_picks_land(causal):
             assert table.loc[letter, "HR@1"] == (1.0 if j == 0 else 0.0)
     with pytest.raises(ConfigError, match="title head"):
         position_bias(LLMRanker(causal, LLMConfig(), titles, None, None), examples, always_a)
+
+
+def test_an_evaluated_methods_position_bias_matches_the_rankers(causal, tmp_path):
+    """Notebook 07 reads position bias from per-user results; it must place targets and picks where the prompts did."""
+    import numpy as np
+
+    from delrec_lib.artifacts import RunPaths
+    from delrec_lib.config import RunConfig
+    from delrec_lib.evaluation import per_user_frame
+    from delrec_lib.llm.ranker import method_position_bias, position_bias, split_examples
+    from delrec_lib.methods import MethodContext
+
+    from .stage_fixtures import synthetic_data
+
+    data = synthetic_data(tmp_path / "data")
+    config = RunConfig(preset="smoke", llm=INDEX)
+    users = data.user_ids().tolist()[:12]
+    examples = split_examples(data, "test", users)
+    ranker = LLMRanker(causal, INDEX, data.titles, None, None)
+    scores = np.random.default_rng(0).normal(size=(len(examples), len(examples[0].candidates)))
+    per_user = per_user_frame(users, scores, np.array([e.label for e in examples]))
+    ctx = MethodContext(config, RunPaths(tmp_path / "run"), data, causal)
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(method_position_bias(ctx, per_user), position_bias(ranker, examples, scores))

@@ -221,10 +221,15 @@ def position_bias(ranker: LLMRanker, examples: list[RecExample], scores: np.ndar
     if scores is None:
         with torch.no_grad():
             scores = ranker.scores(examples).float().cpu().numpy()
-    width = len(examples[0].candidates)
-    target_at = np.array([ranker.prompt(e).listed_at[e.label] for e in examples])
-    picked_at = np.array([ranker.prompt(e).listed_at[int(np.argmax(s[: len(e.candidates)]))]
-                          for e, s in zip(examples, scores, strict=True)])  # fmt: skip
+    listed = [ranker.prompt(e).listed_at for e in examples]
+    picks = [int(np.argmax(s[: len(e.candidates)])) for e, s in zip(examples, scores, strict=True)]
+    return position_table([at[e.label] for at, e in zip(listed, examples, strict=True)],
+                          [at[p] for at, p in zip(listed, picks, strict=True)], len(examples[0].candidates))  # fmt: skip
+
+
+def position_table(target_at: Sequence[int], picked_at: Sequence[int], width: int) -> pd.DataFrame:
+    """Per listed position: targets there, HR@1 on them, and the share of top-1 picks there."""
+    target_at, picked_at = np.asarray(target_at), np.asarray(picked_at)
     rows = []
     for j in range(width):
         here = target_at == j
@@ -232,6 +237,20 @@ def position_bias(ranker: LLMRanker, examples: list[RecExample], scores: np.ndar
                      "HR@1": float((picked_at[here] == j).mean()) if here.any() else float("nan"),
                      "share of picks": float((picked_at == j).mean())})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def method_position_bias(ctx: MethodContext, per_user: pd.DataFrame) -> pd.DataFrame:
+    """``position_table`` of an evaluated method from its per-user results (``top1``, ``target_position``): where the
+    index head listed each user's test target and the method's pick (the listing depends on the candidate set only)."""
+    builder = PromptBuilder(ctx.backbone, ctx.config.llm, catalogue=ctx.data.titles)
+    sets = ctx.data.candidate_sets("test").set_index("user_id").loc[per_user["user_id"]]
+    target_at, picked_at = [], []
+    for cands, target, top in zip(sets["candidates"], per_user["target_position"], per_user["top1"], strict=True):
+        order = builder.listing_order(builder.titles([ctx.data.titles[int(i)] for i in cands]))
+        at = {i: j for j, i in enumerate(order)}
+        target_at.append(at[int(target)])
+        picked_at.append(at[int(top)])
+    return position_table(target_at, picked_at, len(sets["candidates"].iloc[0]))
 
 
 def letter_as_title(prompt: EncodedPrompt, answer: str) -> str:
