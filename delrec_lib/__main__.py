@@ -48,7 +48,7 @@ def command(name: str, help: str, *, locks_run_folder: bool = True):
 
 def _common(p: argparse.ArgumentParser) -> None:
     # No default here: a config file naming its preset must not meet a "cpu" the user never typed.
-    p.add_argument("--preset", default=None, help="smoke | cpu | cpu-long | cpu-seeds | cpu-ablations | paper (default: the config file's, else cpu)")
+    p.add_argument("--preset", default=None, help="smoke | cpu | cpu-long | cpu-seeds | cpu-study | cpu-ablations | paper (default: the config file's, else cpu)")
     p.add_argument("--config", default=None, help="TOML/JSON file overriding preset fields, tables named like the dataclasses")
     p.add_argument("--run-dir", default=None, help="output folder of the run (default: outputs/<preset>)")
 

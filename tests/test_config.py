@@ -34,7 +34,7 @@ from .stage_fixtures import synthetic_data
 
 def test_every_preset_resolves():
     assert tuple(PRESETS) == PRESET_NAMES  # the names RunConfig.preset accepts
-    for name in ("smoke", "cpu", "cpu-long", "cpu-seeds", "cpu-ablations", "paper"):
+    for name in ("smoke", "cpu", "cpu-long", "cpu-seeds", "cpu-study", "cpu-ablations", "paper"):
         assert preset_config(name).preset == name
 
 
@@ -48,6 +48,12 @@ def test_cpu_long_and_cpu_seeds_are_the_cpu_preset_trained_longer_or_again():
     for section in ("data", "teachers", "llm", "llmsrec", "p2rec", "eval"):
         assert getattr(long, section) == getattr(cpu, section) == getattr(seeds, section), section
     assert seeds.distill == cpu.distill
+    # cpu-study: the other head and the untrained-prompt control, everything else as cpu (a copy reuses the teachers)
+    study = preset_config("cpu-study")
+    assert study.llm == dataclasses.replace(cpu.llm, head="index") and cpu.llm.head == "title"
+    assert study.finetune.variants == (*cpu.finetune.variants, "delrec-sasrec-untrained")
+    for section in ("data", "teachers", "distill", "llmsrec", "p2rec", "eval"):
+        assert getattr(study, section) == getattr(cpu, section), section
 
 
 def test_file_then_keyword_overrides(tmp_path):
@@ -288,7 +294,7 @@ RULE_MESSAGES = [  # the wording of every kind of rule, as config.py gave it bef
     ('finetune.target_modules', (), 'finetune.target_modules: expected a list of at least one items, each a module name, each once, got ()'),
     ('p2rec.seed_variants', ('p2rec-x',), "p2rec.seed_variants[0]: expected 'p2rec-<teacher>', 'p2rec-<teacher>-k<K>' (K >= 2) or 'p2rec-<teacher>-nosft' with a teacher among sasrec, gru4rec, caser, got 'p2rec-x'"),
     ('teachers.sasrec', 3, 'teachers.sasrec: expected a SASRecConfig, got 3'),
-    ('preset', 'nope', "preset: expected one of 'smoke', 'cpu', 'cpu-long', 'cpu-seeds', 'cpu-ablations', 'paper', got 'nope'"),
+    ('preset', 'nope', "preset: expected one of 'smoke', 'cpu', 'cpu-long', 'cpu-seeds', 'cpu-study', 'cpu-ablations', 'paper', got 'nope'"),
     ('plugins', ('x',), "plugins[0]: expected 'module:FamilyClass', got 'x'"),
     ('max_users', 0, 'max_users: expected an integer >= 1, got 0'),
 ]

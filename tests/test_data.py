@@ -449,7 +449,7 @@ def test_truncated_zip(tmp_path):
 
 
 def test_unknown_preset_and_dataset(tmp_path):
-    with pytest.raises(ConfigError, match="unknown preset 'fast'; expected one of: smoke, cpu, cpu-long, cpu-seeds, cpu-ablations, paper"):
+    with pytest.raises(ConfigError, match="unknown preset 'fast'; expected one of: smoke, cpu, cpu-long, cpu-seeds, cpu-study, cpu-ablations, paper"):
         load_config("fast")
     with pytest.raises(ConfigError, match="unknown dataset 'ml-1m'"):
         prepare_dataset(DataConfig(dataset="ml-1m"), tmp_path)

@@ -9,7 +9,7 @@ from .rules import Satisfies, parsed_by
 
 # The presets (presets.py builds each), here for RunConfig.preset's rule: the dataclasses cannot import the presets
 # that build them.
-PRESET_NAMES = ("smoke", "cpu", "cpu-long", "cpu-seeds", "cpu-ablations", "paper")
+PRESET_NAMES = ("smoke", "cpu", "cpu-long", "cpu-seeds", "cpu-study", "cpu-ablations", "paper")
 
 TEACHER_NAMES = ("sasrec", "gru4rec", "caser")
 # Synthetic teachers whose top-1 is a rule read from the prompt (``teachers/rules.py``): stage 1's known answer.

@@ -67,6 +67,14 @@ def _cpu_seeds() -> RunConfig:
     return replace(cpu, preset="cpu-seeds", finetune=replace(cpu.finetune, seeds=(1, 2)))
 
 
+def _cpu_study() -> RunConfig:
+    """The cpu preset's other choices, on a copy of a finished cpu run (its teachers are reused): the index head for
+    every LLM method (with notebook 07's position bias), and stage 2's untrained-prompt control."""
+    cpu = _cpu()
+    return replace(cpu, preset="cpu-study", llm=replace(cpu.llm, head="index"),
+                   finetune=replace(cpu.finetune, variants=(*cpu.finetune.variants, "delrec-sasrec-untrained")))
+
+
 # LLM-SRec's Table 8 ablations and its training-time shuffle, beside the method.
 LLMSREC_VARIANTS = tuple(LLMSREC + (f"-{s}" if s else "") for s in LLMSREC_SUFFIXES)
 # The ablation study: TA only, RPS only and one DELRec per teacher, each beside the no-soft-prompt LoRA variant.
@@ -118,6 +126,7 @@ PRESETS: dict[str, typing.Callable[[], RunConfig]] = {
     "cpu": _cpu,
     "cpu-long": _cpu_long,
     "cpu-seeds": _cpu_seeds,
+    "cpu-study": _cpu_study,
     "cpu-ablations": _cpu_ablations,
     "paper": _paper,
 }
