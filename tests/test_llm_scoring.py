@@ -219,6 +219,11 @@ def test_titles_cut_alike_are_told_apart_by_item_id(causal):
         assert len(tok(shown, add_special_tokens=False)["input_ids"]) <= budget, "the tag fits in the budget"
     with pytest.raises(ConfigError, match=r"llm\.title_max_tokens=2 is too small to tell item 1 .* apart"):
         PromptBuilder(causal, LLMConfig(title_max_tokens=2), catalogue=["", part_one, part_two])
+    # A title the data already tagged (two films of one name and year) is cut before its tag, never through it.
+    tagged = ["", "Babe (1995) [item 1]", "Babe (1995) [item 2]"]
+    tight = len(tok("Babe (1995) [item 2]", add_special_tokens=False)["input_ids"]) - 1
+    first, second = PromptBuilder(causal, LLMConfig(title_style="with_year", title_max_tokens=tight), catalogue=tagged).titles(tagged[1:])
+    assert first.endswith(" [item 1]") and second.endswith(" [item 2]")
 
 
 def test_truncation_drops_oldest_history_first(causal):

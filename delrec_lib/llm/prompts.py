@@ -219,6 +219,7 @@ class PromptBuilder:
         return sha256_json(
             {
                 "templates": template_hash(),
+            "titles": 2,  # how catalogue titles are cut (2: an item tag is never cut)
                 "chat": self.chat,
                 "num_soft_tokens": self.num_soft_tokens,
                 "max_prompt_tokens": self.max_prompt_tokens,
@@ -273,7 +274,9 @@ class PromptBuilder:
         styled = year_less_titles(given, ids) if self.config.title_style == "no_year" else given
         shown = [self._cut(t, self.config.title_max_tokens) for t in styled]
         counts = Counter(shown)
-        shown = [self._cut_tagged(t, i) if counts[c] > 1 else c for t, c, i in zip(styled, shown, ids, strict=True)]
+        # A title cut alike to another, or one carrying the data's item tag, is cut before its tag, kept whole.
+        shown = [self._cut_tagged(t, i) if counts[c] > 1 or (untagged(t) != t and c != t) else c
+                 for t, c, i in zip(styled, shown, ids, strict=True)]  # fmt: skip
         for i, raw, text in zip(ids, (catalogue[i] for i in ids), shown, strict=True):
             if text in self._shown_as:
                 raise ConfigError(
