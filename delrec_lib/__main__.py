@@ -208,6 +208,20 @@ def _report(args: argparse.Namespace) -> None:
         print(f"{args.readme}: headline table of run {run} updated between its markers")
 
 
+def _stage1_study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", required=True, help="the soft prompt every run trained (e.g. rule-sharedword-rps)")
+    p.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="run folders that trained it")
+    p.add_argument("--out", required=True, help="where the page goes, e.g. docs/results/known-answer.md")
+
+
+@command("stage1-study", "one soft prompt as several runs trained it, side by side (settings, fidelity, curves)",
+         locks_run_folder=False)(_stage1_study_args)  # fmt: skip
+def _stage1_study(args: argparse.Namespace) -> None:
+    from .report import write_stage1_study
+
+    print(f"stage-1 study: {write_stage1_study(args.runs, args.prompt, args.out)}")
+
+
 def run_folder(args: argparse.Namespace) -> Path:
     """The run folder a command writes: ``--run-dir``, else ``outputs/<the config's preset>``."""
     from .config.context import run_context

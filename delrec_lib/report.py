@@ -976,3 +976,51 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 def readme_runs(readme: str | os.PathLike) -> list[str]:
     """The runs whose headline tables the README holds between markers."""
     return re.findall(r"<!-- results:(.+?):start -->", Path(readme).read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1 across runs: one soft prompt trained under different settings
+# --------------------------------------------------------------------------------------------
+
+
+def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Soft prompt ``prompt`` as each run trained it: (one row per run: its head, prompt depth, rate, tokens and
+    initialisation text, report-set fidelity before and after with intervals, the best heuristic on the same examples, chance, steps,
+    seconds and how far the prompt moved; the selection-set fidelity per step, one column per run). Refused
+    unless every run scored the same report users."""
+    rows, curves, report_sets = [], {}, {}
+    for run in run_dirs:
+        directory = Path(run) / "distill" / prompt
+        manifest = read_manifest(directory, "soft-prompt")
+        verify_outputs(directory, manifest)
+        m = read_json(directory / "metrics.json")
+        cfg, llm = manifest["config"]["distill"], manifest["config"]["llm"]
+        name = Path(run).name
+        report_sets[name] = (m.get("report_users") or {}).get("hash")
+        best = max(m["fidelity_baselines"].items(), key=lambda kv: kv[1]["mean"])
+        rows.append({"run": name, "head": llm["head"], "prompt depth": cfg.get("prompt_depth", "input"),
+                     "lr": cfg["lr"], "soft tokens": cfg["num_soft_tokens"], "init text": cfg["init_text"],
+                     "steps": int(m["steps"]), "report users": int(m["heldout_users"]),
+                     "fidelity before": _ci(m["fidelity_before"], 3), "fidelity after": _ci(m["fidelity_after"], 3),
+                     "best heuristic": f"{best[0]}: {_ci(best[1], 3)}", "chance": round(float(m["fidelity_chance"]), 3),
+                     "prompt moved": round(float(m.get("soft_prompt_moved", float("nan"))), 3),
+                     "seconds": round(float(m["seconds"])), "kit": describe_kit(manifest.get("kit"))})  # fmt: skip
+        history = pd.read_csv(directory / "history.csv")
+        curves[name] = history.set_index("step")["fidelity"]
+    if len(set(report_sets.values())) > 1:
+        raise DataError(f"stage1_study: the runs scored {prompt} on different report users ({report_sets}); "
+                        "only runs on the same report set are compared")  # fmt: skip
+    return pd.DataFrame(rows).set_index("run"), pd.DataFrame(curves)
+
+
+def write_stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str, out: str | os.PathLike) -> Path:
+    """``stage1_study`` as a Markdown page: each run's settings and numbers, and the selection curves."""
+    table, curves = stage1_study(run_dirs, prompt)
+    lines = [f"# Stage 1 on `{prompt}` under different settings", "",
+             "Written by `python -m delrec_lib stage1-study` from the run folders "
+             f"({', '.join(f'`{Path(r).name}`' for r in run_dirs)}); fidelity on the same fixed report users, "
+             "mean [95% interval]. The best heuristic is the better of the popularity rankings on the same examples.",
+             "", markdown_table(table), "", "## Held-out (selection) fidelity by step", "",
+             markdown_table(curves.round(3))]  # fmt: skip
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return Path(out)

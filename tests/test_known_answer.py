@@ -3,6 +3,8 @@ teacher, one training step taken apart, and the reading of a soft prompt's fidel
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -99,3 +101,32 @@ def test_the_known_answer_may_have_its_own_head_depth_and_rate(world):
     assert "Candidates:\nA. " in trained_on and "Answer with the letter" in trained_on
     prompt = preview_prompts(config, paths, data, backbone, RULE + "-rps")["rps"]
     assert prompt.head == "index" and "Candidates:\nA. " in prompt.text
+
+
+def test_a_stage1_study_sets_runs_side_by_side_on_the_same_report_users(world, tmp_path):
+    import dataclasses
+    import shutil
+
+    from delrec_lib.delrec.distill import run_distillation
+    from delrec_lib.errors import DataError
+    from delrec_lib.report import stage1_study, write_stage1_study
+
+    config, paths, data, backbone = world
+    runs = []
+    for lr, users in ((0.01, 8), (0.3, 8), (0.3, 6)):
+        run = RunPaths(tmp_path / f"lr{lr}-u{users}")
+        shutil.copytree(paths.teachers / RULE, run.teachers / RULE)
+        cfg = dataclasses.replace(config, distill=dataclasses.replace(config.distill, known_answer=RULE + "-rps",
+                                  known_answer_steps=2, known_answer_users=users, known_answer_lr=lr))  # fmt: skip
+        run_distillation(cfg, run, data, backbone, RULE + "-rps", progress=False)
+        runs.append(run.root)
+    table, curves = stage1_study(runs[:2], RULE + "-rps")
+    assert list(table.index) == [r.name for r in runs[:2]] and list(table["lr"]) == [0.01, 0.3]
+    assert list(curves.columns) == list(table.index) and list(curves.index) == [0, 1, 2]  # every eval_every step
+    for run in runs[:2]:
+        m = json.loads((run / "distill" / (RULE + "-rps") / "metrics.json").read_text())
+        assert table.loc[run.name, "fidelity after"].startswith(f"{m['fidelity_after']['mean']:.3f} [")
+    page = write_stage1_study(runs[:2], RULE + "-rps", tmp_path / "study.md").read_text()
+    assert "| lr0.3-u8 | title | input | 0.3 |" in page and "## Held-out (selection) fidelity by step" in page
+    with pytest.raises(DataError, match="different report users"):
+        stage1_study(runs, RULE + "-rps")
