@@ -377,3 +377,27 @@ def test_stage1_with_a_per_layer_prompt_learns_and_runs_on_the_index_head(world)
         assert not (paths.distill / "sasrec" / "nearest_tokens.json").exists()  # no input vectors to read as tokens
         with pytest.raises(ConfigError, match="per-layer prompt"):  # stage 2 reads input prompts only
             load_soft_prompt(paths.distill / "sasrec", backbone, data, cfg.llm)
+
+
+def test_the_lora_control_trains_adapters_and_leaves_the_prompt_and_backbone_alone(world):
+    """distill.trainable = "lora": the soft prompt stays as initialised, adapters on the top layers learn the same
+    examples (here the fixed teacher), saved as a peft folder; stage 2 refuses to read its prompt as trained."""
+    from delrec_lib.delrec.finetune import load_variant_parts
+
+    root, data, backbone = world
+    paths = paths_for(root, "lora-control")
+    write_teacher_exports(paths.teachers / "sasrec", data)
+    cfg = config(trainable="lora", lora_layers=1, lora_r=4, lr=0.01, max_steps=20)
+    before = weights_digest(backbone.model)
+    result = run_distillation(cfg, paths, data, backbone, "sasrec", progress=False)
+    assert weights_digest(backbone.model) == before and not any(p.requires_grad for p in backbone.model.parameters())
+    m = result.metrics
+    assert m["soft_prompt_moved"] == 0.0  # the prompt did not train
+    assert m["fidelity_after"]["mean"] >= 0.8 > m["fidelity_chance"] * 2  # the adapters learned the fixed teacher
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(result.directory / "adapter" / "adapter_model.safetensors"))
+    assert adapter and all(".layers.1." in k for k in adapter)  # the top layer only
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())  # B starts at zero: it trained
+    with pytest.raises(ConfigError, match="LoRA control"):
+        load_variant_parts(cfg, paths, "delrec-sasrec", backbone, data)

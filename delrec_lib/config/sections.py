@@ -226,6 +226,11 @@ class DistillConfig(Checked):
     # "input": K vectors at the slot in the input (DELRec). "every_layer": K keys and values at the slot in every
     # layer (P-tuning v2), which closes much of prompt tuning's gap on small models; stage 2 reads input prompts only.
     prompt_depth: Literal["input", "every_layer"] = "input"
+    # "lora" (a control): the soft prompt stays as initialised and LoRA adapters on the top ``lora_layers`` layers
+    # train on the same examples instead: whether the LLM itself can learn the pattern. Stage 2 refuses its prompt.
+    trainable: Literal["prompt", "lora"] = "prompt"
+    lora_layers: Count = 4
+    lora_r: Count = 8
     max_grad_norm: Annotated[float | None, Maybe(Num(0, open_lo=True))] = None  # clip the soft prompt's gradient to this norm; None: no clipping
     # "dynamic" weighting gives each task's gradient the mean norm (weight mean/norm); this caps a weight, so a task
     # whose gradient nearly vanishes does not get its noise amplified without bound. None: no cap.

@@ -284,9 +284,10 @@ class DistillTask(TrainingTask):
     def prefixes(self, examples: list[DistillExample], prompts: list[EncodedPrompt]) -> list[torch.Tensor] | None:
         """The cached keys/values of each example's text before the slot (None: ``distill.cache_prefix``
         off, or a model the cache does not support). The LLM is frozen in stage 1, so they never change.
-        A per-layer prompt always reads them (it sits in the cache after them)."""
+        A per-layer prompt always reads them (it sits in the cache after them). The LoRA control trains
+        the upper layers, whose keys/values of the text then change: it reads the whole prompt every time."""
         layered = self.config.prompt_depth == "every_layer"
-        if not (self.config.cache_prefix or layered) or self.backbone.family != "causal":
+        if self.config.trainable == "lora" or not (self.config.cache_prefix or layered) or self.backbone.family != "causal":
             return None
         missing = [(e, p) for e, p in zip(examples, prompts, strict=True) if (e.task, e.user_id) not in self._prefixes]
         if missing:
@@ -299,7 +300,7 @@ class DistillTask(TrainingTask):
     # -- TrainingTask --------------------------------------------------------------------------
 
     def trainable_module(self) -> torch.nn.Module:
-        return self.soft_prompt
+        return self.soft_prompt if self.config.trainable == "prompt" else self.backbone.model
 
     def num_examples(self) -> int:
         return len(self.users)
@@ -324,12 +325,12 @@ class DistillTask(TrainingTask):
         if self.config.weighting == "fixed" or len(self._pending) == 1:
             accelerator.backward(loss * scale)
             return None
-        param = self.soft_prompt.embeddings
+        params = [p for p in self.trainable_module().parameters() if p.requires_grad]
         tasks = list(self._pending)
-        grads = []
+        grads = []  # per task, its gradient of every trained parameter, flattened into one vector
         for i, t in enumerate(tasks):
-            (g,) = torch.autograd.grad(self._pending[t] * scale, param, retain_graph=i < len(tasks) - 1)
-            grads.append(g)
+            g = torch.autograd.grad(self._pending[t] * scale, params, retain_graph=i < len(tasks) - 1, allow_unused=True)
+            grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1) for x, p in zip(g, params, strict=True)]))
         if accelerator.num_processes > 1:
             grads = [accelerator.reduce(g, reduction="mean") for g in grads]
         norms = torch.stack([g.norm() for g in grads]).clamp_min(1e-12)
@@ -337,7 +338,11 @@ class DistillTask(TrainingTask):
         if self.config.max_task_weight is not None:
             weights = weights.clamp(max=self.config.max_task_weight)
         combined = sum(w * g for w, g in zip(weights, grads, strict=True))
-        param.grad = combined if param.grad is None else param.grad + combined
+        offset = 0
+        for p in params:
+            part = combined[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+            p.grad = part if p.grad is None else p.grad + part
         self._pending = {}
         return {f"w_{t}": float(w) for t, w in zip(tasks, weights, strict=True)}
 
@@ -462,7 +467,11 @@ def run_distillation(
     builder = PromptBuilder(backbone, llm, num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
     soft = initial_soft_prompt(backbone, cfg, teacher)
     initial = soft.embeddings.detach().clone()
-    task = DistillTask(backbone, builder, soft, data.titles, train, selection, cfg, teacher, llm, tasks)
+    scorer = backbone
+    if cfg.trainable == "lora":  # the control: the prompt as initialised, the top layers' adapters train
+        soft.requires_grad_(False)
+        scorer = backbone.with_model(lora_control_model(backbone, cfg))
+    task = DistillTask(scorer, builder, soft, data.titles, train, selection, cfg, teacher, llm, tasks)
     if not task.users:
         raise DataError("stage 1: no training user has both a TA and an RPS example")
 
@@ -532,10 +541,33 @@ def run_distillation(
             per_user.to_parquet(tmp / "per_user.parquet", index=False)
             (tmp / "metrics.json").write_text(_json(metrics))
             (tmp / "examples.json").write_text(_json(examples_text))
+            if cfg.trainable == "lora":
+                scorer.model.save_pretrained(str(tmp / "adapter"))
             if not soft.every_layer:  # a per-layer prompt has no input vectors to compare with the vocabulary
                 (tmp / "nearest_tokens.json").write_text(_json(nearest_tokens(backbone, soft.embeddings)))
     trainer.wait_for_everyone()
     return DistillResult(name, out_dir, metrics, history, train_log, soft)
+
+
+def lora_control_model(backbone: Any, cfg: Any) -> Any:
+    """A copy of the backbone with LoRA adapters (rank ``lora_r``) on the attention projections of its top
+    ``lora_layers`` layers, seeded: stage 1's LoRA control (``distill.trainable = "lora"``)."""
+    import copy
+
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from ..llm import peft_wrapping
+
+    n = int(backbone.base_model.config.num_hidden_layers)
+    if backbone.family != "causal" or cfg.lora_layers > n:
+        raise ConfigError(f"distill.lora_layers={cfg.lora_layers}: the control adapts the top layers of a causal "
+                          f"model ({n} layers here)")  # fmt: skip
+    torch.manual_seed(cfg.seed)
+    config = LoraConfig(task_type=TaskType.CAUSAL_LM, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                        r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0,
+                        layers_to_transform=list(range(n - cfg.lora_layers, n)), layers_pattern="layers")  # fmt: skip
+    with peft_wrapping():
+        return get_peft_model(copy.deepcopy(backbone.model), config)
 
 
 def _report_examples(config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str,

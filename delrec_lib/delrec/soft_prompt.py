@@ -198,6 +198,9 @@ def load_run_soft_prompt(config: RunConfig, paths: Any, data: Any, backbone: Any
     directory = Path(paths.distill) / name
     manifest = read_manifest(directory, SOFT_PROMPT_KIND)
     verify_outputs(directory, manifest)
+    if manifest["config"]["distill"].get("trainable", "prompt") != "prompt":
+        raise ConfigError(f"{directory}: stage 1's LoRA control (distill.trainable='lora') trained adapters, not this "
+                          "soft prompt; stage 2 reads a trained soft prompt (distill.trainable='prompt')")  # fmt: skip
     require_config(f"soft prompt '{name}'", manifest, distill_stage_config(config, name), directory,
                    "Re-run stage 1 (notebook 03 or `python -m delrec_lib distill`) with this run's settings.")  # fmt: skip
     soft, _ = load_soft_prompt(directory, backbone, data, config.llm)
