@@ -998,7 +998,8 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
         name = Path(run).name
         report_sets[name] = (m.get("report_users") or {}).get("hash")
         best = max(m["fidelity_baselines"].items(), key=lambda kv: kv[1]["mean"])
-        rows.append({"run": name, "head": llm["head"], "prompt depth": cfg.get("prompt_depth", "input"),
+        rows.append({"run": name, "trains": cfg.get("trainable", "prompt"), "head": llm["head"],
+                     "prompt depth": cfg.get("prompt_depth", "input"),
                      "lr": cfg["lr"], "soft tokens": cfg["num_soft_tokens"], "init text": cfg["init_text"],
                      "steps": int(m["steps"]), "report users": int(m["heldout_users"]),
                      "fidelity before": _ci(m["fidelity_before"], 3), "fidelity after": _ci(m["fidelity_after"], 3),

@@ -127,6 +127,6 @@ def test_a_stage1_study_sets_runs_side_by_side_on_the_same_report_users(world, t
         m = json.loads((run / "distill" / (RULE + "-rps") / "metrics.json").read_text())
         assert table.loc[run.name, "fidelity after"].startswith(f"{m['fidelity_after']['mean']:.3f} [")
     page = write_stage1_study(runs[:2], RULE + "-rps", tmp_path / "study.md").read_text()
-    assert "| lr0.3-u8 | title | input | 0.3 |" in page and "## Held-out (selection) fidelity by step" in page
+    assert "| lr0.3-u8 | prompt | title | input | 0.3 |" in page and "## Held-out (selection) fidelity by step" in page
     with pytest.raises(DataError, match="different report users"):
         stage1_study(runs, RULE + "-rps")
