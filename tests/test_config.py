@@ -286,7 +286,7 @@ RULE_MESSAGES = [  # the wording of every kind of rule, as config.py gave it bef
     ('llm.backbone', ' ', "llm.backbone: expected a non-empty string, got ' '"),
     ('llm.list_candidates', 1, 'llm.list_candidates: expected true or false, got 1'),
     ('distill.prompts', ('sasrec-x',), "distill.prompts[0]: expected '<teacher>', '<teacher>-ta' or '<teacher>-rps' with a teacher among sasrec, gru4rec, caser, rule-sharedword, popularity, got 'sasrec-x'"),
-    ('finetune.variants', ('delrec-x',), "finetune.variants[0]: expected 'lora' or 'delrec-<soft prompt>', a soft prompt being '<teacher>', '<teacher>-ta' or '<teacher>-rps' with a teacher among sasrec, gru4rec, caser, rule-sharedword, popularity, got 'delrec-x'"),
+    ('finetune.variants', ('delrec-x',), "finetune.variants[0]: expected 'lora', 'delrec-<soft prompt>' or 'delrec-<soft prompt>-untrained', a soft prompt being '<teacher>', '<teacher>-ta' or '<teacher>-rps' with a teacher among sasrec, gru4rec, caser, rule-sharedword, popularity, got 'delrec-x'"),
     ('llmsrec.variants', ('llm-srec-x',), "llmsrec.variants[0]: expected one of 'llm-srec', 'llm-srec-nounif', 'llm-srec-nodist', 'llm-srec-shuffled', got 'llm-srec-x'"),
     ('teachers.threads', 0, 'teachers.threads: expected an integer >= 1, got 0'),
     ('eval.paired_metrics', ('HR@1', 'HR@1'), "eval.paired_metrics: expected a list of items, each one of 'HR@1', 'HR@5', 'HR@10', 'NDCG@5', 'NDCG@10', 'MRR', each once, got ['HR@1', 'HR@1'] (an item twice)"),
