@@ -22,7 +22,7 @@ from .sections import (
 KNOWN_ANSWER_TEACHER = "rule-sharedword"
 KNOWN_ANSWER = KNOWN_ANSWER_TEACHER + "-rps"
 # The known answer trains a prompt at every layer: an input-layer prompt did not learn the rule on the 135M LLM
-# (either head), a per-layer one did (docs/results/known-answer.md).
+# (either head); a per-layer one rose well above chance (docs/results/known-answer.md).
 KNOWN_ANSWER_SETTINGS = {"known_answer": KNOWN_ANSWER, "known_answer_depth": "every_layer", "known_answer_lr": 0.1}
 
 
