@@ -401,3 +401,6 @@ def test_the_lora_control_trains_adapters_and_leaves_the_prompt_and_backbone_alo
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())  # B starts at zero: it trained
     with pytest.raises(ConfigError, match="LoRA control"):
         load_variant_parts(cfg, paths, "delrec-sasrec", backbone, data)
+    with pytest.raises(ConfigError, match="keeps an input-layer prompt; its prompt depth is 'every_layer'"):
+        run_distillation(config(trainable="lora", prompt_depth="every_layer"), paths_for(root, "lora-deep"), data,
+                         backbone, "sasrec", progress=False)  # fmt: skip

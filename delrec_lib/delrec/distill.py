@@ -446,6 +446,9 @@ def run_distillation(
     stage_config = distill_stage_config(config, name)  # the soft prompt's settings, its teacher and tasks
     teacher, tasks = stage_config["teacher"], stage_config["tasks"]
     cfg = stage_config["distill"]
+    if cfg.trainable == "lora" and cfg.prompt_depth != "input":
+        raise ConfigError(f"soft prompt '{name}': distill.trainable='lora' (the control) keeps an input-layer prompt; its "
+                          f"prompt depth is {cfg.prompt_depth!r} (distill.prompt_depth, or known_answer_depth for the known answer)")  # fmt: skip
     teacher_dir = paths.teachers / teacher
     topk = read_teacher_topk(teacher_dir, data, config.teachers)
     llm = stage_config["llm"]  # the run's, or the known answer's own head
