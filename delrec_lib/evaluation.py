@@ -72,7 +72,11 @@ class MethodResult:
 
 def method_context(config: RunConfig, paths: Any, data: ProcessedData, backbone=None) -> MethodContext:
     """The context the registry's families load methods from (the backbone is loaded on first use)."""
-    return MethodContext(config, paths, data, backbone)
+    from functools import partial
+
+    from .llm import load_backbone_from_config
+
+    return MethodContext(config, paths, data, backbone, load_backbone=partial(load_backbone_from_config, config.llm))
 
 
 def split_inputs(data: ProcessedData, users: list[int], split: str = "test"):

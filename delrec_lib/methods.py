@@ -124,12 +124,17 @@ class MethodContext:
     # that several methods read alike); families own their entries' meaning.
     shared: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    # How to load the backbone on first use (``evaluation.method_context`` gives the LLM loader): the registry
+    # itself knows no LLM, so that the LLM code may depend on it and not the other way round.
+    load_backbone: Any = field(default=None, repr=False)
+
     @property
     def backbone(self) -> Backbone:
         if self._backbone is None:
-            from .llm import load_backbone_from_config
-
-            self._backbone = load_backbone_from_config(self.config.llm)
+            if self.load_backbone is None:
+                raise ConfigError("MethodContext: no backbone and no way to load one; build the context with "
+                                  "evaluation.method_context, or give it a backbone")  # fmt: skip
+            self._backbone = self.load_backbone()
         return self._backbone
 
     def users(self) -> list[int]:

@@ -119,7 +119,8 @@ def test_no_stage_imports_another_and_evaluation_imports_none():
 def test_the_graph_walker_sees_relative_and_function_level_imports():
     graph = import_graph()
     assert "delrec_lib.methods" in graph["delrec_lib.evaluation"]
-    assert "delrec_lib.llm" in graph["delrec_lib.methods"]  # imported inside MethodContext.backbone
+    assert "delrec_lib.llm" in graph["delrec_lib.evaluation"]  # imported inside method_context
+    assert not any(m.startswith("delrec_lib.llm") for m in graph["delrec_lib.methods"])  # the registry knows no LLM
     assert "delrec_lib.teachers.stage" in graph["delrec_lib.teachers.methods"]
 
 
