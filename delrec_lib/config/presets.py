@@ -41,8 +41,8 @@ def _smoke() -> RunConfig:
         p2rec=P2RecConfig(variants=("p2rec-sasrec",), heldout_users=8, max_train_users=16, max_steps=4, eval_every=2,
                           warmup_steps=0, seeds=(1,)),
         llmsrec=LLMSRecConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, batch_size=4, grad_accum=1),
-        # The generation protocol and the order diagnostic on a third of the 48 users: the same code paths.
-        eval=EvalConfig(generation_users=16, shuffle_users=16, matched_users=16),
+        # The generation protocol, the order diagnostic and the popularity-matched table on 8 of the 48 users: the same code paths.
+        eval=EvalConfig(generation_users=8, shuffle_users=8, matched_users=8),
     )
 
 
