@@ -32,15 +32,17 @@ def _smoke() -> RunConfig:
         preset="smoke",
         max_users=48,
         teachers=TeachersConfig(max_epochs=1, rules=(KNOWN_ANSWER_TEACHER,)),
-        distill=DistillConfig(heldout_users=8, selection_users=8, max_train_users=16, max_steps=4, eval_every=2, warmup_steps=0,
-                              **KNOWN_ANSWER_SETTINGS, known_answer_steps=4, known_answer_users=8),
+        distill=DistillConfig(heldout_users=8, selection_users=4, max_train_users=16, max_steps=4, eval_every=2, warmup_steps=0,
+                              **KNOWN_ANSWER_SETTINGS, known_answer_steps=2, known_answer_users=4),
         # One extra training seed: the seed study's code path (its copies, their tests and summary).
         finetune=FinetuneConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, warmup_steps=0, grad_accum=1,
                                 seeds=(1,)),
-        # P2Rec: a few SFT steps and one extra seed, every code path in seconds (the no-SFT twin's is tests/test_p2rec.py's).
+        # P2Rec: a few SFT steps, every code path in seconds (extra seeds and the no-SFT twin: tests/test_p2rec.py).
         p2rec=P2RecConfig(variants=("p2rec-sasrec",), heldout_users=8, max_train_users=16, max_steps=4, eval_every=2,
-                          warmup_steps=0, seeds=(1,)),
-        llmsrec=LLMSRecConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, batch_size=4, grad_accum=1),
+                          warmup_steps=0, seeds=()),
+        # Item vectors in larger batches: scoring the whole catalogue is most of the series' LLM-SRec time.
+        llmsrec=LLMSRecConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, batch_size=4, grad_accum=1,
+                              eval_batch_size=64),
         # The generation protocol, the order diagnostic and the popularity-matched table on 8 of the 48 users: the same code paths.
         eval=EvalConfig(generation_users=8, shuffle_users=8, matched_users=8),
     )
