@@ -998,7 +998,7 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
         name = Path(run).name
         report_sets[name] = (m.get("report_users") or {}).get("hash")
         best = max(m["fidelity_baselines"].items(), key=lambda kv: kv[1]["mean"])
-        rows.append({"run": name, "trains": cfg.get("trainable", "prompt"), "head": llm["head"],
+        rows.append({"run": name, "trains": cfg.get("trainable", "prompt"), "head": llm.get("head", "title"),  # (runs before the field: title)
                      "prompt depth": cfg.get("prompt_depth", "input"),
                      "lr": cfg["lr"], "soft tokens": cfg["num_soft_tokens"], "init text": cfg["init_text"],
                      "steps": int(m["steps"]), "report users": int(m["heldout_users"]),
@@ -1022,6 +1022,6 @@ def write_stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str, out: 
              f"({', '.join(f'`{Path(r).name}`' for r in run_dirs)}); fidelity on the same fixed report users, "
              "mean [95% interval]. The best heuristic is the better of the popularity rankings on the same examples.",
              "", markdown_table(table), "", "## Held-out (selection) fidelity by step", "",
-             markdown_table(curves.round(3))]  # fmt: skip
+             markdown_table(curves.round(3).astype(object).where(curves.notna(), "-"))]  # fmt: skip
     atomic_write_text(out, "\n".join(lines) + "\n")
     return Path(out)
