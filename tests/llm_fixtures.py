@@ -121,3 +121,17 @@ def save_tiny_t5(directory: Path, *, seed: int = 0) -> Path:
     T5ForConditionalGeneration(config).save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
+
+
+def scores_and_grads_with_and_without_prefixes(backbone, prompts, soft, labels):
+    """Scores and ``soft``'s gradient of a cross-entropy over ``prompts``, read in full and over their cached
+    prefixes (``prefix_states``): [(scores, grad) full, (scores, grad) cached]."""
+    from delrec_lib.llm.scoring import prefix_states, rank_candidates
+
+    out = []
+    for prefixes in (None, prefix_states(backbone, prompts)):
+        soft.grad = None
+        scores = rank_candidates(backbone, prompts, soft_prompt=soft, prefixes=prefixes)
+        torch.nn.functional.cross_entropy(scores, torch.tensor(labels)).backward()
+        out.append((scores.detach(), soft.grad.clone()))
+    return out

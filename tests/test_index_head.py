@@ -14,9 +14,9 @@ from delrec_lib.errors import ConfigError
 from delrec_lib.llm import load_backbone
 from delrec_lib.llm.prompts import INDEX_LABELS, PromptBuilder
 from delrec_lib.llm.ranker import LLMRanker, RecExample, letter_as_title
-from delrec_lib.llm.scoring import prefix_states, rank_candidates, rank_candidates_naive
+from delrec_lib.llm.scoring import rank_candidates, rank_candidates_naive
 
-from .llm_fixtures import TITLES, save_tiny_causal
+from .llm_fixtures import TITLES, save_tiny_causal, scores_and_grads_with_and_without_prefixes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -95,12 +95,7 @@ def test_index_head_trains_a_soft_prompt_over_a_cached_prefix(causal):
     assert all("Candidates:" in causal.tokenizer.decode(p.before_ids) for p in prompts)
     torch.manual_seed(0)
     soft = torch.nn.Parameter(torch.randn(3, causal.hidden_size))
-    out = []
-    for prefixes in (None, prefix_states(causal, prompts)):
-        soft.grad = None
-        scores = rank_candidates(causal, prompts, soft_prompt=soft, prefixes=prefixes)
-        torch.nn.functional.cross_entropy(scores, torch.tensor([2, 0])).backward()
-        out.append((scores.detach(), soft.grad.clone()))
+    out = scores_and_grads_with_and_without_prefixes(causal, prompts, soft, [2, 0])
     torch.testing.assert_close(out[1][0], out[0][0], atol=1e-4, rtol=0)
     torch.testing.assert_close(out[1][1], out[0][1], atol=1e-5, rtol=1e-3)
     assert out[0][1].abs().sum() > 0

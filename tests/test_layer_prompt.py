@@ -10,9 +10,9 @@ from delrec_lib.delrec.soft_prompt import SoftPrompt, load_soft_prompt
 from delrec_lib.errors import ConfigError
 from delrec_lib.llm import load_backbone
 from delrec_lib.llm.prompts import PromptBuilder
-from delrec_lib.llm.scoring import layer_prompt_shape, lower_states, prefix_states, rank_candidates
+from delrec_lib.llm.scoring import layer_prompt_shape, lower_states, rank_candidates
 
-from .llm_fixtures import TITLES, save_tiny_causal
+from .llm_fixtures import TITLES, save_tiny_causal, scores_and_grads_with_and_without_prefixes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 K = 3
@@ -64,12 +64,7 @@ def test_a_layer_prompt_trains_over_cached_prefixes(causal):
     start = SoftPrompt.from_text(causal, "SASRec recommends", K, every_layer=True)
     assert start.every_layer and start.num_tokens == K
     kv = torch.nn.Parameter(start.embeddings.detach().clone())
-    out = []
-    for prefixes in (None, prefix_states(causal, prompts)):
-        kv.grad = None
-        scores = rank_candidates(causal, prompts, soft_prompt=kv, prefixes=prefixes)
-        torch.nn.functional.cross_entropy(scores, torch.tensor([1, 0])).backward()
-        out.append((scores.detach(), kv.grad.clone()))
+    out = scores_and_grads_with_and_without_prefixes(causal, prompts, kv, [1, 0])
     torch.testing.assert_close(out[1][0], out[0][0], atol=1e-5, rtol=0)
     torch.testing.assert_close(out[1][1], out[0][1], atol=1e-6, rtol=1e-4)
     assert (out[0][1].abs().sum(dim=(1, 2, 3, 4)) > 0).all()  # every layer's slot gets a gradient

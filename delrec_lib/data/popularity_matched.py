@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +35,9 @@ from ..errors import DataError
 from ..metrics import bootstrap_ci, per_user_metrics
 from .pipeline import SPLITS, _write_parquet, sample_candidates
 
-if TYPE_CHECKING:
-    from .processed import ProcessedData
+# The functions take the processed data (``ProcessedData``), which reads its matched sets through this module:
+# typed ``Any`` here so that the two modules do not import each other.
+ProcessedData = Any
 
 log = logging.getLogger(__name__)
 
