@@ -35,7 +35,7 @@ import pandas as pd
 
 from .artifacts import atomic_write_text, is_complete, sha256_json, write_stage_output
 from .config import RunConfig
-from .data.popularity_matched import load_popularity_matched, matched_inputs
+from .data.popularity_matched import matched_inputs, set_inputs
 from .data.processed import ProcessedData
 from .methods import MethodContext, Recommender, family_of, run_methods
 from .metrics import (
@@ -81,10 +81,7 @@ def method_context(config: RunConfig, paths: Any, data: ProcessedData, backbone=
 
 def split_inputs(data: ProcessedData, users: list[int], split: str = "test"):
     """(users [U], histories, candidates [U, C], target positions [U]) of ``split``'s shared candidate sets."""
-    sets = data.candidate_sets(split).set_index("user_id").loc[users]
-    candidates = np.stack(sets["candidates"].to_numpy()).astype(np.int64)
-    histories = [data.history(int(u), split) for u in users]
-    return np.asarray(users, dtype=np.int64), histories, candidates, sets["target_position"].to_numpy(np.int64)
+    return set_inputs(data, data.candidate_sets(split), users, split)
 
 
 def from_candidate_scores(frame: pd.DataFrame, users: list[int], split: str = "test") -> pd.DataFrame:
@@ -225,7 +222,7 @@ def _eval_settings(ctx: MethodContext, users: list[int], *, generation: bool = T
                 "max_new_tokens": e.max_new_tokens,
                 "generation_protocol": GENERATION_PROTOCOL, "catalogue_protocols": list(CATALOGUE_PROTOCOLS)}  # fmt: skip
     if e.matched_users:  # only then: runs made without the matched protocol stay valid
-        settings["matched"] = {"users": min(e.matched_users, len(users)), "sets": load_popularity_matched(ctx.data)[1]}
+        settings["matched"] = {"users": min(e.matched_users, len(users)), "sets": ctx.data.popularity_matched_record()}
     return settings
 
 

@@ -178,7 +178,13 @@ def _check_table(path: Path, expected: pa.Table) -> None:
 def matched_inputs(data: ProcessedData, users: list[int], split: str = "test"):
     """(users [U], histories, candidates [U, C], target positions [U]) of ``split``'s popularity-matched
     sets: what ``delrec_lib.evaluation.split_inputs`` gives for the shared sets."""
-    sets = data.popularity_matched_sets(split).set_index("user_id").loc[users]
+    return set_inputs(data, data.popularity_matched_sets(split), users, split)
+
+
+def set_inputs(data: ProcessedData, sets, users: list[int], split: str):
+    """(users [U], histories, candidates [U, C], target positions [U]) of ``users``' rows of candidate sets ``sets``
+    (a frame of ``candidate_sets``' shape), each history the split's."""
+    sets = sets.set_index("user_id").loc[users]
     candidates = np.stack(sets["candidates"].to_numpy()).astype(np.int64)
     histories = [data.history(int(u), split) for u in users]
     return np.asarray(users, dtype=np.int64), histories, candidates, sets["target_position"].to_numpy(np.int64)

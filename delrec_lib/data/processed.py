@@ -33,6 +33,7 @@ class ProcessedData:
     _split_index: dict = field(default_factory=dict, repr=False)
     _report: dict | None = field(default=None, repr=False, compare=False)
     _matched: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+    _matched_record: dict | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self._split_index = {int(u): i for i, u in enumerate(self.splits["user_id"])}
@@ -111,13 +112,19 @@ class ProcessedData:
         df = self.candidates[self.candidates["split"] == split].sort_values("user_id").reset_index(drop=True)
         return df if max_users is None else df.iloc[:max_users].reset_index(drop=True)
 
+    def popularity_matched_record(self) -> dict:
+        """The matched sets' record (bin edges, seed, widenings, the sets' hash), loaded and checked once."""
+        if self._matched is None:
+            table, self._matched_record = load_popularity_matched(self)
+            self._matched = table.to_pandas()
+        return self._matched_record
+
     def popularity_matched_sets(self, split: str, max_users: int | None = None) -> pd.DataFrame:
         """The popularity-matched candidate sets of one split (``popularity_matched.parquet``; see
         ``delrec_lib.data.popularity_matched``), in the frame of ``candidate_sets`` plus the target's bin,
         the bin range drawn from and how many bins were added."""
         self._check_split(split)
-        if self._matched is None:
-            self._matched = load_popularity_matched(self)[0].to_pandas()
+        self.popularity_matched_record()
         df = self._matched[self._matched["split"] == split].sort_values("user_id").reset_index(drop=True)
         return df if max_users is None else df.iloc[:max_users].reset_index(drop=True)
 
