@@ -199,6 +199,20 @@ def plot_ta_curve(history, metrics: dict, ax: plt.Axes | None = None, title: str
                                title=title, ylabel="hidden item picked (TA accuracy)", point=point)  # fmt: skip
 
 
+def plot_prompt_moved(history, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
+    """How far the soft prompt moved from its initialisation (||p - p0|| / ||p0||) at each held-out evaluation,
+    against training users seen: a flat fidelity curve over a prompt that moved says the steps taken did not help;
+    over one that barely moved, that the steps were too small."""
+    ax = ax or plt.gca()
+    if "soft_prompt_moved" not in history:  # runs made before stage 1 recorded it
+        ax.text(0.5, 0.5, "not recorded in this run", ha="center", va="center", transform=ax.transAxes)
+    else:
+        f = history.dropna(subset=["soft_prompt_moved"])
+        ax.plot(f["users_seen"], f["soft_prompt_moved"], marker="o", ms=3)
+    ax.set(title=title, xlabel="training users seen", ylabel="||p - p0|| / ||p0||")
+    return ax
+
+
 def plot_validation_curves(results: dict, metric: str, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
     """Stage 2: each variant's validation ``metric`` against training examples seen (``results``: name ->
     (history, metrics)), beside popularity, the teachers and chance on the same validation examples."""

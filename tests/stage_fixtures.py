@@ -35,14 +35,16 @@ def synthetic_data(root: Path, seed: int = 0):
 
 
 def write_teacher_exports(directory: Path, data, *, fixed: int | None = FIXED_PREDICTION, seed: int = 0,
-                          leak_targets: bool = True) -> Path:  # fmt: skip
+                          leak_targets: bool = True, with_scores: bool = True) -> Path:  # fmt: skip
     """A teacher export whose top-1 is always ``fixed`` (when not None), then random items.
 
     With ``leak_targets`` the user's valid and test targets come right after the top-1, as a real
     teacher may rank them: stage 1 distils them as they are (dropping them would use the labels).
+    With ``with_scores``, every item's score (``scores_valid.npz``): the top 10's from 1 down to 0, the others -1.
     """
     rng = np.random.default_rng(seed)
     rows = []
+    scores = np.full((len(data.user_ids()), data.num_items + 1), -1.0, dtype=np.float16)
     for uid in data.user_ids():
         train = set(data.train_items(uid))
         rest = [i for i in rng.permutation(np.arange(1, data.num_items + 1)).tolist() if i not in train and i != fixed]
@@ -52,8 +54,11 @@ def write_teacher_exports(directory: Path, data, *, fixed: int | None = FIXED_PR
         items = ([fixed] if fixed is not None else []) + rest
         items = items[:10]
         rows.append({"user_id": int(uid), "items": np.array(items, np.int32), "scores": np.linspace(1, 0, len(items)).astype(np.float32)})
+        scores[len(rows) - 1, items] = rows[-1]["scores"]
     with atomic_dir(directory) as tmp:
         pd.DataFrame(rows).to_parquet(tmp / "topk_valid.parquet", index=False)
+        if with_scores:
+            np.savez(tmp / "scores_valid.npz", users=data.user_ids().astype(np.int32), scores=scores)
         # recorded with the default teacher settings, which the tests' run configs use
         spec = export_spec(directory.name, TeachersConfig(), data)
         write_manifest(tmp, build_manifest("teacher", tmp, inputs={"data": data.data_id}, config=spec, extra={"fake": True}))

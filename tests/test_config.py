@@ -11,6 +11,7 @@ from delrec_lib.config import (
     PRESET_NAMES,
     PRESETS,
     DataConfig,
+    DistillConfig,
     Flag,
     Int,
     Items,
@@ -346,3 +347,19 @@ def test_importing_the_config_loads_neither_pandas_nor_torch():
     code = "import sys, delrec_lib.config; print(sorted({'pandas', 'torch'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", "a rule's description computed at import (metric names need pandas)"
+
+
+def test_a_setting_added_later_leaves_artifact_identities_unchanged_at_its_default():
+    """distill.loss / kl_temperature were added after finished runs existed: at their defaults an artifact's hash
+    reads as before (those runs stay valid), a run's config.json still shows them, and set otherwise they count."""
+    from delrec_lib.artifacts import sha256_json, to_jsonable
+
+    cfg = DistillConfig()
+    shown = to_jsonable(cfg)
+    assert shown["loss"] == "ce" and shown["kl_temperature"] == 1.0
+    assert not {"loss", "kl_temperature"} & set(to_jsonable(cfg, identity=True))
+    assert sha256_json(cfg) == sha256_json({k: v for k, v in shown.items() if k not in ("loss", "kl_temperature")})
+    assert sha256_json(RunConfig(distill=cfg)) == sha256_json({**to_jsonable(RunConfig()), "distill": to_jsonable(cfg, identity=True)})
+    for changed in (dataclasses.replace(cfg, loss="kl"), dataclasses.replace(cfg, kl_temperature=0.5)):
+        assert sha256_json(changed) != sha256_json(cfg)
+    assert sha256_json(dataclasses.replace(cfg, lr=0.1)) != sha256_json(cfg)  # an ordinary setting counts as ever

@@ -16,9 +16,11 @@ from delrec_lib.delrec.distill import (
     DistillExample,
     build_examples,
     heuristic_hits,
+    read_teacher_scores,
     read_teacher_topk,
     run_distillation,
     split_users,
+    stage1_loss,
     teacher_predictions,
 )
 from delrec_lib.delrec.soft_prompt import load_soft_prompt
@@ -240,6 +242,10 @@ def test_stage1_learns_a_fixed_teacher_and_leaves_the_backbone_untouched(world):
     assert m["fidelity_after"]["mean"] >= 0.8 > chance * 2
     assert m["fidelity_after"]["mean"] > m["fidelity_before"]["mean"] + 0.3
     assert m["soft_prompt_moved"] > 0
+    # how far the prompt moved, at every evaluation: from 0 at the start to the selected step's reported value
+    moved = result.history.set_index("step")["soft_prompt_moved"]
+    assert moved.loc[0] == 0.0 and (moved.iloc[1:] > 0).all()
+    assert moved.loc[m["best_step"]] == pytest.approx(m["soft_prompt_moved"])
     # Reported on the report set; the step was selected on the disjoint selection set.
     assert (m["heldout_users"], m["selection_users"]) == (10, 6) and m["selection"]["users"] == 6
     assert (result.history["step"].tolist(), result.history["selection_users"].dropna().unique().tolist()) == ([0, 10, 20, 30], [6])
@@ -404,3 +410,43 @@ def test_the_lora_control_trains_adapters_and_leaves_the_prompt_and_backbone_alo
     with pytest.raises(ConfigError, match="keeps an input-layer prompt; its prompt depth is 'every_layer'"):
         run_distillation(config(trainable="lora", prompt_depth="every_layer"), paths_for(root, "lora-deep"), data,
                          backbone, "sasrec", progress=False)  # fmt: skip
+
+
+def test_the_kl_loss_distils_the_teachers_softmax_over_each_examples_candidates(world):
+    """distill.loss = "kl": RPS examples carry the teacher's score of each candidate (scores_valid.npz), the loss
+    is KL(teacher softmax at kl_temperature || LLM softmax), TA keeps its cross-entropy, a stage 1 on it learns
+    the fixed teacher, and an export made before the file existed is refused by name."""
+    root, data, backbone = world
+    paths = paths_for(root, "kl")
+    write_teacher_exports(paths.teachers / "sasrec", data)
+    cfg = config(loss="kl", kl_temperature=0.1)
+    scores = read_teacher_scores(paths.teachers / "sasrec", data)
+    preds = teacher_predictions(read_teacher_topk(paths.teachers / "sasrec", data), data)
+    users = data.user_ids()[:12].tolist()
+    examples = build_examples(data, preds, users, cfg.distill, donors=users, teacher_scores=scores)
+    with np.load(paths.teachers / "sasrec" / "scores_valid.npz") as f:
+        raw = dict(zip(f["users"].tolist(), f["scores"].astype(np.float32), strict=True))
+    for e in examples["rps"].values():
+        assert e.teacher_scores == tuple(float(raw[e.user_id][i]) for i in e.candidates)
+        assert int(np.argmax(e.teacher_scores)) == e.label  # the teacher's top-1 is its best-scored candidate
+    assert all(e.teacher_scores == () for e in examples["ta"].values())
+
+    rps, ta = list(examples["rps"].values())[:3], list(examples["ta"].values())[:3]
+    llm = torch.randn(3, len(rps[0].candidates), generator=torch.Generator().manual_seed(0))
+    target = torch.softmax(torch.tensor([e.teacher_scores for e in rps]) / 0.1, dim=-1)
+    by_hand = (target * (target.log() - llm.log_softmax(-1))).sum(-1).mean()
+    assert float(stage1_loss(llm, rps, cfg.distill)) == pytest.approx(float(by_hand), rel=1e-5)
+    ce = torch.nn.functional.cross_entropy(llm, torch.tensor([e.label for e in rps]))
+    assert float(stage1_loss(llm, rps, dataclasses.replace(cfg.distill, loss="ce"))) == pytest.approx(float(ce))
+    ta_scores = torch.randn(3, len(ta[0].candidates))
+    ta_ce = torch.nn.functional.cross_entropy(ta_scores, torch.tensor([e.label for e in ta]))
+    assert float(stage1_loss(ta_scores, ta, cfg.distill)) == pytest.approx(float(ta_ce))
+
+    result = run_distillation(cfg, paths, data, backbone, "sasrec", progress=False)
+    assert result.metrics["fidelity_after"]["mean"] >= 0.8 > result.metrics["fidelity_chance"] * 2
+
+    old = paths_for(root, "kl-old-export")
+    write_teacher_exports(old.teachers / "sasrec", data, with_scores=False)
+    with pytest.raises(DataError, match=r"scores_valid.npz: missing.*distill.loss = 'kl'"):
+        run_distillation(cfg, old, data, backbone, "sasrec", progress=False)
+    assert not (old.distill / "sasrec").exists()

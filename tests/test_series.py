@@ -178,7 +178,7 @@ def test_02_teacher_training_metrics(smoke_run):
         assert m[name]["epochs"] == cfg.teachers.max_epochs
         exports = smoke_run.teachers / name
         for f in ("model.safetensors", "config.json", "metrics.json", "topk_valid.parquet", "topk_test.parquet",
-                  "candidate_scores.parquet", "per_user.parquet", "curves.csv", "manifest.json"):  # fmt: skip
+                  "scores_valid.npz", "candidate_scores.parquet", "per_user.parquet", "curves.csv", "manifest.json"):  # fmt: skip
             assert (exports / f).is_file(), f"{name}: {f} missing"
     assert (smoke_run.figures / "02_teacher_curves.png").is_file()
 

@@ -199,6 +199,13 @@ def test_rerun_skips_finished_teachers_and_load_teacher_rebuilds_the_model(train
     top = read_exports(out / "sasrec", cycle)["topk_valid"].set_index("user_id")
     for row, user in enumerate(users):
         np.testing.assert_allclose(scores[row, top.loc[user, "items"]], top.loc[user, "scores"], rtol=1e-5, atol=1e-5)
+    # scores_valid: every item's score at the valid position (what a KL loss in stage 1 distils), in float16
+    with np.load(out / "sasrec" / "scores_valid.npz") as f:
+        exported = dict(zip(f["users"].tolist(), f["scores"], strict=True))
+    assert sorted(exported) == cycle.user_ids().tolist()
+    for row, user in enumerate(users):
+        assert exported[int(user)].dtype == np.float16 and exported[int(user)].shape == (cycle.num_items + 1,)
+        np.testing.assert_allclose(exported[int(user)][1:].astype(np.float32), scores[row, 1:], rtol=2e-3, atol=2e-3)
 
 
 def test_loading_a_teacher_of_other_data_or_settings_fails_clearly(trained, cycle, tmp_path):

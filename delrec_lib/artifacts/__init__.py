@@ -54,14 +54,20 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, paths and tuples as plain JSON values (for configs in manifests)."""
+# Field metadata of a setting added after artifacts existed: at its default it stays out of identities (hashes).
+OMIT_DEFAULT_FROM_IDENTITY = "omit_default_from_identity"
+
+
+def to_jsonable(obj: Any, *, identity: bool = False) -> Any:
+    """Dataclasses, paths and tuples as plain JSON values (for configs in manifests). ``identity``: the value an
+    artifact's hash reads, which leaves out a later-added setting left at its default, so finished runs stay valid."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_jsonable(getattr(obj, f.name), identity=identity) for f in dataclasses.fields(obj)
+                if not (identity and f.metadata.get(OMIT_DEFAULT_FROM_IDENTITY) and getattr(obj, f.name) == f.default)}  # fmt: skip
     if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v, identity=identity) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
+        return [to_jsonable(v, identity=identity) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "tolist") and getattr(obj, "ndim", 0) > 0:  # numpy arrays, tensors
@@ -75,7 +81,7 @@ def to_jsonable(obj: Any) -> Any:
 
 def sha256_json(obj: Any) -> str:
     """Hash of a JSON-able value, independent of key order."""
-    text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    text = json.dumps(to_jsonable(obj, identity=True), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return sha256_bytes(text.encode())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+from ..artifacts import OMIT_DEFAULT_FROM_IDENTITY
 from ..errors import ConfigError
 from .names import (
     DISTILL_TASKS,
@@ -52,6 +53,12 @@ def _metric_names() -> tuple[str, ...]:
     from ..metrics import METRICS  # pandas: not at import of the config
 
     return METRICS
+
+
+def added_setting(default):
+    """A setting added after finished runs existed: left at ``default`` it leaves every artifact's identity as it
+    was (so those runs stay valid); set otherwise it counts like any setting."""
+    return field(default=default, metadata={OMIT_DEFAULT_FROM_IDENTITY: True})
 
 
 METRIC = OneOf(_metric_names)
@@ -235,6 +242,11 @@ class DistillConfig(Checked):
     # "dynamic" weighting gives each task's gradient the mean norm (weight mean/norm); this caps a weight, so a task
     # whose gradient nearly vanishes does not get its noise amplified without bound. None: no cap.
     max_task_weight: Annotated[float | None, Maybe(Num(1))] = None
+    # RPS's loss. "ce" (DELRec): cross-entropy on the teacher's top-1. "kl": KL divergence from the teacher's softmax
+    # over the example's candidates (its scores / kl_temperature, from the teacher's scores_valid export), which
+    # distils the teacher's whole ranking of them. TA's label is the hidden item, not a teacher's: it keeps "ce".
+    loss: Literal["ce", "kl"] = added_setting("ce")
+    kl_temperature: Annotated[float, Num(0, open_lo=True)] = added_setting(1.0)
     # Stage 1's known answer, trained first on its own small budget (notebook 03 opens with it): a soft prompt of a
     # rule teacher, whose top-1 the prompt shows, e.g. "rule-sharedword-rps"; None: none.
     known_answer: Annotated[str | None, Maybe(PROMPT_NAME)] = None

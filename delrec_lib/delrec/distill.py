@@ -98,6 +98,7 @@ class DistillExample:
     prediction: int | None = None  # TA: the teacher's top-1 after the full train history (hidden item included)
     ranked: tuple[int, ...] = ()  # RPS: the teacher's predictions ranked 2..k
     example: tuple[tuple[int, ...], int, int] | None = None  # TA in-context: (history, prediction, answer)
+    teacher_scores: tuple[float, ...] = ()  # RPS with distill.loss "kl": the teacher's score of each candidate
 
     @property
     def target(self) -> int:
@@ -128,11 +129,13 @@ def _random_items(rng: np.random.Generator, data: ProcessedData, user_id: int, e
 
 
 def build_examples(
-    data: ProcessedData, predictions: dict[int, list[int]], users: list[int], config: Any, *, donors: list[int]
+    data: ProcessedData, predictions: dict[int, list[int]], users: list[int], config: Any, *, donors: list[int],
+    teacher_scores: dict[int, np.ndarray] | None = None,
 ) -> dict[str, dict[int, DistillExample]]:
     """{"ta": ..., "rps": ...}: each task's examples for ``users`` by user id (users too short for a
     task are skipped). A TA in-context example is another user's case drawn from ``donors``, which
-    must be training users only: a donor's case shows its history and its teacher top-1."""
+    must be training users only: a donor's case shows its history and its teacher top-1. With
+    ``teacher_scores`` (user id -> every item's teacher score), RPS examples carry their candidates'."""
     ta, rps = {}, {}
     donors = [int(u) for u in donors if len(data.train_items(u)) >= 2 and predictions.get(u)]
     for uid in users:
@@ -144,7 +147,9 @@ def build_examples(
             cands = top + _random_items(rng, data, uid, set(top), config.rps_random)
             order = rng.permutation(len(cands))
             cands = [cands[i] for i in order]
-            rps[uid] = DistillExample(uid, "rps", tuple(train), tuple(cands), cands.index(top[0]), ranked=tuple(top[1:]))
+            scored = tuple(float(teacher_scores[uid][i]) for i in cands) if teacher_scores is not None else ()
+            rps[uid] = DistillExample(uid, "rps", tuple(train), tuple(cands), cands.index(top[0]), ranked=tuple(top[1:]),
+                                      teacher_scores=scored)  # fmt: skip
         pool = [d for d in donors if d != uid]
         if len(train) >= 2 and preds and pool:
             rng = np.random.default_rng([config.seed, uid, 0])
@@ -253,6 +258,7 @@ class DistillTask(TrainingTask):
         self.train = train_examples
         self.users = sorted(set.intersection(*(set(train_examples[t]) for t in self.tasks)))
         self.selection = selection  # held-out examples whose RPS fidelity selects the step
+        self.initial = soft_prompt.embeddings.detach().clone()  # how far the prompt moved is measured from it
         self._prompts: dict[tuple[str, int], EncodedPrompt] = {}
         # The frozen LLM's keys/values of each example's text before the slot, computed at its first use.
         self._prefixes: dict[tuple[str, int], torch.Tensor] = {}
@@ -314,8 +320,7 @@ class DistillTask(TrainingTask):
         losses = {}
         for task, examples in batch.items():
             scores = self.scores(examples, soft)  # [B, C]
-            labels = torch.tensor([e.label for e in examples], device=scores.device)
-            losses[task] = F.cross_entropy(scores.float(), labels)
+            losses[task] = stage1_loss(scores, examples, self.config)
         self._pending = losses
         weights = dict(zip(("ta", "rps"), self.config.task_weights, strict=True))
         total = sum(weights[t] * losses[t] for t in losses)
@@ -347,7 +352,8 @@ class DistillTask(TrainingTask):
         return {f"w_{t}": float(w) for t, w in zip(tasks, weights, strict=True)}
 
     def evaluate(self) -> dict[str, float]:
-        return selection_metrics(self.heldout_scores(self.soft_prompt(), self.selection))
+        metrics = selection_metrics(self.heldout_scores(self.soft_prompt(), self.selection))
+        return {**metrics, "soft_prompt_moved": prompt_moved(self.soft_prompt.embeddings, self.initial)}
 
     # -- held-out evaluation ---------------------------------------------------------------------
 
@@ -364,6 +370,24 @@ class DistillTask(TrainingTask):
                 labels = np.array([e.label for e in examples])
                 out[t] = per_user_metrics(scores, labels)["HR@1"].to_numpy()
         return out
+
+
+def stage1_loss(scores: torch.Tensor, examples: list[DistillExample], config: Any) -> torch.Tensor:
+    """The loss of one task's batch from the LLM's candidate scores [B, C]: cross-entropy on each example's label,
+    or for RPS with ``config.loss == "kl"`` the KL divergence from the teacher's softmax over the candidates
+    (teacher scores / ``kl_temperature``) to the LLM's, averaged over the batch."""
+    scores = scores.float()
+    if examples[0].task == "rps" and config.loss == "kl":
+        teacher = torch.tensor([e.teacher_scores for e in examples], dtype=torch.float32, device=scores.device)
+        target = torch.softmax(teacher / config.kl_temperature, dim=-1)  # [B, C]
+        return F.kl_div(torch.log_softmax(scores, dim=-1), target, reduction="batchmean")
+    labels = torch.tensor([e.label for e in examples], device=scores.device)
+    return F.cross_entropy(scores, labels)
+
+
+def prompt_moved(current: torch.Tensor, initial: torch.Tensor) -> float:
+    """How far a soft prompt moved from its initialisation: ||current - initial|| / ||initial||."""
+    return float((current.detach() - initial).norm() / initial.norm())
 
 
 def selection_metrics(per_user: dict[str, np.ndarray]) -> dict[str, float]:
@@ -398,6 +422,21 @@ def read_teacher_topk(teacher_dir: Path, data: ProcessedData, teachers_config: A
     if not path.is_file():
         raise DataError(f"{path}: missing; the teacher stage (notebook 02) exports it")
     return pd.read_parquet(path)
+
+
+def read_teacher_scores(teacher_dir: Path, data: ProcessedData) -> dict[int, np.ndarray]:
+    """Every item's teacher score after each user's train items (``scores_valid.npz``), by user id, as float32;
+    call after ``read_teacher_topk``, which checks the export's manifest and hashes."""
+    path = teacher_dir / "scores_valid.npz"
+    if not path.is_file():
+        raise DataError(f"{path}: missing. distill.loss = 'kl' reads the teacher's score of every candidate, which "
+                        f"exports before this file existed lack: delete {teacher_dir} and re-run the teacher stage "
+                        "(notebook 02 or `python -m delrec_lib teachers`)")  # fmt: skip
+    with np.load(path) as f:
+        users, scores = f["users"], f["scores"]
+    if scores.shape != (len(users), data.num_items + 1):
+        raise DataError(f"{path}: scores of shape {scores.shape}; expected {(len(users), data.num_items + 1)} (users x items + 1)")
+    return {int(u): row.astype(np.float32) for u, row in zip(users, scores, strict=True)}
 
 
 def distill_inputs(data: ProcessedData, teacher_dir: Path, backbone: Any, llm_config: Any, num_soft_tokens: int) -> dict[str, str]:
@@ -459,10 +498,12 @@ def run_distillation(
         return load_distilled(out_dir)
 
     predictions = teacher_predictions(topk, data)
+    scores = read_teacher_scores(teacher_dir, data) if cfg.loss == "kl" else None
     users = split_users(data, cfg, config.max_users)
     # Donors (TA in-context examples) are training users for every set: a held-out user's case
     # would put its teacher top-1, the held-out RPS label, into a training prompt.
-    train, selection, report = (build_examples(data, predictions, group, cfg, donors=users.train) for group in users)
+    train, selection, report = (build_examples(data, predictions, group, cfg, donors=users.train, teacher_scores=scores)
+                                for group in users)  # fmt: skip
     for label, examples, field in (("selection", selection, "selection_users"), ("report", report, "heldout_users")):
         if not examples["rps"]:
             raise DataError(f"stage 1: no {label} user has an RPS example; raise distill.{field}")
@@ -490,7 +531,7 @@ def run_distillation(
 
     popularity = item_popularity(data, split="train")
     baselines = {t: heuristic_hits(report[t], popularity) for t in ("ta", "rps")}
-    history = pd.DataFrame([{"step": 0, **selection_before}, *result.history])
+    history = pd.DataFrame([{"step": 0, **selection_before, "soft_prompt_moved": 0.0}, *result.history])
     # The x of a learning curve: training users seen (each brings one example per task).
     history.insert(1, "users_seen", history["step"] * cfg.batch_size * cfg.grad_accum * result.processes)
     train_log = pd.DataFrame(result.train_log)
@@ -528,7 +569,7 @@ def run_distillation(
         "best_step": result.best_step,
         "processes": result.processes,  # the global batch is processes x batch_size
         "seconds": round(seconds, 1),
-        "soft_prompt_moved": float((soft.embeddings.detach() - initial).norm() / initial.norm()),
+        "soft_prompt_moved": prompt_moved(soft.embeddings, initial),
     }
     example_user = sorted(report["rps"])[0]
     examples_text = {"rps": task.prompt(report["rps"][example_user]).text}
@@ -580,8 +621,9 @@ def _report_examples(config: RunConfig, paths: Any, data: ProcessedData, backbon
     stage_config = distill_stage_config(config, name)
     teacher, cfg = stage_config["teacher"], stage_config["distill"]
     predictions = teacher_predictions(read_teacher_topk(paths.teachers / teacher, data, config.teachers), data)
+    scores = read_teacher_scores(paths.teachers / teacher, data) if cfg.loss == "kl" else None
     split = split_users(data, cfg, config.max_users)
-    examples = build_examples(data, predictions, split.report, cfg, donors=split.train)
+    examples = build_examples(data, predictions, split.report, cfg, donors=split.train, teacher_scores=scores)
     builder = PromptBuilder(backbone, stage_config["llm"], num_soft_tokens=cfg.num_soft_tokens, catalogue=data.titles)
     task = DistillTask(backbone, builder, soft, data.titles, examples, {}, cfg, teacher, stage_config["llm"])
     return task, examples, split.report
@@ -632,7 +674,8 @@ class StepAnatomy:
 
     layout: pd.DataFrame  # segment, tokens: the text before the slot, the K soft vectors, the text after
     candidates: pd.DataFrame  # candidate, teacher rank, LLM score, softmax probability
-    loss: float  # the cross-entropy of the teacher's top-1 under the softmax over the candidate scores
+    loss: float  # the stage's RPS loss: cross-entropy of the teacher's top-1, or KL from the teacher's softmax
+    loss_name: str  # which of the two (distill.loss)
     gradients: pd.DataFrame  # parameters, count, with a gradient, gradient norm: soft prompt vs the frozen LLM
 
 
@@ -648,7 +691,8 @@ def anatomy_of_a_step(config: RunConfig, paths: Any, data: ProcessedData, backbo
     example = examples["rps"][next(u for u in report if u in examples["rps"])]
     prompt = task.prompt(example)
     scores = task.scores([example], vectors)[0]  # [C]
-    loss = F.cross_entropy(scores.float()[None], torch.tensor([example.label]))
+    cfg = stage_config["distill"]
+    loss = stage1_loss(scores[None], [example], cfg)
     frozen = [p for p in backbone.model.parameters()]
     loss.backward()
     ranks = {item: k + 1 for k, item in enumerate((example.target, *example.ranked))}
@@ -672,7 +716,8 @@ def anatomy_of_a_step(config: RunConfig, paths: Any, data: ProcessedData, backbo
         "gradient norm": [float(vectors.grad.norm()) if vectors.grad is not None else 0.0,
                           float(sum(p.grad.norm() ** 2 for p in reached) ** 0.5) if reached else 0.0],
     })  # fmt: skip
-    return StepAnatomy(layout, candidates, float(loss.detach()), gradients)
+    loss_name = "KL divergence from the teacher's softmax" if cfg.loss == "kl" else "cross-entropy of the teacher's top-1"
+    return StepAnatomy(layout, candidates, float(loss.detach()), loss_name, gradients)
 
 
 def _ci_text(v: dict[str, float] | None) -> str:

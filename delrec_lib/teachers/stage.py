@@ -13,6 +13,9 @@ Each teacher lands in ``outputs/<run>/teachers/<name>/`` (written atomically, ma
                             scores are the teacher's raw next-item logits (softmax over the
                             catalogue gives probabilities), popularity's are train counts
 ``topk_test.parquet``       the same after train + valid items (the test position; for analysis)
+``scores_valid.npz``        users [U], scores [U, N+1] float16: every item's score after the train
+                            items, as in topk_valid (history items included, column 0 the padding
+                            id): what stage 1's KL loss (``distill.loss = "kl"``) distils
 ``candidate_scores.parquet`` user_id, split, candidates, scores, target_position: the score of
                             every candidate of the shared valid and test sets, in their order
 ``curves.csv``              epoch, step, train_loss, valid NDCG@10 / HR@10 / MRR (teachers only)
@@ -179,6 +182,8 @@ def _export_scores(scorer: Scorer, data: ProcessedData, directory: Path, k: int)
         per_user.append(pu)
         cands.append(cs)
         _write_parquet(top_k(s, k), directory / f"topk_{split}.parquet")
+        if split == "valid":
+            np.savez(directory / "scores_valid.npz", users=s.users.astype(np.int32), scores=s.scores.astype(np.float16))
     per_user_df = pd.concat(per_user, ignore_index=True)
     _write_parquet(per_user_df, directory / "per_user.parquet")
     _write_parquet(pd.concat(cands, ignore_index=True), directory / "candidate_scores.parquet")
