@@ -125,9 +125,10 @@ def _llm_stage(args: argparse.Namespace):
 @command("distill", "stage 1: distil each teacher's pattern into a soft prompt (LLM frozen)")(_stage_args)
 def _distill(args: argparse.Namespace) -> None:
     from .delrec.distill import run_distillation
+    from .delrec.soft_prompt import stage1_names
 
     config, paths, data, backbone = _llm_stage(args)
-    for name in args.only or [*filter(None, [config.distill.known_answer]), *config.distill.prompts]:
+    for name in args.only or [*filter(None, [config.distill.known_answer]), *stage1_names(config)]:
         r = run_distillation(config, paths, data, backbone, name, progress=not args.no_progress)
         m = r.metrics
         if is_main_process():

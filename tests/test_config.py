@@ -48,7 +48,7 @@ def test_cpu_long_and_cpu_seeds_are_the_cpu_preset_trained_longer_or_again():
     # everything else as the cpu preset: the same teachers, prompts, data, methods and evaluation
     for section in ("data", "teachers", "llm", "llmsrec", "p2rec", "eval"):
         assert getattr(long, section) == getattr(cpu, section) == getattr(seeds, section), section
-    assert seeds.distill == cpu.distill
+    assert seeds.distill.seeds == (1, 2) and dataclasses.replace(seeds.distill, seeds=()) == cpu.distill  # both stages again
     # cpu-study: the other head and the untrained-prompt control, everything else as cpu (a copy reuses the teachers)
     study = preset_config("cpu-study")
     assert study.llm == dataclasses.replace(cpu.llm, head="index") and cpu.llm.head == "title"
@@ -350,16 +350,18 @@ def test_importing_the_config_loads_neither_pandas_nor_torch():
 
 
 def test_a_setting_added_later_leaves_artifact_identities_unchanged_at_its_default():
-    """distill.loss / kl_temperature were added after finished runs existed: at their defaults an artifact's hash
-    reads as before (those runs stay valid), a run's config.json still shows them, and set otherwise they count."""
+    """distill.loss / kl_temperature / seeds were added after finished runs existed: at their defaults an artifact's
+    hash reads as before (those runs stay valid), a run's config.json still shows them, and set otherwise they count."""
     from delrec_lib.artifacts import sha256_json, to_jsonable
 
+    added = ("loss", "kl_temperature", "seeds")
     cfg = DistillConfig()
     shown = to_jsonable(cfg)
-    assert shown["loss"] == "ce" and shown["kl_temperature"] == 1.0
-    assert not {"loss", "kl_temperature"} & set(to_jsonable(cfg, identity=True))
-    assert sha256_json(cfg) == sha256_json({k: v for k, v in shown.items() if k not in ("loss", "kl_temperature")})
+    assert (shown["loss"], shown["kl_temperature"], shown["seeds"]) == ("ce", 1.0, [])
+    assert not set(added) & set(to_jsonable(cfg, identity=True))
+    assert sha256_json(cfg) == sha256_json({k: v for k, v in shown.items() if k not in added})
     assert sha256_json(RunConfig(distill=cfg)) == sha256_json({**to_jsonable(RunConfig()), "distill": to_jsonable(cfg, identity=True)})
-    for changed in (dataclasses.replace(cfg, loss="kl"), dataclasses.replace(cfg, kl_temperature=0.5)):
+    changes = (dataclasses.replace(cfg, loss="kl"), dataclasses.replace(cfg, kl_temperature=0.5), dataclasses.replace(cfg, seeds=(1,)))
+    for changed in changes:
         assert sha256_json(changed) != sha256_json(cfg)
     assert sha256_json(dataclasses.replace(cfg, lr=0.1)) != sha256_json(cfg)  # an ordinary setting counts as ever

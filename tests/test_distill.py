@@ -450,3 +450,43 @@ def test_the_kl_loss_distils_the_teachers_softmax_over_each_examples_candidates(
     with pytest.raises(DataError, match=r"scores_valid.npz: missing.*distill.loss = 'kl'"):
         run_distillation(cfg, old, data, backbone, "sasrec", progress=False)
     assert not (old.distill / "sasrec").exists()
+
+
+def test_a_seed_copy_of_a_soft_prompt_trains_the_same_examples_in_another_order_and_stage_2_reads_it(world):
+    """distill.seeds: "sasrec-seed<N>" trains on the same users and examples with training seed N (another order),
+    adding seeds leaves the soft prompt itself up to date, and stage 2's seed copy reads the same seed's prompt."""
+    from delrec_lib.delrec.distill import stage1_seed_table
+    from delrec_lib.delrec.finetune import variant_prompt_artifact
+    from delrec_lib.delrec.soft_prompt import load_run_soft_prompt, stage1_names
+
+    root, data, backbone = world
+    paths = paths_for(root, "seeds")
+    write_teacher_exports(paths.teachers / "sasrec", data)
+    cfg = config(max_steps=6, eval_every=3)
+    base = run_distillation(cfg, paths, data, backbone, "sasrec", progress=False)
+    seeded = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, seeds=(5,)))
+    assert stage1_names(seeded) == ["sasrec", "sasrec-seed5"] and stage1_names(cfg) == ["sasrec"]
+    assert run_distillation(seeded, paths, data, backbone, "sasrec", progress=False).skipped
+    copy = run_distillation(seeded, paths, data, backbone, "sasrec-seed5", progress=False)
+    assert (base.metrics["train_seed"], copy.metrics["train_seed"]) == (cfg.distill.seed, 5)
+    for key in ("report_users", "fidelity_before", "train_users", "selection_users"):
+        assert copy.metrics[key] == base.metrics[key], key
+    assert not torch.equal(copy.soft_prompt.embeddings, base.soft_prompt.embeddings)
+    loaded, _ = load_run_soft_prompt(seeded, paths, data, backbone, "sasrec-seed5")
+    assert torch.equal(loaded.embeddings, copy.soft_prompt.embeddings)
+
+    assert variant_prompt_artifact(seeded, "delrec-sasrec-seed5") == "sasrec-seed5"  # both stages again
+    assert variant_prompt_artifact(cfg, "delrec-sasrec-seed5") == "sasrec"  # stage 2 again over the one soft prompt
+    assert variant_prompt_artifact(seeded, "delrec-sasrec-untrained-seed5") == "sasrec"  # untrained: no seed to read
+    assert variant_prompt_artifact(seeded, "lora-seed5") is None
+
+    table = stage1_seed_table({"sasrec": base, "sasrec-seed5": copy})
+    assert table["train seed"].tolist() == [str(cfg.distill.seed), "5", "mean", "sd"]
+    fidelities = [base.metrics["fidelity_after"]["mean"], copy.metrics["fidelity_after"]["mean"]]
+    assert table["fidelity"].iloc[2] == pytest.approx(np.mean(fidelities))
+    assert table["fidelity"].iloc[3] == pytest.approx(np.std(fidelities, ddof=1))
+
+    with pytest.raises(ConfigError, match="distill.prompts"):  # a seed's copy is named by distill.seeds, never listed
+        DistillConfig(prompts=("sasrec-seed1",))
+    with pytest.raises(ConfigError, match="distill.seeds: 2024 is distill.seed"):
+        DistillConfig(seeds=(2024,))

@@ -26,6 +26,7 @@ from .names import (
     PRESET_NAMES,
     PROMPT_NAME,
     RULE_TEACHERS,
+    SEED_SUFFIX,
     STAGE1_TEACHERS,
     TEACHER_NAMES,
     LLMSRecVariant,
@@ -33,6 +34,7 @@ from .names import (
     parse_llmsrec_variant,
     parse_p2rec_variant,
     parse_prompt_name,
+    split_seed,
 )
 from .presets import (
     ABLATION_PROMPTS,
@@ -83,8 +85,8 @@ __all__ = [  # what the kit, its tests and notebooks import from here, and the r
     "Flag", "GRU4RecConfig", "Int", "Items", "LLMConfig", "LLMSREC", "LLMSREC_SUFFIXES", "LLMSREC_VARIANTS",
     "LLMSRecConfig", "LLMSRecVariant", "MODULE_NAMES", "Maybe", "Num", "OneOf", "P2REC_ABLATION_VARIANTS",
     "P2REC_PREFIX", "P2REC_VARIANT", "P2RecConfig", "P2RecVariant", "POPULARITY", "PRESETS", "PRESET_NAMES",
-    "PROMPT_NAME", "RATE", "RULE_TEACHERS", "Rule", "RunConfig", "SASRecConfig", "SEED", "STAGE1_TEACHERS",
+    "PROMPT_NAME", "RATE", "RULE_TEACHERS", "Rule", "RunConfig", "SASRecConfig", "SEED", "SEED_SUFFIX", "STAGE1_TEACHERS",
     "Satisfies", "Section", "TEACHER_NAMES", "TeachersConfig", "Text", "check_fields", "config_to_dict",
     "load_config", "override", "parse_llmsrec_variant", "parse_p2rec_variant", "parse_prompt_name",
-    "preset_config", "project_root", "read_config_file", "resolve_path",
+    "preset_config", "project_root", "read_config_file", "resolve_path", "split_seed",
 ]

@@ -21,9 +21,22 @@ POPULARITY = "popularity"
 STAGE1_TEACHERS = (*TEACHER_NAMES, *RULE_TEACHERS, POPULARITY)
 
 
+# A name trained again with another training seed: "<name>-seed<N>" (distill.seeds, finetune.seeds).
+SEED_SUFFIX = "-seed"
+
+
+def split_seed(name: str) -> tuple[str, int | None]:
+    """"delrec-sasrec-seed1" -> ("delrec-sasrec", 1); "sasrec" -> ("sasrec", None)."""
+    base, sep, seed = name.rpartition(SEED_SUFFIX)
+    if sep and seed.isdigit() and base:
+        return base, int(seed)
+    return name, None
+
+
 def parse_prompt_name(name: str) -> tuple[str, tuple[str, ...]]:
     """"sasrec" -> ("sasrec", ("ta", "rps")); "sasrec-ta" -> ("sasrec", ("ta",)); "rule-sharedword-rps" ->
-    ("rule-sharedword", ("rps",))."""
+    ("rule-sharedword", ("rps",)); a seed's copy "sasrec-seed1" (``distill.seeds``) as its soft prompt's."""
+    name = split_seed(name)[0] if isinstance(name, str) else name
     teacher, dash, task = name, "", ""
     if name not in STAGE1_TEACHERS:
         teacher, dash, task = name.rpartition("-")
@@ -35,8 +48,10 @@ def parse_prompt_name(name: str) -> tuple[str, tuple[str, ...]]:
     return teacher, (task,) if task else DISTILL_TASKS
 
 
+# A configured soft prompt: a seed's copy is named by distill.seeds, never listed.
 PROMPT_NAME = parsed_by(
-    parse_prompt_name, f"'<teacher>', '<teacher>-ta' or '<teacher>-rps' with a teacher among {', '.join(STAGE1_TEACHERS)}"
+    lambda name: parse_prompt_name(name) if split_seed(name)[1] is None else None,
+    f"'<teacher>', '<teacher>-ta' or '<teacher>-rps' with a teacher among {', '.join(STAGE1_TEACHERS)}",
 )
 # Stage 2: "lora" (no soft prompt), "delrec-<p>" with stage 1's soft prompt <p>, or "delrec-<p>-untrained": the
 # pattern line with <p> as stage 1 starts it, never trained (what the line does without what stage 1 taught).

@@ -67,9 +67,11 @@ def _cpu_long() -> RunConfig:
 
 
 def _cpu_seeds() -> RunConfig:
-    """The cpu preset with LoRA and DELRec-SASRec each trained again with seeds 1 and 2 (the stage-2 seed study)."""
+    """The cpu preset with both stages trained again with seeds 1 and 2: each soft prompt ("sasrec-seed<N>"), then
+    LoRA and DELRec-SASRec ("delrec-sasrec-seed<N>" reading "sasrec-seed<N>"): the seed study of both stages."""
     cpu = _cpu()
-    return replace(cpu, preset="cpu-seeds", finetune=replace(cpu.finetune, seeds=(1, 2)))
+    return replace(cpu, preset="cpu-seeds", distill=replace(cpu.distill, seeds=(1, 2)),
+                   finetune=replace(cpu.finetune, seeds=(1, 2)))  # fmt: skip
 
 
 def _cpu_study() -> RunConfig:

@@ -247,6 +247,10 @@ class DistillConfig(Checked):
     # distils the teacher's whole ranking of them. TA's label is the hidden item, not a teacher's: it keeps "ce".
     loss: Literal["ce", "kl"] = added_setting("ce")
     kl_temperature: Annotated[float, Num(0, open_lo=True)] = added_setting(1.0)
+    # Seed study: every soft prompt trained again per training seed ("<prompt>-seed<N>"): the same users and
+    # examples (``seed``), another order of training users. A stage-2 seed's copy "delrec-<p>-seed<N>" then reads
+    # "<p>-seed<N>" (both stages again) when N is here, else "<p>" (stage 2 only).
+    seeds: Seeds = added_setting(())
     # Stage 1's known answer, trained first on its own small budget (notebook 03 opens with it): a soft prompt of a
     # rule teacher, whose top-1 the prompt shows, e.g. "rule-sharedword-rps"; None: none.
     known_answer: Annotated[str | None, Maybe(PROMPT_NAME)] = None
@@ -260,6 +264,9 @@ class DistillConfig(Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.seed in self.seeds:
+            raise ConfigError(f"distill.seeds: {self.seed} is distill.seed, the soft prompts' own training seed; "
+                              f"got {list(self.seeds)}")  # fmt: skip
         if self.weighting == "fixed" and not any(self.task_weights):
             raise ConfigError(f"distill.task_weights: with weighting 'fixed', at least one weight > 0; got {list(self.task_weights)}")
 

@@ -66,7 +66,7 @@ from ..artifacts import (
     verify_outputs,
     write_stage_output,
 )
-from ..config import RunConfig
+from ..config import RunConfig, split_seed
 from ..data.explore import item_popularity
 from ..data.processed import ProcessedData
 from ..errors import ConfigError, DataError
@@ -449,11 +449,13 @@ def distill_inputs(data: ProcessedData, teacher_dir: Path, backbone: Any, llm_co
     }
 
 
-def train_config(cfg: Any) -> TrainConfig:
+def train_config(cfg: Any, seed: int | None = None) -> TrainConfig:
+    """The Trainer's settings; ``seed`` (a seed's copy, ``distill.seeds``) orders the training users, else ``cfg.seed``."""
     return TrainConfig(
         max_epochs=10_000, max_steps=cfg.max_steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
         lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="constant", max_grad_norm=cfg.max_grad_norm,
-        eval_every=cfg.eval_every, metric="fidelity", greater_is_better=True, bf16=False, seed=cfg.seed,
+        eval_every=cfg.eval_every, metric="fidelity", greater_is_better=True, bf16=False,
+        seed=cfg.seed if seed is None else seed,
         log_every=max(1, min(5, cfg.max_steps)),
     )  # fmt: skip
 
@@ -522,7 +524,8 @@ def run_distillation(
     start = time.perf_counter()
     before = task.heldout_scores(initial, report)
     selection_before = selection_metrics(task.heldout_scores(initial, selection))
-    trainer = Trainer(train_config(cfg), task, paths.distill / ".checkpoints" / name, desc=f"distill {name}",
+    train_seed = stage_config.get("train_seed", cfg.seed)
+    trainer = Trainer(train_config(cfg, train_seed), task, paths.distill / ".checkpoints" / name, desc=f"distill {name}",
                       progress=progress, callbacks=callbacks, identity={"inputs": inputs, "config": stage_config})  # fmt: skip
     result = trainer.train()
     trainer.load_best()
@@ -541,6 +544,7 @@ def run_distillation(
         "prompt": name,
         "teacher": teacher,
         "tasks": list(tasks),
+        "train_seed": train_seed,  # orders the training users; the users and examples come from distill.seed
         # The report set: never trained on, never a donor, not used to select the step.
         "fidelity_before": _ci(before["rps"]),
         "fidelity_after": _ci(after["rps"]),
@@ -744,6 +748,26 @@ def stage1_table(metrics: dict[str, Any]) -> pd.Series:
         "training users": m["train_users"],
         "seconds": m["seconds"],
     })  # fmt: skip
+
+
+def stage1_seed_table(results: dict[str, DistillResult]) -> pd.DataFrame:
+    """Soft prompts trained with several training seeds (``distill.seeds``): the report set's fidelity and TA accuracy
+    per seed, and for each prompt trained more than once their mean and standard deviation over the seeds (stage
+    1's own variance, which one run cannot show)."""
+    rows = []
+    for name, r in results.items():
+        m = r.metrics
+        rows.append({"soft prompt": split_seed(name)[0], "train seed": str(m.get("train_seed", "-")),
+                     "fidelity": m["fidelity_after"]["mean"], "TA accuracy": (m.get("ta_accuracy_after") or {}).get("mean"),
+                     "best step": m["best_step"]})  # fmt: skip
+    parts = []
+    for prompt, group in pd.DataFrame(rows).groupby("soft prompt", sort=False):
+        parts.append(group)
+        if len(group) > 1:
+            values = group[["fidelity", "TA accuracy"]].astype(float)
+            parts.append(pd.DataFrame([{"soft prompt": prompt, "train seed": "mean", **values.mean().to_dict()},
+                                       {"soft prompt": prompt, "train seed": "sd", **values.std(ddof=1).to_dict()}]))  # fmt: skip
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(rows)
 
 
 def fidelity_reading(metrics: dict[str, Any]) -> str:

@@ -40,7 +40,7 @@ from ..artifacts import (
     verify_outputs,
     write_stage_output,
 )
-from ..config import FinetuneConfig, RunConfig, parse_prompt_name
+from ..config import SEED_SUFFIX, FinetuneConfig, RunConfig, parse_prompt_name, split_seed
 from ..config.names import UNTRAINED_SUFFIX
 from ..data.processed import ProcessedData
 from ..errors import ConfigError, DataError
@@ -237,6 +237,17 @@ def variant_soft_prompt(variant: str) -> str | None:
     return name
 
 
+def variant_prompt_artifact(config: RunConfig, variant: str) -> str | None:
+    """The stage-1 artifact a variant reads: its soft prompt's, or for a seed's copy "delrec-<p>-seed<N>" the soft
+    prompt trained again with seed N ("<p>-seed<N>") when N is among ``distill.seeds`` (both stages again);
+    None for "lora"."""
+    name = variant_soft_prompt(variant)
+    seed = parse_variant_name(variant)[1]
+    if name is not None and seed is not None and seed in config.distill.seeds and not is_untrained(variant):
+        return f"{name}{SEED_SUFFIX}{seed}"
+    return name
+
+
 def is_untrained(variant: str) -> bool:
     """Whether a variant reads its soft prompt as stage 1 starts it (the untrained-prompt control)."""
     return parse_variant_name(variant)[0].endswith(UNTRAINED_SUFFIX)
@@ -245,7 +256,7 @@ def is_untrained(variant: str) -> bool:
 def load_variant_parts(config: RunConfig, paths: Any, variant: str, backbone, data: ProcessedData):
     """(soft prompt tensor or None, teacher display name or None, soft prompt artifact id or None),
     the soft prompt checked against this run's stage-1 settings, backbone, prompt format and data."""
-    name = variant_soft_prompt(variant)
+    name = variant_prompt_artifact(config, variant)
     if name is None:
         return None, None, None
     teacher, _ = parse_prompt_name(name)
@@ -285,16 +296,8 @@ def validation_baselines(paths: Any, data: ProcessedData, valid: list[RecExample
     return out
 
 
-SEED_SUFFIX = "-seed"
-
-
-def parse_variant_name(name: str) -> tuple[str, int | None]:
-    """"delrec-sasrec-seed1" -> ("delrec-sasrec", 1): a variant trained again with another training seed
-    (``finetune.seeds``); "lora" -> ("lora", None)."""
-    base, sep, seed = name.rpartition(SEED_SUFFIX)
-    if sep and seed.isdigit() and base:
-        return base, int(seed)
-    return name, None
+# "delrec-sasrec-seed1" -> ("delrec-sasrec", 1): a variant trained again with another training seed (finetune.seeds).
+parse_variant_name = split_seed
 
 
 def seeded_names(config: RunConfig) -> list[str]:
@@ -378,7 +381,7 @@ def run_finetuning(
     metrics = {
         "variant": variant,
         "train_seed": cfg.seed,
-        "soft_prompt": variant_soft_prompt(variant),
+        "soft_prompt": variant_prompt_artifact(config, variant),
         "method": cfg.method,
         "train_examples": len(train),
         "valid_users": len(valid),
@@ -398,7 +401,7 @@ def run_finetuning(
             if soft is not None and is_untrained(variant):
                 SoftPrompt(soft).save(tmp / "soft_prompt.safetensors", {"untrained": variant_soft_prompt(variant), "id": soft_id})
             elif soft is not None:
-                (tmp / "soft_prompt.safetensors").write_bytes((paths.distill / variant_soft_prompt(variant) / "soft_prompt.safetensors").read_bytes())
+                (tmp / "soft_prompt.safetensors").write_bytes((paths.distill / variant_prompt_artifact(config, variant) / "soft_prompt.safetensors").read_bytes())
             history.to_csv(tmp / "history.csv", index=False)
             pd.DataFrame(result.train_log).to_csv(tmp / "train_log.csv", index=False)
             (tmp / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2) + "\n")

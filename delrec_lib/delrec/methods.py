@@ -19,6 +19,7 @@ from .finetune import (
     load_variant_parts,
     parse_variant_name,
     seeded_names,
+    variant_prompt_artifact,
     variant_soft_prompt,
 )
 
@@ -69,7 +70,7 @@ class FinetunedFamily(MethodFamily):
 
     def curves(self, ctx: MethodContext) -> list[Curve]:
         out = []
-        prompts = dict.fromkeys(p for v in self.names(ctx.config) if (p := variant_soft_prompt(v)))
+        prompts = dict.fromkeys(p for v in self.names(ctx.config) if (p := variant_prompt_artifact(ctx.config, v)))
         for p in [*ctx.config.distill.prompts, *prompts]:
             f = ctx.paths.distill / p / "history.csv"
             if f.is_file() and not any(c.label == p for c in out):

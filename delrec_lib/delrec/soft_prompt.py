@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..artifacts import artifact_id, atomic_path, read_manifest, require_config, verify_outputs
-from ..config import RunConfig, parse_prompt_name
+from ..config import SEED_SUFFIX, RunConfig, parse_prompt_name, split_seed
 from ..errors import ConfigError, DataError, StaleArtifactError
 from ..llm.prompts import TEACHER_DISPLAY, prompt_format_id
 
@@ -133,10 +133,11 @@ def distill_stage_config(config: RunConfig, name: str) -> dict[str, Any]:
     and is evaluated on its own budget."""
     import dataclasses
 
-    teacher, tasks = parse_prompt_name(name)
+    base, seed = split_seed(name)  # a seed's copy (distill.seeds) differs from its soft prompt only by its training seed
+    teacher, tasks = parse_prompt_name(base)
     own = config.distill
     defaults = {f.name: f.default for f in dataclasses.fields(own) if f.name.startswith("known_answer")}
-    cfg = dataclasses.replace(own, prompts=(name,), **defaults)  # the known answer's budget is not the others'
+    cfg = dataclasses.replace(own, prompts=(base,), seeds=(), **defaults)  # the known answer's budget is not the others'
     llm = config.llm
     if name == own.known_answer:  # its own budget and settings
         steps, users = own.known_answer_steps, own.known_answer_users
@@ -145,7 +146,15 @@ def distill_stage_config(config: RunConfig, name: str) -> dict[str, Any]:
                                   prompt_depth=own.known_answer_depth or own.prompt_depth,
                                   lr=own.known_answer_lr or own.lr)  # fmt: skip
         llm = dataclasses.replace(llm, head=own.known_answer_head or llm.head)
-    return {"distill": cfg, "llm": llm, "max_users": config.max_users, "teacher": teacher, "tasks": tasks}
+    stage = {"distill": cfg, "llm": llm, "max_users": config.max_users, "teacher": teacher, "tasks": tasks}
+    return stage if seed is None else {**stage, "train_seed": seed}
+
+
+def stage1_names(config: RunConfig) -> list[str]:
+    """The soft prompts stage 1 trains besides the known answer: ``distill.prompts``, then each one's seed copies
+    (``distill.seeds``), in prompt order."""
+    seeds = [f"{p}{SEED_SUFFIX}{s}" for p in config.distill.prompts for s in config.distill.seeds]
+    return [*config.distill.prompts, *seeds]
 
 
 def initial_soft_prompt(backbone: Any, cfg: Any, teacher: str) -> SoftPrompt:

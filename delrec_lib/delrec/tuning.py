@@ -121,7 +121,7 @@ def validation_grid(stage: str, name: str, config: RunConfig, grid: dict[str, li
     """One row per grid point: its settings, the held-out numbers at the selected step, and its cost."""
     from ..data.guard import NoTestView
     from .distill import run_distillation
-    from .finetune import run_finetuning, variant_soft_prompt
+    from .finetune import run_finetuning, variant_prompt_artifact
 
     data = NoTestView(data, negatives=True, who=f"the {stage} tuning grid")
     source = RunPaths(from_run)
@@ -140,7 +140,7 @@ def validation_grid(stage: str, name: str, config: RunConfig, grid: dict[str, li
                    "best_step": m["best_step"], "users_seen": int(best["users_seen"]),
                    "last_fidelity": float(h["fidelity"].iloc[-1])}  # fmt: skip
         else:
-            prompt = variant_soft_prompt(name)
+            prompt = variant_prompt_artifact(cfg, name)
             if prompt is not None:
                 _link(source.distill / prompt, paths.distill / prompt)
             r = run_finetuning(cfg, paths, data, backbone, name, progress=False)
