@@ -47,6 +47,7 @@ from .metrics import (
     per_user_metrics,
     summarize,
 )
+from .phases import phase
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,8 @@ def evaluate_method(ctx: MethodContext, method: str, *, progress: bool = True) -
 
         return MethodResult(method, kind, read("per_user.parquet"), read("generations.parquet"), read("catalogue.parquet"),
                             read("matched.parquet"))  # fmt: skip
-    rec = family.load(ctx, method)
+    with phase("loading methods"):
+        rec = family.load(ctx, method)
     result = score_method(rec, ctx.data, users, kind, generation_users=settings["generation_users"],
                           max_new_tokens=ctx.config.eval.max_new_tokens, progress=progress,
                           matched_users=settings.get("matched", {}).get("users", 0))  # fmt: skip
@@ -263,13 +265,15 @@ def score_method(rec: Recommender, data: ProcessedData, users: list[int], kind: 
     """Everything the evaluation measures of one loaded method on the test split (``matched_users``: the first N
     users ranked again on their popularity-matched candidate sets)."""
     ids, histories, candidates, targets = split_inputs(data, users)
-    scores = np.asarray(rec.score(ids, histories, candidates, progress=progress), dtype=np.float64)
+    with phase("test scoring: candidate sets"):
+        scores = np.asarray(rec.score(ids, histories, candidates, progress=progress), dtype=np.float64)
     if scores.shape != candidates.shape:
         raise ValueError(f"method '{rec.name}': score() returned {scores.shape}, expected {candidates.shape}")
     per_user = per_user_frame(ids, scores, targets)
     catalogue = generations = None
     if rec.capabilities.full_catalogue:
-        full = np.asarray(rec.score_catalogue(ids, histories, progress=progress), dtype=np.float64)
+        with phase("test scoring: full catalogue"):
+            full = np.asarray(rec.score_catalogue(ids, histories, progress=progress), dtype=np.float64)
         if full.shape != (len(ids), data.num_items + 1):
             raise ValueError(f"method '{rec.name}': score_catalogue() returned {full.shape}, expected "
                              f"{(len(ids), data.num_items + 1)}")  # fmt: skip
@@ -277,12 +281,14 @@ def score_method(rec: Recommender, data: ProcessedData, users: list[int], kind: 
         catalogue = catalogue_frame(ids, full, histories, test_targets)
     n_gen = len(ids) if generation_users is None else min(generation_users, len(ids))
     if rec.capabilities.generation and n_gen:
-        g = rec.generate(ids[:n_gen], histories[:n_gen], candidates[:n_gen], max_new_tokens=max_new_tokens)
+        with phase("test scoring: generation"):
+            g = rec.generate(ids[:n_gen], histories[:n_gen], candidates[:n_gen], max_new_tokens=max_new_tokens)
         generations = generation_metrics(ids[:n_gen], g.answers, g.shown, targets[:n_gen])
     matched = None
     if matched_users:
         m_ids, m_histories, m_candidates, m_targets = matched_inputs(data, list(users[:matched_users]))
-        m_scores = np.asarray(rec.score(m_ids, m_histories, m_candidates, progress=progress), dtype=np.float64)
+        with phase("test scoring: popularity-matched sets"):
+            m_scores = np.asarray(rec.score(m_ids, m_histories, m_candidates, progress=progress), dtype=np.float64)
         matched = per_user_frame(m_ids, m_scores, m_targets)
     return MethodResult(rec.name, kind, per_user, generations, catalogue, matched)
 

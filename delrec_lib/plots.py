@@ -8,6 +8,7 @@ import numpy as np
 
 from .data.explore import item_popularity
 from .data.processed import ProcessedData
+from .phases import phase
 
 
 def plot_sequence_lengths(data: ProcessedData, ax: plt.Axes | None = None) -> plt.Axes:
@@ -32,7 +33,8 @@ def plot_item_popularity(data: ProcessedData, ax: plt.Axes | None = None) -> plt
 
 
 def save(fig: plt.Figure, path) -> None:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with phase("figures"):
+        fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def plot_prompt_layout(prompt, tokenizer, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:

@@ -133,6 +133,20 @@ def notebook_times(run_dir: Path) -> list[dict[str, Any]]:
     return [chosen[k] for k in sorted(chosen)]
 
 
+def where_time_went(execution: dict[str, Any], top: int = 4) -> str:
+    """A notebook execution's largest phases (``delrec_lib.phases``) in minutes, and the rest of its wall time
+    (setup, data, tables); "-" for executions recorded before phases were."""
+    phases = execution.get("phases")
+    if not phases:
+        return "-"
+    shown = sorted(phases.items(), key=lambda kv: -kv[1])[:top]
+    rest = float(execution["seconds"]) - sum(phases.values())
+    parts = [f"{name} {seconds / 60:.1f}" for name, seconds in shown]
+    if len(phases) > top:
+        parts.append(f"{len(phases) - top} more phases {sum(sorted(phases.values())[: len(phases) - top]) / 60:.1f}")
+    return "; ".join([*parts, f"other {max(rest, 0.0) / 60:.1f}"]) + " (min)"
+
+
 def describe_machine(machine: dict | None) -> str:
     if not machine:
         return "not recorded (the runner recorded no machine for these executions)"
@@ -635,6 +649,7 @@ def _run_section(root: Path, summary: dict[str, Any]) -> list[str]:
     times = notebook_times(root)
     if times:
         rows = pd.DataFrame([{"notebook": t["notebook"], "wall time": _duration(t["seconds"]),
+                              "where it went": where_time_went(t),
                               "started": t.get("started_at") or "", "executions": t["executions"],
                               "note": "its work was already done" if t.get("skipped_finished_work") is True else ""}
                              for t in times]).set_index("notebook")  # fmt: skip

@@ -40,6 +40,7 @@ from .artifacts import (
 from .config import RunConfig, config_to_dict, load_config, project_root, resolve_path
 from .config.context import run_context, run_folder_lock, run_root, timestamp
 from .errors import ConfigError, DataError, DelrecError
+from .phases import phase_totals
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,12 @@ def notebook_context(
 
 
 def record_metrics(paths: RunPaths, notebook: str, metrics: dict[str, Any]) -> Path:
-    """Record a notebook's headline metrics as JSON (read by the tests and by later notebooks)."""
+    """Record a notebook's headline metrics as JSON (read by the tests and by later notebooks), and where its
+    seconds went so far (``delrec_lib.phases``), which the runner adds to the notebook's ``timings.json`` record."""
     path = paths.metrics / f"{notebook}.json"
     atomic_write_json(path, metrics)
+    paths.phases(notebook).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(paths.phases(notebook), phase_totals())
     return path
 
 
@@ -336,6 +340,7 @@ def _execute(pm, config: RunConfig, paths: RunPaths, notebooks: list[Path], forc
         print(f"[delrec] {nb.name} ...", flush=True)
         before = artifact_snapshot(config, paths)
         record = {"notebook": nb.stem, "started_at": timestamp(), "rerun": nb.stem in forced, "machine": machine}
+        paths.phases(nb.stem).unlink(missing_ok=True)  # an earlier execution's phases are not this one's
         start = time.perf_counter()
         outcome = "interrupted"
         try:
@@ -356,6 +361,8 @@ def _execute(pm, config: RunConfig, paths: RunPaths, notebooks: list[Path], forc
             written = sorted(k for k, v in after.items() if before.get(k) != v)
             # skipped finished work: the notebook's stage was complete and it (re)wrote no artifact
             record.update(seconds=round(elapsed, 1), outcome=outcome, skipped_finished_work=not written, written=written)
+            if paths.phases(nb.stem).is_file():  # seconds per phase, as the notebook's last cell left them
+                record["phases"] = read_json(paths.phases(nb.stem))
             if outcome == "done":
                 executions.append(record)
                 atomic_write_json(timings_path, {"executions": executions})

@@ -28,6 +28,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import DataError, StaleArtifactError
+from ..phases import phase
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +265,7 @@ def write_stage_output(
     """A stage's output folder, written whole or not at all: yields a temporary folder for the block to
     fill; when the block completes, the manifest (over every file in it) is written and the folder
     replaces ``directory`` (``atomic_dir``). A block that raises leaves ``directory`` as it was."""
-    with atomic_dir(directory) as tmp:
+    with phase("writing artifacts"), atomic_dir(directory) as tmp:
         yield tmp
         write_manifest(tmp, build_manifest(kind, tmp, inputs=inputs, config=config, extra=extra))
 
@@ -386,6 +387,10 @@ class RunPaths:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics"
+
+    def phases(self, notebook: str) -> Path:
+        """Where a notebook's seconds per phase are left for the runner (``delrec_lib.phases``)."""
+        return self.metrics / "phases" / f"{notebook}.json"
 
     def figure(self, name: str) -> Path:
         self.figures.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ import torch
 from ..artifacts import atomic_dir, atomic_path, build_manifest, read_manifest, sha256_file, write_manifest
 from ..config import resolve_path
 from ..errors import ConfigError, DataError, StaleArtifactError
+from ..phases import phase
 from ..training.distributed import default_device
 
 Family = Literal["causal", "seq2seq"]
@@ -322,6 +323,7 @@ def _prepare_tokenizer(tokenizer: Any, model: Any, family: Family) -> None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
+@phase("loading the LLM")
 def load_backbone(
     name_or_path: str = DEFAULT_BACKBONE,
     *,

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
+from ..phases import phase
 from .backbone import Backbone
 from .prompts import SOFT_PROMPT_MARKER, EncodedPrompt, encode_text
 
@@ -338,6 +339,7 @@ def run_layers(backbone: Backbone, x: torch.Tensor, mask: torch.Tensor, pos: tor
     return trunk.norm(h) if stop is None else h
 
 
+@phase("frozen-state caching")
 def lower_states(backbone: Backbone, prompts: Sequence[EncodedPrompt], candidate_titles: Sequence[Sequence[str]] | None,
                  stop: int, *, soft_prompt: torch.Tensor | None = None, batch_size: int = 8,
                  progress: bool = False) -> list[PackedRow]:  # fmt: skip
@@ -400,6 +402,7 @@ def rank_rows(backbone: Backbone, rows: Sequence[PackedRow], *, normalize: str =
     return _unsort(torch.cat(pieces, dim=0), order)
 
 
+@phase("frozen-state caching")
 def prefix_states(backbone: Backbone, prompts: Sequence[EncodedPrompt], batch_size: int = 8) -> list[torch.Tensor]:
     """Per prompt, the frozen LLM's keys and values of its text before the soft-prompt slot
     (``before_ids``): [layers, 2 (keys, values), kv_heads, len(before_ids), head_dim], no grad.
@@ -417,6 +420,7 @@ def prefix_states(backbone: Backbone, prompts: Sequence[EncodedPrompt], batch_si
     return token_prefix_states(backbone, [p.before_ids for p in prompts], batch_size)
 
 
+@phase("frozen-state caching")
 def token_prefix_states(backbone: Backbone, token_ids: Sequence[Sequence[int]], batch_size: int = 8) -> list[torch.Tensor]:
     """Per token sequence, the frozen causal LLM's keys and values: [layers, 2, kv_heads, len, head_dim], no grad.
     What ``prefix_states`` computes for prompts; LLM-SRec uses it for the text before an item's embedding slot."""

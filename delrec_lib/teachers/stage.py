@@ -58,6 +58,7 @@ from ..config import TEACHER_NAMES, CaserConfig, GRU4RecConfig, SASRecConfig, Te
 from ..data import ProcessedData
 from ..errors import ConfigError, StaleArtifactError
 from ..metrics import summarize
+from ..phases import phase
 from ..training import TrainConfig, Trainer, TrainResult
 from .base import SequentialRecommender
 from .batches import Examples, sequence_examples, window_examples
@@ -173,6 +174,7 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     df.to_parquet(path, index=False)
 
 
+@phase("teacher export (every user's full ranking)")
 def _export_scores(scorer: Scorer, data: ProcessedData, directory: Path, k: int) -> dict[str, Any]:
     """Scores both splits once; writes per-user metrics, top-k and candidate scores; returns the summary."""
     per_user, cands = [], []

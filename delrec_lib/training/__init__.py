@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import atomic_dir, sha256_json, to_jsonable
 from ..errors import ConfigError
+from ..phases import phase
 from . import distributed
 
 log = logging.getLogger(__name__)
@@ -372,7 +373,7 @@ class Trainer:
             module.eval()
             metrics = {}
             if acc.is_main_process:
-                with torch.no_grad(), autocast_context(cfg.bf16, self.device):
+                with phase("held-out evaluation"), torch.no_grad(), autocast_context(cfg.bf16, self.device):
                     metrics = {k: float(v) for k, v in task.evaluate().items()}
             module.train()
             metrics = distributed.broadcast_object(metrics)  # every process decides best and stopping alike
@@ -409,22 +410,25 @@ class Trainer:
                 group = batches[b : b + cfg.grad_accum]
                 for micro in group:
                     mine, weight = share_of(micro, acc.process_index, acc.num_processes)
-                    batch = task.make_batch(mine.tolist())
-                    with autocast_context(cfg.bf16, self.device):
-                        loss, logs = task.training_loss(batch)
-                    extra = task.backward(loss, acc, weight / len(group)) or {}
+                    with phase("training forward"):
+                        batch = task.make_batch(mine.tolist())
+                        with autocast_context(cfg.bf16, self.device):
+                            loss, logs = task.training_loss(batch)
+                    with phase("training backward"):
+                        extra = task.backward(loss, acc, weight / len(group)) or {}
                     values = {"loss": float(loss.detach()), **logs, **extra}
                     if acc.num_processes > 1:  # the whole micro-batch's values, as one process logs them
                         values = self._batch_mean(values, weight / acc.num_processes)
                     for k, v in values.items():
                         running.setdefault(k, []).append(float(v))
-                distributed.average_gradients(params)
-                if cfg.max_grad_norm is not None:
-                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                task.on_optimizer_step(state["step"])
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                with phase("optimizer step"):
+                    distributed.average_gradients(params)
+                    if cfg.max_grad_norm is not None:
+                        acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
+                    task.on_optimizer_step(state["step"])
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
                 b += len(group)
                 state["step"] += 1
                 state["batch_in_epoch"] = b
@@ -446,7 +450,8 @@ class Trainer:
                 if due:
                     stop_now = evaluate(step)
                     state["seconds"] = time.perf_counter() - start_time
-                    self._save_checkpoint(state, optimizer, scheduler)
+                    with phase("checkpoints"):
+                        self._save_checkpoint(state, optimizer, scheduler)
                 for cb in self.callbacks:
                     cb(self, step)
                 if stop_now:
