@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "llmsrec": "delrec_lib.llmsrec.bench",
     "p2rec": "delrec_lib.p2rec.bench",
     "int8": "delrec_lib.llm.int8_bench",
+    "heldout": "delrec_lib.bench.heldout",
 }
 
 
