@@ -11,23 +11,26 @@ import pytest
 from delrec_lib.config import DistillConfig, RunConfig, TeachersConfig, parse_prompt_name
 from delrec_lib.delrec.distill import read_teacher_topk, teacher_predictions
 from delrec_lib.errors import ConfigError
-from delrec_lib.teachers.rules import RULE_WINDOW, title_words
+from delrec_lib.teachers.rules import RULE_WINDOW, first_word, title_words
 from delrec_lib.teachers.stage import export_popularity, export_rule
 
 from .stage_fixtures import synthetic_data
 
 RULE = "rule-sharedword"
+# Each rule teacher with the words of a title it reads: all of them, or the first.
+RULES = {RULE: title_words, "rule-firstword": first_word}
 
 
-def words_of(data):
-    return [frozenset()] + [title_words(t) for t in data.display_titles("no_year")[1:]]
+def words_of(data, words_fn=title_words):
+    return [frozenset()] + [words_fn(t) for t in data.display_titles("no_year")[1:]]
 
 
-def check_sharedword_rule(data, predictions: dict[int, list[int]], k: int = 5) -> None:
+def check_sharedword_rule(data, predictions: dict[int, list[int]], k: int = 5, words_fn=title_words) -> None:
     """The rule as the notebook states it, checked on a teacher's predictions (train items dropped):
     its top-1 shares a word with the most recent shown movie that has an unwatched namesake, and its
-    ranks 2..k share no word with any shown movie while unwatched movies that share none remain."""
-    words = words_of(data)
+    ranks 2..k share no word with any shown movie while unwatched movies that share none remain
+    (words: ``words_fn``, a title's words or its first)."""
+    words = words_of(data, words_fn)
     for uid, preds in predictions.items():
         train = data.train_items(uid)
         shown = train[-RULE_WINDOW:]
@@ -40,14 +43,15 @@ def check_sharedword_rule(data, predictions: dict[int, list[int]], k: int = 5) -
             assert item in unrelated, f"user {uid}: rank 2..{k} item {item} shares a word with a shown movie"
 
 
-def test_sharedword_teacher_follows_its_rule_and_no_constant_answer_does(tmp_path):
+@pytest.mark.parametrize("rule", RULES)
+def test_a_rule_teacher_follows_its_rule_and_no_constant_answer_does(tmp_path, rule):
     data = synthetic_data(tmp_path / "data")
-    teachers = TeachersConfig(models=(), rules=(RULE,))
-    result = export_rule(RULE, teachers, data, tmp_path / "teachers")
+    teachers = TeachersConfig(models=(), rules=(rule,))
+    result = export_rule(rule, teachers, data, tmp_path / "teachers")
     assert set(result.metrics) >= {"valid", "test"}  # evaluated like a trained teacher
-    topk = read_teacher_topk(tmp_path / "teachers" / RULE, data, teachers)
+    topk = read_teacher_topk(tmp_path / "teachers" / rule, data, teachers)
     predictions = teacher_predictions(topk, data)
-    check_sharedword_rule(data, predictions)
+    check_sharedword_rule(data, predictions, words_fn=RULES[rule])
     # A constant title is the top-1 of few users: a soft prompt cannot pass by memorising one answer.
     top1 = Counter(p[0] for p in predictions.values())
     assert max(top1.values()) <= len(predictions) / 5
@@ -55,10 +59,17 @@ def test_sharedword_teacher_follows_its_rule_and_no_constant_answer_does(tmp_pat
     popularity = export_popularity(data, tmp_path / "teachers")
     assert {p.name for p in result.directory.iterdir()} == {p.name for p in popularity.directory.iterdir()} - {"popularity.parquet"}
     # Exported again unchanged: skipped.
-    assert export_rule(RULE, teachers, data, tmp_path / "teachers").skipped
+    assert export_rule(rule, teachers, data, tmp_path / "teachers").skipped
 
 
-def test_the_rule_check_fails_on_a_teacher_that_ignores_the_rule(tmp_path):
+def test_first_word_reads_the_first_title_word_without_year_tag_or_function_words():
+    assert first_word("Star Trek: Generations (1994)") == {"star"}
+    assert first_word("The Man in the Moon (1991) [item 7]") == {"man"}
+    assert first_word("It (1990)") == frozenset()
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_the_rule_check_fails_on_a_teacher_that_ignores_the_rule(tmp_path, rule):
     """Companion: random predictions (top-1 unrelated to the history) fail ``check_sharedword_rule``."""
     data = synthetic_data(tmp_path / "data")
     rng = np.random.default_rng(0)
@@ -67,7 +78,7 @@ def test_the_rule_check_fails_on_a_teacher_that_ignores_the_rule(tmp_path):
         train = set(data.train_items(int(uid)))
         random_predictions[int(uid)] = [int(i) for i in rng.permutation(np.arange(1, data.num_items + 1)) if i not in train]
     with pytest.raises(AssertionError):
-        check_sharedword_rule(data, random_predictions)
+        check_sharedword_rule(data, random_predictions, words_fn=RULES[rule])
 
 
 def test_rule_prompt_names_parse_and_need_the_rule_exported():
@@ -78,3 +89,23 @@ def test_rule_prompt_names_parse_and_need_the_rule_exported():
     with pytest.raises(ConfigError, match=r"teachers.rules \[\] does not export"):
         RunConfig(distill=DistillConfig(prompts=(RULE + "-rps", "sasrec")))
     RunConfig(teachers=TeachersConfig(rules=(RULE,)), distill=DistillConfig(prompts=(RULE, "sasrec")))
+
+
+def test_firstword_answers_the_title_that_begins_like_the_anchor_not_one_sharing_a_later_word():
+    """"Star Trek" watched last: firstword's first choice is "Star Wars" (its first word), never "Trek Home" (which
+    shares a later word and is as unrelated as any other title to it); sharedword may answer either."""
+    from delrec_lib.teachers.rules import firstword_scorer, sharedword_scorer
+
+    class Titles:
+        num_items = 6
+
+        def display_titles(self, style):
+            return ["", "Star Trek", "Star Wars", "Trek Home", "Blue Moon", "Green Hills", "Red Rock"]
+
+    for seed in range(20):
+        first = firstword_scorer(Titles(), seed, window=10)(np.array([1]), [[1]])[0]
+        shared = sharedword_scorer(Titles(), seed, window=10)(np.array([1]), [[1]])[0]
+        assert int(np.argmax(first[1:])) + 1 == 2
+        assert int(np.argmax(shared[1:])) + 1 in (2, 3)
+        assert shared[3] < 0 or int(np.argmax(shared[1:])) + 1 == 3  # sharedword: a namesake, never among the unrelated
+        assert 0 <= first[3] < 1  # firstword: it begins otherwise, so it is as unrelated as "Blue Moon"

@@ -13,7 +13,7 @@ PRESET_NAMES = ("smoke", "cpu", "cpu-long", "cpu-seeds", "cpu-study", "cpu-ablat
 
 TEACHER_NAMES = ("sasrec", "gru4rec", "caser")
 # Synthetic teachers whose top-1 is a rule read from the prompt (``teachers/rules.py``): stage 1's known answer.
-RULE_TEACHERS = ("rule-sharedword",)
+RULE_TEACHERS = ("rule-sharedword", "rule-firstword")
 
 DISTILL_TASKS = ("ta", "rps")
 # Notebook 02 always exports the popularity baseline's top-k too: a stage-1 teacher that trains in seconds.

@@ -46,7 +46,8 @@ from ..errors import ConfigError, DataError
 
 SOFT_PROMPT_MARKER = "<|soft_prompt|>"
 # How templates name each teacher ("The recommendation pattern of SASRec is: ...").
-TEACHER_DISPLAY = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser", "rule-sharedword": "WordMatch"}
+TEACHER_DISPLAY = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser", "rule-sharedword": "WordMatch",
+                   "rule-firstword": "FirstWord"}
 SYSTEM_MESSAGE = "You recommend movies."
 
 # Named slots: {history}, {candidates}, {teacher}, {prediction}, {ranked}, {pattern} and the

@@ -12,6 +12,10 @@ whichever ``llm.title_style`` the prompt uses, provided the prompt shows the ``w
 Why this rule: it needs the history *and* the candidate (no constant title or list position is its
 answer), popularity cannot find it (the namesake is drawn uniformly among the unwatched ones), and a
 language model reads word overlap directly.
+
+``firstword``: the same with a title's first word only ("Star Trek: Generations" -> "star"): the answer
+begins the way a recent movie begins, the copying a small language model does most readily (the first
+token of a candidate is the one the prompt's end predicts).
 """
 
 from __future__ import annotations
@@ -56,10 +60,19 @@ def rule_name(teacher: str) -> str:
     return rule
 
 
-def sharedword_scorer(data: ProcessedData, seed: int, window: int) -> Scorer:
+def first_word(title: str) -> frozenset[str]:
+    """The first of ``title_words`` in reading order, as a set of one (empty for a title with none):
+    "Star Trek: Generations (1994)" -> {"star"}."""
+    name = without_year(untagged(title))
+    words = [w for w in re.findall(r"[a-z0-9']+", name.lower()) if len(w) >= 3 and w not in STOPWORDS]
+    return frozenset(words[:1])
+
+
+def sharedword_scorer(data: ProcessedData, seed: int, window: int, words_of=title_words) -> Scorer:
     """Scores [U, N+1]: one of the anchor's namesakes above 4 (the first choice), then the items that share
-    no word with a shown movie in [0, 1), then those that do, below 0; each order a seeded draw per user."""
-    words = [frozenset()] + [title_words(t) for t in data.display_titles("no_year")[1:]]
+    no word with a shown movie in [0, 1), then those that do, below 0; each order a seeded draw per user.
+    A title's words are ``words_of(title)``: all its words (``sharedword``) or its first (``firstword``)."""
+    words = [frozenset()] + [words_of(t) for t in data.display_titles("no_year")[1:]]
     by_word: dict[str, set[int]] = {}
     for item, ws in enumerate(words):
         for w in ws:
@@ -86,10 +99,17 @@ def sharedword_scorer(data: ProcessedData, seed: int, window: int) -> Scorer:
     return score
 
 
-RULES = {"sharedword": sharedword_scorer}
+def firstword_scorer(data: ProcessedData, seed: int, window: int) -> Scorer:
+    return sharedword_scorer(data, seed, window, words_of=first_word)
+
+
+RULES = {"sharedword": sharedword_scorer, "firstword": firstword_scorer}
 RULE_DESCRIPTIONS = {
     "sharedword": "first choice: an unwatched movie whose title shares a word with the user's most recent movie "
     "that has such a namesake (among the last {window} shown); the other choices share no word with them",
+    "firstword": "first choice: an unwatched movie whose title begins with the same word as the user's most recent "
+    "movie that has such a namesake (among the last {window} shown); the other choices begin with none of their "
+    "first words",
 }
 
 
