@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from .artifacts import (
+    DISTILL_MATCHED,
     MANIFEST_NAME,
     RunPaths,
     atomic_dir,
@@ -300,6 +301,8 @@ def _teachers_stage(paths: RunPaths, config: dict[str, Any]) -> dict[str, Any]:
 def _distill_stage(paths: RunPaths, config: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for d in _stage_folders(paths.distill, config.get("distill", {}).get("prompts", ())):
+        if d.name == DISTILL_MATCHED:  # the soft prompts' popularity-matched fidelities, read with each prompt below
+            continue
         m, path = _stage_metrics(d)
         with _reading(path):
             out[d.name] = {
@@ -315,6 +318,12 @@ def _distill_stage(paths: RunPaths, config: dict[str, Any]) -> dict[str, Any]:
                 "seconds": float(m["seconds"]),
             }  # fmt: skip
         out[d.name]["curve"] = _curve(d, "users_seen", "fidelity", out[d.name]["best_step"])
+        matched = paths.distill_matched(d.name)
+        if (matched / "metrics.json").is_file():  # the report users' popularity-matched examples (notebook 03)
+            m, path = _stage_metrics(matched)
+            with _reading(path):
+                out[d.name]["matched"] = {k: m[k] for k in ("users", "fidelity_before", "fidelity_after", "fidelity_chance",
+                                                            "fidelity_baselines")}  # fmt: skip
     return out
 
 
@@ -760,6 +769,12 @@ def _distill_section(prompts: dict[str, Any]) -> list[str]:
         "RPS fidelity, trained (selected step)": each(lambda p: _ci(p["fidelity_after"])),
         **{f"RPS: {h}": {n: _ci(p["fidelity_baselines"][h]) for n, p in prompts.items() if h in p["fidelity_baselines"]} for h in rps},
         "RPS: chance": each(lambda p: f"{p['fidelity_chance']:.4f}"),
+        "popularity-matched RPS, users": {n: str(p["matched"]["users"]) for n, p in prompts.items() if "matched" in p},
+        "popularity-matched RPS fidelity, untrained prompt": {n: _ci(p["matched"]["fidelity_before"]) for n, p in prompts.items() if "matched" in p},
+        "popularity-matched RPS fidelity, trained": {n: _ci(p["matched"]["fidelity_after"]) for n, p in prompts.items() if "matched" in p},
+        **{f"popularity-matched RPS: {h}": {n: _ci(p["matched"]["fidelity_baselines"][h]) for n, p in prompts.items()
+                                             if "matched" in p and h in p["matched"]["fidelity_baselines"]} for h in rps},
+        "popularity-matched RPS: chance": {n: f"{p['matched']['fidelity_chance']:.4f}" for n, p in prompts.items() if "matched" in p},
         "TA accuracy, untrained prompt": each(lambda p: _maybe_ci(p["ta_accuracy_before"])),
         "TA accuracy, trained (selected step)": each(lambda p: _maybe_ci(p["ta_accuracy_after"])),
         **{f"TA: {h}": {n: _ci(p["ta_baselines"][h]) for n, p in prompts.items() if h in p["ta_baselines"]} for h in ta},
@@ -771,12 +786,15 @@ def _distill_section(prompts: dict[str, Any]) -> list[str]:
         "steps (selected step)": each(_steps),
         "training users; seconds": each(lambda p: f"{p['train_users']}; {p['seconds']:.0f} s"),
     }  # fmt: skip
+    rows = {k: v for k, v in rows.items() if v}  # no prompt has it (the popularity-matched rows of older runs)
     return ["### Stage 1: soft-prompt distillation (notebook 03)", "",
             "On the report set: the run's fixed report users, never trained on, never an in-context example, "
             "not used to pick the step; mean [95% bootstrap interval] over users (`distill/<prompt>/metrics.json`). "
             "RPS fidelity: the LLM's top-1 is the teacher's top-1; TA accuracy: the LLM picks the hidden latest item. "
             "The heuristics rank the very same examples without a model. The selection set picked the step, so its "
-            "fidelity there is optimistic; its curve is `history.csv`.", "",
+            "fidelity there is optimistic; its curve is `history.csv`. The popularity-matched rows rank the same "
+            "users' examples with their random candidates drawn from the teacher top-1's popularity band "
+            "(`distill/matched/<prompt>/`): there the popularity heuristics fall towards chance.", "",
             _columns_table(rows, list(prompts), "prompt")]  # fmt: skip
 
 

@@ -490,3 +490,43 @@ def test_a_seed_copy_of_a_soft_prompt_trains_the_same_examples_in_another_order_
         DistillConfig(prompts=("sasrec-seed1",))
     with pytest.raises(ConfigError, match="distill.seeds: 2024 is distill.seed"):
         DistillConfig(seeds=(2024,))
+
+
+def test_stage1_fidelity_on_popularity_matched_report_examples(world):
+    """Each report user's RPS example again with its random candidates drawn from the teacher top-1's popularity bin
+    (widened as the test sets' are), the teacher's ranks kept; fidelity before and after with the heuristics on the
+    same examples, written once as its own artifact beside the soft prompt."""
+    from delrec_lib.data.popularity_matched import popularity_bins, train_counts
+    from delrec_lib.delrec.distill import _report_examples, matched_rps_examples, stage1_matched
+    from delrec_lib.delrec.soft_prompt import SoftPrompt
+
+    root, data, backbone = world
+    paths = paths_for(root, "matched")
+    write_teacher_exports(paths.teachers / "sasrec", data)
+    cfg = config(max_steps=6, eval_every=3)
+    run_distillation(cfg, paths, data, backbone, "sasrec", progress=False)
+    m = stage1_matched(cfg, paths, data, backbone, "sasrec")
+
+    blank = SoftPrompt(torch.zeros(cfg.distill.num_soft_tokens, backbone.hidden_size))
+    _, examples, report = _report_examples(cfg, paths, data, backbone, "sasrec", blank)
+    matched, widened = matched_rps_examples(data, examples["rps"])
+    _, item_bins = popularity_bins(train_counts(data))
+    for uid, ex in matched.items():
+        orig = examples["rps"][uid]
+        assert (ex.target, ex.ranked, ex.history) == (orig.target, orig.ranked, orig.history)
+        assert len(ex.candidates) == len(set(ex.candidates)) == len(orig.candidates)
+        negatives = set(ex.candidates) - {ex.target, *ex.ranked}
+        assert not negatives & set(data.interacted_items(uid).tolist())
+        unseen = np.ones(data.num_items + 1, dtype=bool)
+        unseen[[0, *data.interacted_items(uid).tolist(), ex.target, *ex.ranked]] = False
+        b, reach = item_bins[ex.target], 0  # the narrowest range around the top-1's bin that holds enough items
+        while (unseen & (np.abs(item_bins - b) <= reach)).sum() < len(negatives):
+            reach += 1
+        assert all(abs(item_bins[i] - b) <= reach for i in negatives), f"user {uid}: a negative outside the matched bins"
+    assert m["users"] == len(matched) == 10 and m["widened_users"] == widened
+    assert m["fidelity_chance"] == pytest.approx(1 / 6)
+    per_user = pd.read_parquet(paths.distill / "matched" / "sasrec" / "per_user.parquet")
+    assert per_user["user_id"].tolist() == sorted(matched)
+    assert per_user["fidelity_after"].mean() == pytest.approx(m["fidelity_after"]["mean"])
+    assert set(m["fidelity_baselines"]) == {"most popular unlisted candidate", "most popular candidate"}
+    assert stage1_matched(cfg, paths, data, backbone, "sasrec") == m  # read back, not recomputed

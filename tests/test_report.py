@@ -40,7 +40,7 @@ from delrec_lib.config import (
     config_to_dict,
 )
 from delrec_lib.data import load_processed
-from delrec_lib.delrec.distill import run_distillation
+from delrec_lib.delrec.distill import run_distillation, stage1_matched
 from delrec_lib.delrec.finetune import run_finetuning
 from delrec_lib.errors import DataError, StaleArtifactError
 from delrec_lib.evaluation import (
@@ -418,6 +418,7 @@ def staged_run(run_folder, tmp_path_factory) -> Path:
     backbone = load_backbone(str(save_tiny_causal(root / "tiny")), dtype="float32")
     for name in PROMPTS:
         run_distillation(config, paths, data, backbone, name, progress=False)
+    stage1_matched(config, paths, data, backbone, RULE)  # the first prompt only: the page leaves the other's cells blank
     for name in VARIANTS:
         run_finetuning(config, paths, data, backbone, name, progress=False)
     return paths.root
@@ -474,6 +475,10 @@ def test_the_page_shows_each_stages_numbers_beside_the_heuristics(staged_run):
     assert "## Stages" in text and "### Stage 1: soft-prompt distillation (notebook 03)" in text
     check_stage_rows(text, staged_run)
     assert row("teacher (tasks trained)", [f"{RULE} (TA + RPS)", f"{RULE} (RPS)"]) in text
+    matched = json.loads((staged_run / "distill" / "matched" / RULE / "metrics.json").read_text())
+    assert row("popularity-matched RPS fidelity, trained", [ci(matched["fidelity_after"]), ""]) in text
+    for h, v in matched["fidelity_baselines"].items():
+        assert row(f"popularity-matched RPS: {h}", [ci(v), ""]) in text
     # the teachers' validation metrics beside popularity and chance, with their intervals
     for name in ("popularity", RULE):
         valid = json.loads((staged_run / "teachers" / name / "metrics.json").read_text())["valid"]

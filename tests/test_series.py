@@ -202,6 +202,13 @@ def test_03_delrec_stage1_distillation_metrics(smoke_run):
         assert (smoke_run.distill / r.get("prompt", name) / "soft_prompt.safetensors").is_file()
     known = pd.read_csv(smoke_run.distill / d.known_answer / "history.csv")
     assert known["step"].tolist() == eval_steps(d.known_answer_steps, max(1, d.known_answer_steps // 4))
+    assert known["soft_prompt_moved"].iloc[0] == 0.0 and known["soft_prompt_moved"].iloc[-1] > 0
+    # the real teachers' prompts again on their report users' popularity-matched examples
+    for name in d.prompts:
+        matched = m[name]["matched"]
+        assert matched["users"] == d.heldout_users and matched["fidelity_chance"] == 1 / (d.rps_top_k + d.rps_random)
+        assert sorted(matched["fidelity_baselines"]) == ["most popular candidate", "most popular unlisted candidate"]
+        assert (smoke_run.distill / "matched" / name / "manifest.json").is_file()
     for figure in ("03_distillation_curves.png", "03_known_answer_curves.png"):
         assert (smoke_run.figures / figure).is_file()
 

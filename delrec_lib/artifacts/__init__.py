@@ -339,6 +339,9 @@ def require_inputs(
             )
 
 
+DISTILL_MATCHED = "matched"  # distill/matched/<prompt>/: never a soft prompt's name (the prompt names refuse it)
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """Where a run's artifacts live (DESIGN.md, "Artifacts and contracts between notebooks").
@@ -359,6 +362,10 @@ class RunPaths:
     @property
     def distill(self) -> Path:
         return self.root / "distill"
+
+    def distill_matched(self, prompt: str) -> Path:
+        """Soft prompt ``prompt``'s fidelity on popularity-matched report examples (its own artifact)."""
+        return self.distill / DISTILL_MATCHED / prompt
 
     @property
     def finetune(self) -> Path:

@@ -70,11 +70,22 @@ def popularity_bins(counts: np.ndarray, bins: int = DEFAULT_BINS) -> tuple[np.nd
     return edges, item_bins
 
 
+def matched_range(item_bins: np.ndarray, unseen: np.ndarray, target_bin: int, needed: int, who: str) -> tuple[int, int]:
+    """The bins ``low..high`` around ``target_bin``, widened one bin each side until ``needed`` items of ``unseen``
+    [N+1] (a mask) lie in them."""
+    top = int(item_bins.max())
+    low, high = target_bin, target_bin
+    while (unseen & (item_bins >= low) & (item_bins <= high)).sum() < needed:
+        if low == 0 and high == top:
+            raise DataError(f"{who} has fewer than {needed} never-interacted items")
+        low, high = max(0, low - 1), min(top, high + 1)
+    return low, high
+
+
 def build_matched(data: ProcessedData, bins: int = DEFAULT_BINS) -> tuple[pa.Table, dict]:
     """The matched sets of every user and split (a table of ``COLUMNS``) and their sidecar record."""
     counts = train_counts(data)
     edges, item_bins = popularity_bins(counts, bins)
-    top = len(edges) - 2
     num_negatives = len(data.candidates["candidates"].iloc[0]) - 1
     rows = {c: [] for c in COLUMNS}
     for uid in data.user_ids():
@@ -86,11 +97,7 @@ def build_matched(data: ProcessedData, bins: int = DEFAULT_BINS) -> tuple[pa.Tab
         for split in SPLITS:
             target = data.target(uid, split)
             b = int(item_bins[target])
-            low, high = b, b
-            while (unseen & (item_bins >= low) & (item_bins <= high)).sum() < num_negatives:
-                if low == 0 and high == top:
-                    raise DataError(f"user {uid} has fewer than {num_negatives} never-interacted items")
-                low, high = max(0, low - 1), min(top, high + 1)
+            low, high = matched_range(item_bins, unseen, b, num_negatives, f"user {uid}")
             # Items outside the range count as seen, so the shared sets' draw (and shuffle) is reused.
             excluded = np.flatnonzero(~unseen | (item_bins < low) | (item_bins > high))
             cands, pos = sample_candidates(target, excluded, data.num_items, num_negatives,

@@ -68,6 +68,7 @@ from ..artifacts import (
 )
 from ..config import RunConfig, split_seed
 from ..data.explore import item_popularity
+from ..data.popularity_matched import DEFAULT_BINS, MATCHED_SEED, matched_range, popularity_bins, train_counts
 from ..data.processed import ProcessedData
 from ..errors import ConfigError, DataError
 from ..llm.prompts import TEACHER_DISPLAY, EncodedPrompt, PromptBuilder, TemporalExample, prompt_format_id
@@ -103,6 +104,12 @@ class DistillExample:
     @property
     def target(self) -> int:
         return self.candidates[self.label]
+
+    @property
+    def key(self) -> tuple:
+        """What its prompt and cached prefix are kept under: a user's task, with its candidates (a user's
+        popularity-matched example lists other ones)."""
+        return (self.task, self.user_id, self.candidates)
 
 
 def teacher_predictions(topk: pd.DataFrame, data: ProcessedData) -> dict[int, list[int]]:
@@ -259,15 +266,15 @@ class DistillTask(TrainingTask):
         self.users = sorted(set.intersection(*(set(train_examples[t]) for t in self.tasks)))
         self.selection = selection  # held-out examples whose RPS fidelity selects the step
         self.initial = soft_prompt.embeddings.detach().clone()  # how far the prompt moved is measured from it
-        self._prompts: dict[tuple[str, int], EncodedPrompt] = {}
+        self._prompts: dict[tuple, EncodedPrompt] = {}
         # The frozen LLM's keys/values of each example's text before the slot, computed at its first use.
-        self._prefixes: dict[tuple[str, int], torch.Tensor] = {}
+        self._prefixes: dict[tuple, torch.Tensor] = {}
         self._pending: dict[str, torch.Tensor] = {}
 
     # -- prompts -------------------------------------------------------------------------------
 
     def prompt(self, ex: DistillExample) -> EncodedPrompt:
-        key = (ex.task, ex.user_id)
+        key = ex.key
         if key not in self._prompts:
             t = self.titles
             if ex.task == "rps":
@@ -295,13 +302,13 @@ class DistillTask(TrainingTask):
         layered = self.config.prompt_depth == "every_layer"
         if self.config.trainable == "lora" or not (self.config.cache_prefix or layered) or self.backbone.family != "causal":
             return None
-        missing = [(e, p) for e, p in zip(examples, prompts, strict=True) if (e.task, e.user_id) not in self._prefixes]
+        missing = [(e, p) for e, p in zip(examples, prompts, strict=True) if e.key not in self._prefixes]
         if missing:
             # One prompt at a time: a state then never depends on which examples shared its batch (padding,
             # kernel blocking), so a resumed run computes the same states as an uninterrupted one, bit for bit.
             states = prefix_states(self.backbone, [p for _, p in missing], batch_size=1)
-            self._prefixes.update({(e.task, e.user_id): st for (e, _), st in zip(missing, states, strict=True)})
-        return [self._prefixes[(e.task, e.user_id)] for e in examples]
+            self._prefixes.update({e.key: st for (e, _), st in zip(missing, states, strict=True)})
+        return [self._prefixes[e.key] for e in examples]
 
     # -- TrainingTask --------------------------------------------------------------------------
 
@@ -597,6 +604,66 @@ def run_distillation(
     return DistillResult(name, out_dir, metrics, history, train_log, soft)
 
 
+STAGE1_MATCHED_KIND = "stage1-popularity-matched"
+
+
+def matched_rps_examples(data: ProcessedData, examples: dict[int, DistillExample],
+                         bins: int = DEFAULT_BINS) -> tuple[dict[int, DistillExample], int]:  # fmt: skip
+    """Each RPS example again with its random candidates replaced by as many never-interacted items from the
+    teacher top-1's bin of train-interaction counts (the test sets' popularity-matched rule, widened alike), the
+    teacher's ranks 2..k kept (the prompt lists them), shuffled; and how many users' bins were widened."""
+    _, item_bins = popularity_bins(train_counts(data), bins)
+    out, widened = {}, 0
+    for uid, ex in examples.items():
+        kept = [ex.target, *ex.ranked]
+        unseen = np.ones(data.num_items + 1, dtype=bool)
+        unseen[0] = False
+        unseen[data.interacted_items(uid)] = False
+        unseen[kept] = False
+        needed = len(ex.candidates) - len(kept)
+        low, high = matched_range(item_bins, unseen, int(item_bins[ex.target]), needed, f"stage 1 report user {uid}")
+        widened += int(high > low)
+        pool = np.flatnonzero(unseen & (item_bins >= low) & (item_bins <= high))
+        rng = np.random.default_rng([MATCHED_SEED, uid, 1])
+        cands = kept + [int(i) for i in rng.choice(pool, size=needed, replace=False)]
+        cands = [cands[i] for i in rng.permutation(len(cands))]
+        out[uid] = dataclasses.replace(ex, candidates=tuple(cands), label=cands.index(ex.target), teacher_scores=())
+    return out, widened
+
+
+def stage1_matched(config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str) -> dict[str, Any]:
+    """Soft prompt ``name``'s RPS fidelity on its report users' popularity-matched examples (``matched_rps_examples``),
+    untrained and trained, beside the heuristics on the same examples: whether stage 1 learned more than the
+    teacher's taste for popular items. Written once as ``distill/matched/<name>/`` (its own artifact: the soft
+    prompt is unchanged); returns its metrics."""
+    directory = paths.distill / name
+    manifest = read_manifest(directory, SOFT_PROMPT_KIND)
+    if manifest["config"]["distill"].get("trainable", "prompt") != "prompt":
+        raise ConfigError(f"{directory}: stage 1's LoRA control trained adapters, not its prompt; the popularity-matched "
+                          "fidelity reads trained soft prompts only")  # fmt: skip
+    inputs = {"soft_prompt": artifact_id(manifest), "data": data.data_id, "bins": str(DEFAULT_BINS), "seed": str(MATCHED_SEED)}
+    out = paths.distill_matched(name)
+    if is_complete(out, STAGE1_MATCHED_KIND, inputs=inputs):
+        return read_json(out / "metrics.json")
+    stage = distill_stage_config(config, name)
+    initial = initial_soft_prompt(backbone, stage["distill"], stage["teacher"])
+    trained = load_distilled(directory).soft_prompt.embeddings.detach()
+    task, examples, _ = _report_examples(config, paths, data, backbone, name, initial)
+    matched, widened = matched_rps_examples(data, examples["rps"])
+    before = task.heldout_scores(initial.embeddings.detach(), {"rps": matched}, tasks=("rps",))["rps"]
+    after = task.heldout_scores(trained, {"rps": matched}, tasks=("rps",))["rps"]
+    baselines = heuristic_hits(matched, item_popularity(data, split="train"))
+    metrics = {"prompt": name, "users": len(matched), "widened_users": widened, "bins": DEFAULT_BINS,
+               "fidelity_before": _ci(before), "fidelity_after": _ci(after),
+               "fidelity_chance": 1.0 / len(next(iter(matched.values())).candidates),
+               "fidelity_baselines": {k: _ci(v) for k, v in baselines.items()}}  # fmt: skip
+    with write_stage_output(out, STAGE1_MATCHED_KIND, inputs=inputs, extra={"prompt": name}) as tmp:
+        (tmp / "metrics.json").write_text(_json(metrics))
+        pd.DataFrame({"user_id": sorted(matched), "fidelity_before": before, "fidelity_after": after,
+                      **baselines}).to_parquet(tmp / "per_user.parquet", index=False)  # fmt: skip
+    return metrics
+
+
 def lora_control_model(backbone: Any, cfg: Any) -> Any:
     """A copy of the backbone with LoRA adapters (rank ``lora_r``) on the attention projections of its top
     ``lora_layers`` layers, seeded: stage 1's LoRA control (``distill.trainable = "lora"``)."""
@@ -747,6 +814,19 @@ def stage1_table(metrics: dict[str, Any]) -> pd.Series:
         "steps (chosen)": f"{m['steps']} ({m['best_step']})",
         "training users": m["train_users"],
         "seconds": m["seconds"],
+    })  # fmt: skip
+
+
+def stage1_matched_table(metrics: dict[str, Any]) -> pd.Series:
+    """``stage1_matched``'s numbers as notebook 03 shows them: the report users' popularity-matched examples,
+    untrained and trained, beside the heuristics on them and chance."""
+    m = metrics
+    return pd.Series({
+        "RPS fidelity, LLM untrained": _ci_text(m["fidelity_before"]),
+        "RPS fidelity, LLM trained": _ci_text(m["fidelity_after"]),
+        **{f"RPS fidelity, {k}": _ci_text(v) for k, v in m["fidelity_baselines"].items()},
+        "RPS fidelity, chance": f"{m['fidelity_chance']:.3f}",
+        "report users (bin widened)": f"{m['users']} ({m['widened_users']})",
     })  # fmt: skip
 
 
