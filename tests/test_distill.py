@@ -399,6 +399,9 @@ def test_the_lora_control_trains_adapters_and_leaves_the_prompt_and_backbone_alo
     assert weights_digest(backbone.model) == before and not any(p.requires_grad for p in backbone.model.parameters())
     m = result.metrics
     assert m["soft_prompt_moved"] == 0.0  # the prompt did not train
+    from delrec_lib.delrec.distill import stage1_matched
+
+    assert stage1_matched(cfg, paths, data, backbone, "sasrec") is None  # nothing trained in its prompt to measure
     assert m["fidelity_after"]["mean"] >= 0.8 > m["fidelity_chance"] * 2  # the adapters learned the fixed teacher
     from safetensors.torch import load_file
 

@@ -631,16 +631,15 @@ def matched_rps_examples(data: ProcessedData, examples: dict[int, DistillExample
     return out, widened
 
 
-def stage1_matched(config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str) -> dict[str, Any]:
+def stage1_matched(config: RunConfig, paths: Any, data: ProcessedData, backbone: Any, name: str) -> dict[str, Any] | None:
     """Soft prompt ``name``'s RPS fidelity on its report users' popularity-matched examples (``matched_rps_examples``),
     untrained and trained, beside the heuristics on the same examples: whether stage 1 learned more than the
     teacher's taste for popular items. Written once as ``distill/matched/<name>/`` (its own artifact: the soft
-    prompt is unchanged); returns its metrics."""
+    prompt is unchanged); returns its metrics, or None for the LoRA control, whose training is not its prompt."""
     directory = paths.distill / name
     manifest = read_manifest(directory, SOFT_PROMPT_KIND)
     if manifest["config"]["distill"].get("trainable", "prompt") != "prompt":
-        raise ConfigError(f"{directory}: stage 1's LoRA control trained adapters, not its prompt; the popularity-matched "
-                          "fidelity reads trained soft prompts only")  # fmt: skip
+        return None
     inputs = {"soft_prompt": artifact_id(manifest), "data": data.data_id, "bins": str(DEFAULT_BINS), "seed": str(MATCHED_SEED)}
     out = paths.distill_matched(name)
     if is_complete(out, STAGE1_MATCHED_KIND, inputs=inputs):
