@@ -273,3 +273,42 @@ def test_the_target_check_fails_on_negatives_drawn_from_unseen_train_items_only(
         leaky = distill.build_examples(data, preds, users, cfg, donors=users)
     with pytest.raises(AssertionError, match="a valid/test target in the prompt"):
         check_no_own_target([*leaky["ta"].values(), *leaky["rps"].values()], data)
+
+
+def test_the_choice_is_the_best_mean_or_within_one_sd_of_it_the_cheapest():
+    import pandas as pd
+
+    from delrec_lib.delrec.tuning import choose_point
+
+    grid = {"lr": [0.01, 0.1, 0.3]}
+    rows = [(0.1, 0.30, 100), (0.1, 0.40, 100), (0.1, 0.35, 100),  # mean 0.35, sd 0.05
+            (0.3, 0.33, 40), (0.3, 0.31, 40), (0.3, 0.32, 40),  # mean 0.32: within one sd of 0.35, cheaper
+            (0.01, 0.10, 10), (0.01, 0.12, 10), (0.01, 0.11, 10)]  # fmt: skip
+    confirmed = pd.DataFrame(rows, columns=["lr", "selection_fidelity", "seconds"])
+    summary, chosen = choose_point(confirmed, grid, "selection_fidelity")
+    assert chosen == {"lr": 0.3}
+    assert summary.set_index("lr").loc[0.1, "mean"] == pytest.approx(0.35) and list(summary["seeds"]) == [3, 3, 3]
+    wide_apart = confirmed.assign(selection_fidelity=[0.35, 0.35, 0.35, 0.20, 0.21, 0.22, 0.1, 0.1, 0.1])
+    assert choose_point(wide_apart, grid, "selection_fidelity")[1] == {"lr": 0.1}  # sd 0: only the best mean
+
+
+def test_the_confirmation_trains_the_best_points_again_with_other_training_seeds(llm_world, tmp_path):
+    from delrec_lib.config import DistillConfig, LLMConfig, RunConfig
+    from delrec_lib.delrec.tuning import confirm_points, validation_grid
+
+    _, data, backbone = llm_world
+    teacher_without_targets(tmp_path / "from" / "teachers" / "sasrec", data)
+    config = RunConfig(preset="smoke", llm=LLMConfig(history_len=4),
+                       distill=DistillConfig(num_soft_tokens=2, ta_candidates=4, rps_top_k=3, rps_random=2, batch_size=4,
+                                             grad_accum=1, warmup_steps=0, heldout_users=3, selection_users=6))  # fmt: skip
+    grid, fixed = {"lr": [0.001, 0.3, 1.0]}, {"max_steps": 3, "eval_every": 1}
+    screen = validation_grid("distill", "sasrec", config, grid, fixed, tmp_path / "from", tmp_path / "out", backbone, data)
+    confirmed = confirm_points("distill", "sasrec", config, grid, screen, fixed, 2, [7], tmp_path / "from",
+                               tmp_path / "out", backbone, data)  # fmt: skip
+    best_two = screen.sort_values("selection_fidelity", ascending=False, kind="stable")["lr"].tolist()[:2]
+    assert confirmed["lr"].tolist() == [best_two[0], best_two[0], best_two[1], best_two[1]]
+    assert confirmed["train_seed"].tolist() == [config.distill.seed, 7, config.distill.seed, 7]
+    for lr in best_two:
+        folder = tmp_path / "out" / "distill" / "sasrec" / f"max_steps=3_eval_every=1_lr={lr}" / "distill"
+        seeded = json.loads((folder / "sasrec-seed7" / "metrics.json").read_text())
+        assert seeded["train_seed"] == 7 and (folder / "sasrec" / "metrics.json").is_file()

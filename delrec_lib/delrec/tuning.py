@@ -9,6 +9,13 @@ itself measures on data it never trains on: stage 1 the selection set's RPS fide
 stage 2 the validation metrics, at the selected step, with the seconds the point took. ``--csv`` keeps
 the table; each point's folder keeps its curves (``history.csv``).
 
+Screen, then confirm: ``--confirm 2 --seeds 1 2`` trains the screen's best two points again with training
+seeds 1 and 2 (stage 1: another order of the same training users; stage 2: also another adapter
+initialisation), and chooses the point with the highest mean over the three seeds or, among those within one
+standard deviation of it, the cheapest:
+
+    python -m delrec_lib.delrec.tuning distill --grid lr=0.01,0.03,0.1,0.3 --confirm 2 --seeds 1 2
+
 What a point may read, so that the defaults chosen with this tool in ``delrec_lib/config/`` never saw a test
 target, nor stage 1's its report users:
 
@@ -42,7 +49,15 @@ from typing import Any
 import pandas as pd
 
 from ..artifacts import RunPaths
-from ..config import DistillConfig, FinetuneConfig, RunConfig, load_config, resolve_path
+from ..config import (
+    SEED_SUFFIX,
+    DistillConfig,
+    FinetuneConfig,
+    RunConfig,
+    load_config,
+    resolve_path,
+    split_seed,
+)
 from ..errors import ConfigError
 
 STAGES = {"distill": DistillConfig, "finetune": FinetuneConfig}
@@ -120,37 +135,87 @@ def validation_grid(stage: str, name: str, config: RunConfig, grid: dict[str, li
                     from_run: Path, out: Path, backbone, data) -> pd.DataFrame:  # fmt: skip
     """One row per grid point: its settings, the held-out numbers at the selected step, and its cost."""
     from ..data.guard import NoTestView
+
+    data = NoTestView(data, negatives=True, who=f"the {stage} tuning grid")
+    rows = []
+    for point in grid_points(grid):
+        rows.append({**point, **train_point(stage, name, config, point, fixed, from_run, out, backbone, data)})
+        print(rows[-1], flush=True)
+    return pd.DataFrame(rows)
+
+
+def selection_column(stage: str, config: RunConfig) -> str:
+    """The table column a point is chosen by: stage 1's selection fidelity, stage 2's validation metric."""
+    return "selection_fidelity" if stage == "distill" else f"valid_{config.finetune.select_metric}"
+
+
+def train_point(stage: str, name: str, config: RunConfig, point: dict[str, Any], fixed: dict[str, Any], from_run: Path,
+                out: Path, backbone, data) -> dict[str, Any]:  # fmt: skip
+    """Train ``name`` (a soft prompt or variant, or a seed's copy "<name>-seed<N>") at one point, in the point's run
+    folder; the held-out numbers at its selected step and its seconds. ``data`` is the tool's no-test view."""
     from .distill import run_distillation
     from .finetune import run_finetuning, variant_prompt_artifact
 
-    data = NoTestView(data, negatives=True, who=f"the {stage} tuning grid")
     source = RunPaths(from_run)
+    section = dataclasses.replace(getattr(config, stage), **fixed, **point)
+    cfg = dataclasses.replace(config, **{stage: section})
+    paths = RunPaths(out / stage / split_seed(name)[0] / point_name({**fixed, **point}))
+    _link(source.teachers, paths.teachers)
+    start = time.perf_counter()
+    if stage == "distill":
+        r = run_distillation(cfg, paths, data, backbone, name, progress=False)
+        h, m = r.history, r.metrics
+        best = h[h["step"] == m["best_step"]].iloc[-1]
+        row = {"selection_fidelity": m["selection"]["fidelity_best"], "selection_ta_accuracy": best.get("ta_accuracy"),
+               "best_step": m["best_step"], "users_seen": int(best["users_seen"]),
+               "last_fidelity": float(h["fidelity"].iloc[-1])}  # fmt: skip
+    else:
+        prompt = variant_prompt_artifact(cfg, name)
+        if prompt is not None:
+            _link(source.distill / prompt, paths.distill / prompt)
+        r = run_finetuning(cfg, paths, data, backbone, name, progress=False)
+        m = r.metrics
+        row = {f"valid_{k}": v for k, v in m["valid_best"].items()}
+        row.update({"best_step": m["best_step"], "examples": m["train_examples"],
+                    "last_" + section.select_metric: float(r.history[section.select_metric].iloc[-1])})  # fmt: skip
+    return {**row, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def confirm_points(stage: str, name: str, config: RunConfig, grid: dict[str, list[Any]], screen: pd.DataFrame,
+                   fixed: dict[str, Any], top: int, seeds: Sequence[int], from_run: Path, out: Path, backbone,
+                   data) -> pd.DataFrame:  # fmt: skip
+    """The ``top`` points of the screen (one training seed, the stage's own) trained again with each of ``seeds``
+    (another order of training users, and for stage 2 another adapter initialisation): one row per point and
+    seed, the screen's run as the stage's own seed."""
+    from ..data.guard import NoTestView
+
+    data = NoTestView(data, negatives=True, who=f"the {stage} tuning grid")
+    metric = selection_column(stage, config)
+    points = grid_points(grid)
+    own = getattr(config, stage).seed
     rows = []
-    for point in grid_points(grid):
-        section = dataclasses.replace(getattr(config, stage), **fixed, **point)
-        cfg = dataclasses.replace(config, **{stage: section})
-        paths = RunPaths(out / stage / name / point_name({**fixed, **point}))
-        _link(source.teachers, paths.teachers)
-        start = time.perf_counter()
-        if stage == "distill":
-            r = run_distillation(cfg, paths, data, backbone, name, progress=False)
-            h, m = r.history, r.metrics
-            best = h[h["step"] == m["best_step"]].iloc[-1]
-            row = {"selection_fidelity": m["selection"]["fidelity_best"], "selection_ta_accuracy": best.get("ta_accuracy"),
-                   "best_step": m["best_step"], "users_seen": int(best["users_seen"]),
-                   "last_fidelity": float(h["fidelity"].iloc[-1])}  # fmt: skip
-        else:
-            prompt = variant_prompt_artifact(cfg, name)
-            if prompt is not None:
-                _link(source.distill / prompt, paths.distill / prompt)
-            r = run_finetuning(cfg, paths, data, backbone, name, progress=False)
-            m = r.metrics
-            row = {f"valid_{k}": v for k, v in m["valid_best"].items()}
-            row.update({"best_step": m["best_step"], "examples": m["train_examples"],
-                        "last_" + section.select_metric: float(r.history[section.select_metric].iloc[-1])})  # fmt: skip
-        rows.append({**point, **row, "seconds": round(time.perf_counter() - start, 1)})
-        print(rows[-1], flush=True)
+    for i in screen[metric].sort_values(ascending=False, kind="stable").index[:top]:
+        point = points[i]
+        rows.append({**point, "train_seed": own, **screen.loc[i].drop(list(point)).to_dict()})
+        for seed in seeds:
+            row = train_point(stage, f"{name}{SEED_SUFFIX}{seed}", config, point, fixed, from_run, out, backbone, data)
+            rows.append({**point, "train_seed": seed, **row})
+            print(rows[-1], flush=True)
     return pd.DataFrame(rows)
+
+
+def choose_point(confirmed: pd.DataFrame, grid: dict[str, list[Any]], metric: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Per point: the mean and standard deviation of ``metric`` over its seeds and its mean seconds; and the chosen
+    point: the highest mean, or, among the points whose mean lies within one standard deviation of it (the best
+    point's), the cheapest."""
+    keys = list(grid)
+    summary = (confirmed.groupby(keys, sort=False, dropna=False)
+               .agg(mean=(metric, "mean"), sd=(metric, "std"), seeds=(metric, "size"), seconds=("seconds", "mean"))
+               .reset_index())  # fmt: skip
+    best = summary.loc[summary["mean"].idxmax()]
+    close = summary[summary["mean"] >= best["mean"] - (0.0 if pd.isna(best["sd"]) else best["sd"])]
+    chosen = close.loc[close["seconds"].idxmin()]
+    return summary, {k: chosen[k] for k in keys}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -165,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--from-run", default=None, help="run folder holding the teachers (and soft prompts); default outputs/<preset>")
     parser.add_argument("--out", default="outputs/tuning", help="where each point's run folder goes")
     parser.add_argument("--csv", type=Path, default=None)
+    parser.add_argument("--confirm", type=int, default=0,
+                        help="train the best N points of the screen again with each of --seeds, then choose among them")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2],
+                        help="training seeds of the confirmation (the screen ran the stage's own seed)")
     args = parser.parse_args(argv)
 
     from ..data import load_processed, prepare_dataset
@@ -189,6 +258,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.csv, index=False)
+    if args.confirm:
+        if stage_cfg.seed in args.seeds:
+            raise ConfigError(f"--seeds: {stage_cfg.seed} is {args.stage}.seed, the screen's own training seed; got {args.seeds}")
+        confirmed = confirm_points(args.stage, name, config, grid, table, fixed, args.confirm, args.seeds, from_run,
+                                   resolve_path(args.out), backbone, data)  # fmt: skip
+        summary, chosen = choose_point(confirmed, grid, selection_column(args.stage, config))
+        print(summary.to_string(index=False))
+        print(f"chosen: {chosen} (the highest mean {selection_column(args.stage, config)} over "
+              f"{1 + len(args.seeds)} training seeds; within one sd of it, the cheapest)")  # fmt: skip
+        if args.csv:
+            confirmed.to_csv(args.csv.with_name(args.csv.stem + "-confirm.csv"), index=False)
 
 
 if __name__ == "__main__":
