@@ -310,6 +310,8 @@ def _distill_stage(paths: RunPaths, config: dict[str, Any]) -> dict[str, Any]:
                 "report_users": int(m["heldout_users"]), "report_users_id": (m.get("report_users") or {}).get("hash"),
                 "fidelity_before": m["fidelity_before"], "fidelity_after": m["fidelity_after"],
                 "fidelity_baselines": m["fidelity_baselines"], "fidelity_chance": float(m["fidelity_chance"]),
+                "picks_listed": ({"before": m["picks_listed_before"], "after": m["picks_listed_after"],
+                                  "chance": float(m["picks_listed_chance"])} if "picks_listed_before" in m else None),
                 "ta_accuracy_before": m.get("ta_accuracy_before"), "ta_accuracy_after": m.get("ta_accuracy_after"),
                 "ta_baselines": m.get("ta_baselines") or {}, "ta_chance": m.get("ta_chance"),
                 "selection": {"users": int(m["selection"]["users"]), "fidelity_before": float(m["selection"]["fidelity_before"]),
@@ -769,6 +771,9 @@ def _distill_section(prompts: dict[str, Any]) -> list[str]:
         "RPS fidelity, trained (selected step)": each(lambda p: _ci(p["fidelity_after"])),
         **{f"RPS: {h}": {n: _ci(p["fidelity_baselines"][h]) for n, p in prompts.items() if h in p["fidelity_baselines"]} for h in rps},
         "RPS: chance": each(lambda p: f"{p['fidelity_chance']:.4f}"),
+        "RPS: LLM's first choice is a title the prompt lists (untrained -> trained; chance)": {
+            n: f"{_ci(p['picks_listed']['before'])} -> {_ci(p['picks_listed']['after'])}; {p['picks_listed']['chance']:.4f}"
+            for n, p in prompts.items() if p.get("picks_listed")},
         "popularity-matched RPS, users": {n: str(p["matched"]["users"]) for n, p in prompts.items() if "matched" in p},
         "popularity-matched RPS fidelity, untrained prompt": {n: _ci(p["matched"]["fidelity_before"]) for n, p in prompts.items() if "matched" in p},
         "popularity-matched RPS fidelity, trained": {n: _ci(p["matched"]["fidelity_after"]) for n, p in prompts.items() if "matched" in p},

@@ -242,6 +242,9 @@ def test_stage1_learns_a_fixed_teacher_and_leaves_the_backbone_untouched(world):
     assert m["fidelity_after"]["mean"] >= 0.8 > chance * 2
     assert m["fidelity_after"]["mean"] > m["fidelity_before"]["mean"] + 0.3
     assert m["soft_prompt_moved"] > 0
+    # The fixed top-1 is never among the listed ranks 2..k: a first choice that is a listed title is a miss.
+    assert m["picks_listed_chance"] == pytest.approx(2 / 6)
+    assert m["picks_listed_after"]["mean"] <= 1 - m["fidelity_after"]["mean"] + 1e-9
     # how far the prompt moved, at every evaluation: from 0 at the start to the selected step's reported value
     moved = result.history.set_index("step")["soft_prompt_moved"]
     assert moved.loc[0] == 0.0 and (moved.iloc[1:] > 0).all()
@@ -533,3 +536,13 @@ def test_stage1_fidelity_on_popularity_matched_report_examples(world):
     assert per_user["fidelity_after"].mean() == pytest.approx(m["fidelity_after"]["mean"])
     assert set(m["fidelity_baselines"]) == {"most popular unlisted candidate", "most popular candidate"}
     assert stage1_matched(cfg, paths, data, backbone, "sasrec") == m  # read back, not recomputed
+
+
+def test_picks_listed_counts_first_choices_among_the_titles_the_prompt_lists():
+    from delrec_lib.delrec.distill import picks_listed
+
+    examples = {7: DistillExample(7, "rps", (1, 2), (10, 11, 12, 13), 0, ranked=(11, 12)),
+                3: DistillExample(3, "rps", (1,), (20, 21, 22, 23), 2, ranked=(20,))}  # fmt: skip
+    # users in sorted order (3, then 7): 3 picked 20 (listed), 7 picked 13 (a random candidate)
+    assert picks_listed(examples, np.array([20, 13])).tolist() == [1.0, 0.0]
+    assert picks_listed(examples, np.array([22, 12])).tolist() == [0.0, 1.0]  # 22: the label, not listed

@@ -475,6 +475,9 @@ def test_the_page_shows_each_stages_numbers_beside_the_heuristics(staged_run):
     assert "## Stages" in text and "### Stage 1: soft-prompt distillation (notebook 03)" in text
     check_stage_rows(text, staged_run)
     assert row("teacher (tasks trained)", [f"{RULE} (TA + RPS)", f"{RULE} (RPS)"]) in text
+    listed = [f"{ci(m2['picks_listed_before'])} -> {ci(m2['picks_listed_after'])}; {m2['picks_listed_chance']:.4f}"
+              for m2 in (json.loads((staged_run / "distill" / p / "metrics.json").read_text()) for p in PROMPTS)]
+    assert row("RPS: LLM's first choice is a title the prompt lists (untrained -> trained; chance)", listed) in text
     matched = json.loads((staged_run / "distill" / "matched" / RULE / "metrics.json").read_text())
     assert row("popularity-matched RPS fidelity, trained", [ci(matched["fidelity_after"]), ""]) in text
     for h, v in matched["fidelity_baselines"].items():

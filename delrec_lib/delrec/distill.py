@@ -367,6 +367,11 @@ class DistillTask(TrainingTask):
     def heldout_scores(self, soft: torch.Tensor, heldout: dict[str, dict[int, DistillExample]],
                        tasks=("ta", "rps")) -> dict[str, np.ndarray]:  # fmt: skip
         """Per held-out user (sorted ids): HR@1 of the LLM on each task (for RPS: the distillation fidelity)."""
+        return {t: hits for t, (hits, _) in self.heldout_picks(soft, heldout, tasks).items()}
+
+    def heldout_picks(self, soft: torch.Tensor, heldout: dict[str, dict[int, DistillExample]],
+                      tasks=("ta", "rps")) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+        """Per task, per held-out user (sorted ids): the LLM's HR@1 and the item it ranked first."""
         out = {}
         with torch.no_grad():
             for t in tasks:
@@ -375,8 +380,15 @@ class DistillTask(TrainingTask):
                     continue
                 scores = self.scores(examples, soft).float().cpu().numpy()
                 labels = np.array([e.label for e in examples])
-                out[t] = per_user_metrics(scores, labels)["HR@1"].to_numpy()
+                picks = np.array([e.candidates[int(i)] for e, i in zip(examples, scores.argmax(axis=1), strict=True)])
+                out[t] = (per_user_metrics(scores, labels)["HR@1"].to_numpy(), picks)
         return out
+
+
+def picks_listed(examples: dict[int, DistillExample], picks: np.ndarray) -> np.ndarray:
+    """Per RPS example (sorted users): 1 where the LLM's first choice is one of the teacher's ranks 2..k, the
+    candidates the prompt itself lists: a language model's pull towards a title it has just read."""
+    return np.array([float(int(p) in examples[u].ranked) for u, p in zip(sorted(examples), picks, strict=True)])
 
 
 def stage1_loss(scores: torch.Tensor, examples: list[DistillExample], config: Any) -> torch.Tensor:
@@ -529,14 +541,17 @@ def run_distillation(
         raise DataError("stage 1: no training user has both a TA and an RPS example")
 
     start = time.perf_counter()
-    before = task.heldout_scores(initial, report)
+    before_picks = task.heldout_picks(initial, report)
+    before = {t: hits for t, (hits, _) in before_picks.items()}
     selection_before = selection_metrics(task.heldout_scores(initial, selection))
     train_seed = stage_config.get("train_seed", cfg.seed)
     trainer = Trainer(train_config(cfg, train_seed), task, paths.distill / ".checkpoints" / name, desc=f"distill {name}",
                       progress=progress, callbacks=callbacks, identity={"inputs": inputs, "config": stage_config})  # fmt: skip
     result = trainer.train()
     trainer.load_best()
-    after = task.heldout_scores(soft.embeddings.detach(), report)  # the selected soft prompt only
+    after_picks = task.heldout_picks(soft.embeddings.detach(), report)  # the selected soft prompt only
+    after = {t: hits for t, (hits, _) in after_picks.items()}
+    listed = {when: picks_listed(report["rps"], p["rps"][1]) for when, p in (("before", before_picks), ("after", after_picks))}
     seconds = time.perf_counter() - start
 
     popularity = item_popularity(data, split="train")
@@ -546,7 +561,8 @@ def run_distillation(
     history.insert(1, "users_seen", history["step"] * cfg.batch_size * cfg.grad_accum * result.processes)
     train_log = pd.DataFrame(result.train_log)
     per_user = pd.DataFrame({"user_id": sorted(report["rps"]), "fidelity_before": before["rps"],
-                             "fidelity_after": after["rps"], **baselines["rps"]})  # fmt: skip
+                             "fidelity_after": after["rps"], "picks_listed_before": listed["before"],
+                             "picks_listed_after": listed["after"], **baselines["rps"]})  # fmt: skip
     metrics = {
         "prompt": name,
         "teacher": teacher,
@@ -557,6 +573,11 @@ def run_distillation(
         "fidelity_after": _ci(after["rps"]),
         "fidelity_chance": 1.0 / (cfg.rps_top_k + cfg.rps_random),
         "fidelity_baselines": {k: _ci(v) for k, v in baselines["rps"].items()},
+        # How often the LLM's first choice is a title the prompt lists (the teacher's ranks 2..k, wrong by
+        # construction), and how often a uniform pick would be.
+        "picks_listed_before": _ci(listed["before"]),
+        "picks_listed_after": _ci(listed["after"]),
+        "picks_listed_chance": (cfg.rps_top_k - 1) / (cfg.rps_top_k + cfg.rps_random),
         "ta_accuracy_before": _ci(before["ta"]) if "ta" in before else None,
         "ta_accuracy_after": _ci(after["ta"]) if "ta" in after else None,
         "ta_chance": 1.0 / cfg.ta_candidates,
@@ -649,11 +670,13 @@ def stage1_matched(config: RunConfig, paths: Any, data: ProcessedData, backbone:
     trained = load_distilled(directory).soft_prompt.embeddings.detach()
     task, examples, _ = _report_examples(config, paths, data, backbone, name, initial)
     matched, widened = matched_rps_examples(data, examples["rps"])
-    before = task.heldout_scores(initial.embeddings.detach(), {"rps": matched}, tasks=("rps",))["rps"]
-    after = task.heldout_scores(trained, {"rps": matched}, tasks=("rps",))["rps"]
+    before, before_picks = task.heldout_picks(initial.embeddings.detach(), {"rps": matched}, tasks=("rps",))["rps"]
+    after, after_picks = task.heldout_picks(trained, {"rps": matched}, tasks=("rps",))["rps"]
     baselines = heuristic_hits(matched, item_popularity(data, split="train"))
     metrics = {"prompt": name, "users": len(matched), "widened_users": widened, "bins": DEFAULT_BINS,
                "fidelity_before": _ci(before), "fidelity_after": _ci(after),
+               "picks_listed_before": _ci(picks_listed(matched, before_picks)),
+               "picks_listed_after": _ci(picks_listed(matched, after_picks)),
                "fidelity_chance": 1.0 / len(next(iter(matched.values())).candidates),
                "fidelity_baselines": {k: _ci(v) for k, v in baselines.items()}}  # fmt: skip
     with write_stage_output(out, STAGE1_MATCHED_KIND, inputs=inputs, extra={"prompt": name}) as tmp:
@@ -803,6 +826,9 @@ def stage1_table(metrics: dict[str, Any]) -> pd.Series:
         "RPS fidelity, LLM trained": _ci_text(m["fidelity_after"]),
         **{f"RPS fidelity, {k}": _ci_text(v) for k, v in m["fidelity_baselines"].items()},
         "RPS fidelity, chance": f"{m['fidelity_chance']:.3f}",
+        **({"RPS: LLM picks a title the prompt lists, untrained": _ci_text(m["picks_listed_before"]),
+            "RPS: LLM picks a title the prompt lists, trained": _ci_text(m["picks_listed_after"]),
+            "RPS: a title the prompt lists, by chance": f"{m['picks_listed_chance']:.3f}"} if "picks_listed_before" in m else {}),
         "TA accuracy, LLM untrained": _ci_text(m["ta_accuracy_before"]),
         "TA accuracy, LLM trained": _ci_text(m["ta_accuracy_after"]),
         **{f"TA accuracy, {k}": _ci_text(v) for k, v in m["ta_baselines"].items()},
