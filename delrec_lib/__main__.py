@@ -217,7 +217,8 @@ def _report(args: argparse.Namespace) -> None:
 
 def _stage1_study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True, help="the soft prompt every run trained (e.g. rule-sharedword-rps)")
-    p.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="run folders that trained it")
+    p.add_argument("--runs", nargs="+", required=True, metavar="RUN[:PROMPT]",
+                   help="run folders that trained it (RUN:PROMPT: that run's own soft prompt, e.g. another rule teacher's)")
     p.add_argument("--out", required=True, help="where the page goes, e.g. docs/results/known-answer.md")
 
 

@@ -1022,13 +1022,15 @@ def readme_runs(readme: str | os.PathLike) -> list[str]:
 
 
 def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Soft prompt ``prompt`` as each run trained it: (one row per run: its head, prompt depth, rate, tokens and
-    initialisation text, report-set fidelity before and after with intervals, the best heuristic on the same examples, chance, steps,
-    seconds and how far the prompt moved; the selection-set fidelity per step, one column per run). Refused
-    unless every run scored the same report users."""
+    """Soft prompt ``prompt`` as each run trained it (a run given as "RUN:PROMPT" its own prompt, e.g. another rule
+    teacher's): one row per run (its head, prompt depth, RPS candidates, rate, tokens and initialisation text,
+    report-set fidelity before and after with intervals, the best heuristic on the same examples, chance, how often
+    its first choice is a title the prompt lists, steps, seconds and how far the prompt moved), and the
+    selection-set fidelity per step, one column per run. Refused unless every run scored the same report users."""
     rows, curves, report_sets = [], {}, {}
-    for run in run_dirs:
-        directory = Path(run) / "distill" / prompt
+    for spec in run_dirs:
+        run, _, own = str(spec).partition(":")  # "RUN:PROMPT": that run's own soft prompt (another rule teacher)
+        directory = Path(run) / "distill" / (own or prompt)
         manifest = read_manifest(directory, "soft-prompt")
         verify_outputs(directory, manifest)
         m = read_json(directory / "metrics.json")
@@ -1036,12 +1038,17 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
         name = Path(run).name
         report_sets[name] = (m.get("report_users") or {}).get("hash")
         best = max(m["fidelity_baselines"].items(), key=lambda kv: kv[1]["mean"])
-        rows.append({"run": name, "trains": cfg.get("trainable", "prompt"), "head": llm.get("head", "title"),  # (runs before the field: title)
+        listed = (f"{_ci(m['picks_listed_before'], 3)} -> {_ci(m['picks_listed_after'], 3)}"
+                  if "picks_listed_before" in m else "-")  # (runs before it was recorded)
+        rows.append({"run": name, "prompt": own or prompt, "trains": cfg.get("trainable", "prompt"),
+                     "head": llm.get("head", "title"),  # (runs before the field: title)
                      "prompt depth": cfg.get("prompt_depth", "input"),
+                     "RPS candidates": f"{cfg['rps_top_k']} + {cfg['rps_random']}",
                      "lr": cfg["lr"], "soft tokens": cfg["num_soft_tokens"], "init text": cfg["init_text"],
                      "steps": int(m["steps"]), "report users": int(m["heldout_users"]),
                      "fidelity before": _ci(m["fidelity_before"], 3), "fidelity after": _ci(m["fidelity_after"], 3),
                      "best heuristic": f"{best[0]}: {_ci(best[1], 3)}", "chance": round(float(m["fidelity_chance"]), 3),
+                     "picks a listed title, before -> after": listed,
                      "prompt moved": round(float(m.get("soft_prompt_moved", float("nan"))), 3),
                      "seconds": round(float(m["seconds"])), "kit": describe_kit(manifest.get("kit"))})  # fmt: skip
         history = pd.read_csv(directory / "history.csv")
@@ -1057,7 +1064,7 @@ def write_stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str, out: 
     table, curves = stage1_study(run_dirs, prompt)
     lines = [f"# Stage 1 on `{prompt}` under different settings", "",
              "Written by `python -m delrec_lib stage1-study` from the run folders "
-             f"({', '.join(f'`{Path(r).name}`' for r in run_dirs)}); fidelity on the same fixed report users, "
+             f"({', '.join(f'`{Path(str(r).partition(chr(58))[0]).name}`' for r in run_dirs)}); fidelity on the same fixed report users, "
              "mean [95% interval]. The best heuristic is the better of the popularity rankings on the same examples.",
              "", markdown_table(table), "", "## Held-out (selection) fidelity by step", "",
              markdown_table(curves.round(3).astype(object).where(curves.notna(), "-"))]  # fmt: skip

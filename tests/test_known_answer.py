@@ -127,6 +127,19 @@ def test_a_stage1_study_sets_runs_side_by_side_on_the_same_report_users(world, t
         m = json.loads((run / "distill" / (RULE + "-rps") / "metrics.json").read_text())
         assert table.loc[run.name, "fidelity after"].startswith(f"{m['fidelity_after']['mean']:.3f} [")
     page = write_stage1_study(runs[:2], RULE + "-rps", tmp_path / "study.md").read_text()
-    assert "| lr0.3-u8 | prompt | title | input | 0.3 |" in page and "## Held-out (selection) fidelity by step" in page
+    rps = f"{config.distill.rps_top_k} + {config.distill.rps_random}"
+    assert f"| lr0.3-u8 | {RULE}-rps | prompt | title | input | {rps} | 0.3 |" in page
+    assert "## Held-out (selection) fidelity by step" in page
+    m = json.loads((runs[1] / "distill" / (RULE + "-rps") / "metrics.json").read_text())
+    assert table.loc["lr0.3-u8", "picks a listed title, before -> after"].startswith(f"{m['picks_listed_before']['mean']:.3f} [")
+    # a run of another rule teacher's prompt joins the table as "RUN:PROMPT" (the same fixed report users)
+    other = RunPaths(tmp_path / "firstword")
+    cfg = dataclasses.replace(config, teachers=dataclasses.replace(config.teachers, rules=(RULE, "rule-firstword")),
+                              distill=dataclasses.replace(config.distill, known_answer="rule-firstword-rps", known_answer_steps=2,
+                                                          known_answer_users=8, known_answer_lr=0.3))  # fmt: skip
+    export_rule("rule-firstword", cfg.teachers, data, other.teachers)
+    run_distillation(cfg, other, data, backbone, "rule-firstword-rps", progress=False)
+    mixed, _ = stage1_study([runs[1], f"{other.root}:rule-firstword-rps"], RULE + "-rps")
+    assert list(mixed["prompt"]) == [RULE + "-rps", "rule-firstword-rps"] and list(mixed.index) == ["lr0.3-u8", "firstword"]
     with pytest.raises(DataError, match="different report users"):
         stage1_study(runs, RULE + "-rps")
