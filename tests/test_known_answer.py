@@ -68,6 +68,12 @@ def test_fidelity_reading_is_judged_by_the_interval():
     assert "above chance but not beyond" in fidelity_reading(metrics((0.30, 0.21, 0.39)))
     # The interval, not the mean, decides: a mean above the heuristic whose interval reaches it is not "learned".
     assert "learned beyond" not in fidelity_reading(metrics((0.35, 0.28, 0.42)))
+    # Copying the titles the prompt lists is named when the untrained prompt does it beyond chance, not otherwise.
+    copying = metrics((0.02, 0.0, 0.05)) | {"picks_listed_chance": 0.4, "picks_listed_after": {"mean": 0.6},
+                                            "picks_listed_before": {"mean": 0.9, "ci_low": 0.84, "ci_high": 0.95}}  # fmt: skip
+    assert "a title the prompt lists" in fidelity_reading(copying) and "for 90% of the users, against 40%" in fidelity_reading(copying)
+    by_chance = copying | {"picks_listed_before": {"mean": 0.45, "ci_low": 0.35, "ci_high": 0.55}}
+    assert "a title the prompt lists" not in fidelity_reading(by_chance)
 
 
 def test_stage1_table_shows_every_heuristic_beside_the_llm():

@@ -885,7 +885,14 @@ def fidelity_reading(metrics: dict[str, Any]) -> str:
     numbers = (f"fidelity {_ci_text(after)} on {metrics['heldout_users']} report users after {metrics['best_step']} "
                f"steps (untrained {before['mean']:.3f}), against {name} {best['mean']:.3f} and chance {chance:.3f}")  # fmt: skip
     if after["ci_low"] > floor:
-        return f"{metrics['prompt']}: learned beyond every heuristic: {numbers}."
-    if after["ci_low"] <= chance:
-        return f"{metrics['prompt']}: not distinguishable from chance in this budget: {numbers}."
-    return f"{metrics['prompt']}: above chance but not beyond the best heuristic: {numbers}."
+        verdict = f"{metrics['prompt']}: learned beyond every heuristic: {numbers}."
+    elif after["ci_low"] <= chance:
+        verdict = f"{metrics['prompt']}: not distinguishable from chance in this budget: {numbers}."
+    else:
+        verdict = f"{metrics['prompt']}: above chance but not beyond the best heuristic: {numbers}."
+    listed = metrics.get("picks_listed_before")
+    if listed and listed["ci_low"] > metrics["picks_listed_chance"]:  # the copying that starts it below chance
+        verdict += (f" Untrained, its first choice was a title the prompt lists (the teacher's ranks 2..k, wrong by "
+                    f"construction) for {listed['mean']:.0%} of the users, against {metrics['picks_listed_chance']:.0%} "
+                    f"by chance; trained, {metrics['picks_listed_after']['mean']:.0%}.")  # fmt: skip
+    return verdict
