@@ -146,7 +146,7 @@ def test_the_page_shows_every_method_with_intervals_times_machine_and_versions(r
         assert re.search(rf"\| {re.escape(method)} \| \d\.\d{{4}} \[\d\.\d{{4}}, \d\.\d{{4}}\] \|", text)
     assert "| chance (expected) | 0.1667 |" in text
     # times: the execution that computed 07's results, not the later one that found them done
-    assert "| 07_evaluation | 25 min 55 s | 2026-01-05T10:00:00+00:00 | 2 |" in text
+    assert "| 07_evaluation | 25 min 55 s | - | 2026-01-05T10:00:00+00:00 | 2 |" in text
     assert "| 01_data_prep | 6 s |" in text
     assert "Test CPU 9000, 2 cores (2 usable), no GPU; the LLM computed in float32" in text
     assert re.search(r"Kit: version \S+ at commit [0-9a-f]{12}.* \(\d+ artifacts\)", text), "the kit's version and commit"
