@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from delrec_lib.config import DistillConfig, RunConfig, TeachersConfig, parse_prompt_name
+from delrec_lib.data.titles import first_word, title_words
 from delrec_lib.delrec.distill import read_teacher_topk, teacher_predictions
 from delrec_lib.errors import ConfigError
-from delrec_lib.teachers.rules import RULE_WINDOW, first_word, title_words
+from delrec_lib.teachers.rules import RULE_WINDOW
 from delrec_lib.teachers.stage import export_popularity, export_rule
 
 from .stage_fixtures import synthetic_data
@@ -109,3 +110,27 @@ def test_firstword_answers_the_title_that_begins_like_the_anchor_not_one_sharing
         assert int(np.argmax(shared[1:])) + 1 in (2, 3)
         assert shared[3] < 0 or int(np.argmax(shared[1:])) + 1 == 3  # sharedword: a namesake, never among the unrelated
         assert 0 <= first[3] < 1  # firstword: it begins otherwise, so it is as unrelated as "Blue Moon"
+
+
+def test_the_first_choice_is_no_likelier_a_long_title_than_in_the_catalogue():
+    """A title of many words shares one more often, so a namesake drawn uniformly would be a long title (a length
+    heuristic would find it); the rule draws it with weights that give it the catalogue's share of long titles.
+    The anchor "Night" has two namesakes: "Night Falls" (two words, like 7 of the catalogue's 9 titles)
+    and "Long Dark Night Ahead Again" (five, like 1 of 9): the long one should be drawn about 1 time in 8, not 1 in 2."""
+    from delrec_lib.teachers.rules import sharedword_scorer
+
+    class Titles:
+        titles = ["", "Night", "Night Falls", "Long Dark Night Ahead Again", "Blue Moon", "Green Hills", "Red Rock",
+                  "Cold Water", "Deep Sea", "Wild Card"]  # fmt: skip
+        num_items = len(titles) - 1
+
+        def display_titles(self, style):
+            return self.titles
+
+    users = np.arange(1, 801)
+    scores = sharedword_scorer(Titles(), seed=3, window=10)(users, [[1]] * len(users))
+    first = scores[:, 1:].argmax(axis=1) + 1
+    assert set(first) == {2, 3}
+    share_long = float(np.mean(first == 3))
+    # weights: 2 words 7/9 / 1 namesake, 5 words 1/9 / 1 namesake -> P(long) = 1/8
+    assert abs(share_long - 1 / 8) < 0.04, share_long

@@ -130,3 +130,25 @@ def year_less_titles(titles: Sequence[str], item_ids: Sequence[int]) -> list[str
             return out  # unique: every clash left holds a full title, and full titles are unique
         for k in clashing:
             out[k] = titles[k]
+
+
+# Short function words carry no title identity: "The Man in the Moon" shares nothing with "The Net".
+STOPWORDS = frozenset(
+    "the a an and or of in on to for with from at by is it its my me you your his her our their "
+    "be are was this that not no les la le il der die das el los las de du des un une".split()
+)
+
+
+def title_words(title: str) -> frozenset[str]:
+    """Lower-case words of at least three letters or digits that are not function words, read without the
+    year and the item tag that tell same-named titles apart ("Cape Fear (1991) [item 7]" -> {"cape", "fear"})."""
+    name = without_year(untagged(title))
+    return frozenset(w for w in re.findall(r"[a-z0-9']+", name.lower()) if len(w) >= 3 and w not in STOPWORDS)
+
+
+def first_word(title: str) -> frozenset[str]:
+    """The first of ``title_words`` in reading order, as a set of one (empty for a title with none):
+    "Star Trek: Generations (1994)" -> {"star"}."""
+    name = without_year(untagged(title))
+    words = [w for w in re.findall(r"[a-z0-9']+", name.lower()) if len(w) >= 3 and w not in STOPWORDS]
+    return frozenset(words[:1])

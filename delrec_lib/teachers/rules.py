@@ -10,8 +10,11 @@ most recent of the user's last ``window`` movies that has such a namesake; its o
 no word with any of those movies. The title words are read without the year, so the rule is visible
 whichever ``llm.title_style`` the prompt uses, provided the prompt shows the ``window`` latest movies.
 Why this rule: it needs the history *and* the candidate (no constant title or list position is its
-answer), popularity cannot find it (the namesake is drawn uniformly among the unwatched ones), and a
-language model reads word overlap directly.
+answer), popularity cannot find it (the namesake is drawn at random among the unwatched ones), and a
+language model reads word overlap directly. A title of many words shares one more often, so a namesake
+drawn uniformly is a long title (the unlisted candidate with the most title words found it for 0.38
+of the users against 0.17 for a random unlisted one); the draw is weighted so that the first choice's
+number of title words is distributed as over the catalogue, which a length heuristic cannot exploit.
 
 ``firstword``: the same with a title's first word only ("Star Trek: Generations" -> "star"): the answer
 begins the way a recent movie begins, the copying a small language model does most readily (the first
@@ -20,34 +23,19 @@ token of a candidate is the one the prompt's end predicts).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..data import ProcessedData
-from ..data.titles import untagged, without_year
+from ..data.titles import first_word, title_words
 from ..errors import ConfigError
 from .evaluation import Scorer
 
 RULE_PREFIX = "rule-"
 # The latest movies a rule reads; stage 1 refuses a prompt that shows fewer (``llm.history_len``).
 RULE_WINDOW = 10
-# Short function words carry no title identity: "The Man in the Moon" shares nothing with "The Net".
-STOPWORDS = frozenset(
-    "the a an and or of in on to for with from at by is it its my me you your his her our their "
-    "be are was this that not no les la le il der die das el los las de du des un une".split()
-)
-
-
-def title_words(title: str) -> frozenset[str]:
-    """Lower-case words of at least three letters or digits that are not function words, read without the
-    year and the item tag that tell same-named titles apart ("Cape Fear (1991) [item 7]" -> {"cape", "fear"})."""
-    name = without_year(untagged(title))
-    return frozenset(w for w in re.findall(r"[a-z0-9']+", name.lower()) if len(w) >= 3 and w not in STOPWORDS)
-
-
 def is_rule_teacher(name: str) -> bool:
     return name.startswith(RULE_PREFIX)
 
@@ -60,19 +48,16 @@ def rule_name(teacher: str) -> str:
     return rule
 
 
-def first_word(title: str) -> frozenset[str]:
-    """The first of ``title_words`` in reading order, as a set of one (empty for a title with none):
-    "Star Trek: Generations (1994)" -> {"star"}."""
-    name = without_year(untagged(title))
-    words = [w for w in re.findall(r"[a-z0-9']+", name.lower()) if len(w) >= 3 and w not in STOPWORDS]
-    return frozenset(words[:1])
-
-
 def sharedword_scorer(data: ProcessedData, seed: int, window: int, words_of=title_words) -> Scorer:
-    """Scores [U, N+1]: one of the anchor's namesakes above 4 (the first choice), then the items that share
-    no word with a shown movie in [0, 1), then those that do, below 0; each order a seeded draw per user.
+    """Scores [U, N+1]: one of the anchor's namesakes above 4 (the first choice, drawn with title-length weights),
+    then the items that share no word with a shown movie in [0, 1), then those that do, below 0; each order a
+    seeded draw per user.
     A title's words are ``words_of(title)``: all its words (``sharedword``) or its first (``firstword``)."""
-    words = [frozenset()] + [words_of(t) for t in data.display_titles("no_year")[1:]]
+    titles = data.display_titles("no_year")
+    words = [frozenset()] + [words_of(t) for t in titles[1:]]
+    # Weight of a namesake with n title words: the catalogue's share of n-word titles over the namesakes' share.
+    lengths = np.array([0] + [len(title_words(t)) for t in titles[1:]])
+    catalogue_share = np.bincount(lengths[1:], minlength=lengths.max() + 1) / data.num_items
     by_word: dict[str, set[int]] = {}
     for item, ws in enumerate(words):
         for w in ws:
@@ -91,8 +76,12 @@ def sharedword_scorer(data: ProcessedData, seed: int, window: int, words_of=titl
             out[row, sorted(related)] -= 2.0
             for anchor in reversed(shown):
                 partners = sorted(namesakes(anchor) - seen)
-                if partners:  # one of them, by the user's draw, is the first choice
-                    out[row, partners[int(np.argmax(out[row, partners]))]] += 6.0
+                if partners:  # one of them, by the user's draw weighted by title length, is the first choice
+                    n = lengths[partners]
+                    weight = catalogue_share[n] / np.bincount(n, minlength=len(catalogue_share))[n]
+                    uniform = out[row, partners] + 2.0  # the user's draw, before the shift of related items
+                    key = np.log(uniform) / weight  # weighted sampling (Efraimidis-Spirakis), in logs
+                    out[row, partners[int(np.argmax(key))]] += 6.0
                     break
         return out
 
@@ -106,17 +95,19 @@ def firstword_scorer(data: ProcessedData, seed: int, window: int) -> Scorer:
 RULES = {"sharedword": sharedword_scorer, "firstword": firstword_scorer}
 RULE_DESCRIPTIONS = {
     "sharedword": "first choice: an unwatched movie whose title shares a word with the user's most recent movie "
-    "that has such a namesake (among the last {window} shown); the other choices share no word with them",
+    "that has such a namesake (among the last {window} shown), drawn so that long titles are no likelier than in "
+    "the catalogue; the other choices share no word with them",
     "firstword": "first choice: an unwatched movie whose title begins with the same word as the user's most recent "
-    "movie that has such a namesake (among the last {window} shown); the other choices begin with none of their "
-    "first words",
+    "movie that has such a namesake (among the last {window} shown), drawn so that long titles are no likelier than "
+    "in the catalogue; the other choices begin with none of their first words",
 }
 
 
 def rule_spec(teacher: str, seed: int, window: int, top_k: int, data: ProcessedData) -> dict[str, Any]:
     """Everything that determines a rule teacher's exports (its manifest's config)."""
     rule = rule_name(teacher)
-    return {"teacher": teacher, "rule": rule, "window": window, "seed": seed, "top_k": top_k, "num_items": data.num_items}
+    return {"teacher": teacher, "rule": rule, "window": window, "seed": seed, "top_k": top_k, "num_items": data.num_items,
+            "answer_length": "catalogue"}  # the first choice's title length weighted as in the catalogue
 
 
 def rule_scorer(spec: dict[str, Any], data: ProcessedData) -> Scorer:
