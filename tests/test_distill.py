@@ -13,6 +13,7 @@ import torch
 
 from delrec_lib.config import DistillConfig, LLMConfig, RunConfig
 from delrec_lib.delrec.distill import (
+    HEURISTICS,
     DistillExample,
     build_examples,
     heuristic_hits,
@@ -208,11 +209,17 @@ def test_heuristic_baselines_on_hand_made_examples():
         # unlisted items 3 and 5 tie on popularity: half a hit in expectation
         2: DistillExample(2, "rps", (4,), candidates=(3, 2, 5, 1), label=0, ranked=(2,)),
     }
-    hits = heuristic_hits(rps, popularity)
+    # title words per item: item 2 (listed) is the longest, then item 3; items 5 and 1 tie
+    lengths = np.array([2, 6, 4, 1, 2])
+    hits = heuristic_hits(rps, popularity, lengths)
     assert hits["most popular candidate"].tolist() == [0.0, 0.0]
     assert hits["most popular unlisted candidate"].tolist() == [1.0, 0.5]
+    # user 1: the longest unlisted title is item 3, the label; user 2: item 3 again, the label
+    assert hits["unlisted candidate with the most title words"].tolist() == [1.0, 1.0]
+    rps[2] = DistillExample(2, "rps", (4,), candidates=(5, 2, 3, 1), label=0, ranked=(2,))  # label 5: shorter than 3
+    assert heuristic_hits(rps, popularity, lengths)["unlisted candidate with the most title words"].tolist() == [1.0, 0.0]
     ta = {3: DistillExample(3, "ta", (1,), candidates=(4, 2, 1), label=1, prediction=5)}
-    assert heuristic_hits(ta, popularity) == {"most popular candidate": pytest.approx(np.array([1.0]))}
+    assert heuristic_hits(ta, popularity, lengths) == {"most popular candidate": pytest.approx(np.array([1.0]))}
 
 
 def test_held_out_sets_are_disjoint_sized_and_shrink_loudly(world, caplog):
@@ -255,7 +262,8 @@ def test_stage1_learns_a_fixed_teacher_and_leaves_the_backbone_untouched(world):
     assert m["selection"]["fidelity_best"] == result.history["fidelity"].iloc[1:].max()
     assert m["selection"]["fidelity_before"] == result.history["fidelity"].iloc[0]
     # Heuristic baselines on the same report examples, with intervals like the LLM's.
-    for key, names in (("fidelity_baselines", ["most popular unlisted candidate", "most popular candidate"]),
+    for key, names in (("fidelity_baselines", ["most popular unlisted candidate", "most popular candidate",
+                                               "unlisted candidate with the most title words"]),
                        ("ta_baselines", ["most popular candidate"])):  # fmt: skip
         assert list(m[key]) == names
         for v in m[key].values():
@@ -534,7 +542,7 @@ def test_stage1_fidelity_on_popularity_matched_report_examples(world):
     per_user = pd.read_parquet(paths.distill / "matched" / "sasrec" / "per_user.parquet")
     assert per_user["user_id"].tolist() == sorted(matched)
     assert per_user["fidelity_after"].mean() == pytest.approx(m["fidelity_after"]["mean"])
-    assert set(m["fidelity_baselines"]) == {"most popular unlisted candidate", "most popular candidate"}
+    assert set(m["fidelity_baselines"]) == set(HEURISTICS["rps"])
     assert stage1_matched(cfg, paths, data, backbone, "sasrec") == m  # read back, not recomputed
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from delrec_lib.config import RunConfig, parse_p2rec_variant, preset_config
+from delrec_lib.delrec.distill import HEURISTICS
 from delrec_lib.delrec.finetune import seeded_names, variant_soft_prompt
 from delrec_lib.p2rec.stage import states_name
 from delrec_lib.runner import RunPaths, read_metrics, run_series, series_notebooks
@@ -197,7 +198,7 @@ def test_03_delrec_stage1_distillation_metrics(smoke_run):
         assert r["fidelity_chance"] == 1 / (d.rps_top_k + d.rps_random)
         # reported on the report set beside the heuristics; the step chosen on the selection set
         assert (r["heldout_users"], r["selection_users"], r["steps"]) == budgets[name]
-        assert sorted(r["fidelity_baselines"]) == ["most popular candidate", "most popular unlisted candidate"]
+        assert sorted(r["fidelity_baselines"]) == sorted(HEURISTICS["rps"])
         assert list(r["ta_baselines"]) == ["most popular candidate"]
         assert (smoke_run.distill / r.get("prompt", name) / "soft_prompt.safetensors").is_file()
     known = pd.read_csv(smoke_run.distill / d.known_answer / "history.csv")
@@ -207,7 +208,7 @@ def test_03_delrec_stage1_distillation_metrics(smoke_run):
     for name in d.prompts:
         matched = m[name]["matched"]
         assert matched["users"] == d.heldout_users and matched["fidelity_chance"] == 1 / (d.rps_top_k + d.rps_random)
-        assert sorted(matched["fidelity_baselines"]) == ["most popular candidate", "most popular unlisted candidate"]
+        assert sorted(matched["fidelity_baselines"]) == sorted(HEURISTICS["rps"])
         assert (smoke_run.distill / "matched" / name / "manifest.json").is_file()
     for figure in ("03_distillation_curves.png", "03_known_answer_curves.png"):
         assert (smoke_run.figures / figure).is_file()

@@ -70,6 +70,7 @@ from ..config import RunConfig, split_seed
 from ..data.explore import item_popularity
 from ..data.popularity_matched import DEFAULT_BINS, MATCHED_SEED, matched_range, popularity_bins, train_counts
 from ..data.processed import ProcessedData
+from ..data.titles import title_words
 from ..errors import ConfigError, DataError
 from ..llm.prompts import TEACHER_DISPLAY, EncodedPrompt, PromptBuilder, TemporalExample, prompt_format_id
 from ..llm.scoring import prefix_states, rank_candidates
@@ -218,31 +219,40 @@ def split_users(data: ProcessedData, config: Any, max_users: int | None = None) 
     return UserSplit(sorted(train), sorted(selection), sorted(report))
 
 
+LONGEST_UNLISTED = "unlisted candidate with the most title words"
 HEURISTICS = {
-    "rps": ("most popular unlisted candidate", "most popular candidate"),
+    "rps": ("most popular unlisted candidate", "most popular candidate", LONGEST_UNLISTED),
     "ta": ("most popular candidate",),
 }
 
 
-def heuristic_hits(examples: dict[int, DistillExample], popularity: np.ndarray) -> dict[str, np.ndarray]:
+def title_lengths(data: ProcessedData) -> np.ndarray:
+    """Words per item title (index i-1 for item i), counted as the rule teachers read them (``title_words``)."""
+    return np.array([len(title_words(t)) for t in data.display_titles("no_year")[1:]], dtype=np.float64)
+
+
+def heuristic_hits(examples: dict[int, DistillExample], popularity: np.ndarray,
+                   lengths: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
     """Per user (sorted ids), the HR@1 of rankings that need no model, on the LLM's own examples.
 
     ``popularity``: train-split interactions per item (index i-1 for item i). "most popular
     candidate" ranks the candidates by it; "most popular unlisted candidate" (RPS) first drops the
     candidates the prompt lists as the teacher's ranks 2..k, which a reader of the prompt can tell
-    are not its top-1. Ties count as a uniform random choice (``metrics``).
+    are not its top-1. ``lengths`` (``title_lengths``): the unlisted candidate whose title has the most
+    words (RPS), which finds a teacher whose first choice tends to be a long title (a title of many words
+    shares one with a history title more often). Ties count as a uniform random choice (``metrics``).
     """
     rows = [examples[u] for u in sorted(examples)]
     if not rows:
         return {}
     task = rows[0].task
-    scores = np.array([[popularity[i - 1] for i in e.candidates] for e in rows], dtype=np.float64)
     labels = np.array([e.label for e in rows])
+    unlisted = np.array([[i not in e.ranked for i in e.candidates] for e in rows])
     out = {}
     for name in HEURISTICS[task]:
-        valid = None
-        if name == "most popular unlisted candidate":
-            valid = np.array([[i not in e.ranked for i in e.candidates] for e in rows])
+        by = lengths if name == LONGEST_UNLISTED else popularity
+        scores = np.array([[by[i - 1] for i in e.candidates] for e in rows], dtype=np.float64)
+        valid = unlisted if name in ("most popular unlisted candidate", LONGEST_UNLISTED) else None
         out[name] = per_user_metrics(scores, labels, valid)["HR@1"].to_numpy()
     return out
 
@@ -554,8 +564,8 @@ def run_distillation(
     listed = {when: picks_listed(report["rps"], p["rps"][1]) for when, p in (("before", before_picks), ("after", after_picks))}
     seconds = time.perf_counter() - start
 
-    popularity = item_popularity(data, split="train")
-    baselines = {t: heuristic_hits(report[t], popularity) for t in ("ta", "rps")}
+    popularity, lengths = item_popularity(data, split="train"), title_lengths(data)
+    baselines = {t: heuristic_hits(report[t], popularity, lengths) for t in ("ta", "rps")}
     history = pd.DataFrame([{"step": 0, **selection_before, "soft_prompt_moved": 0.0}, *result.history])
     # The x of a learning curve: training users seen (each brings one example per task).
     history.insert(1, "users_seen", history["step"] * cfg.batch_size * cfg.grad_accum * result.processes)
@@ -589,8 +599,8 @@ def run_distillation(
             "fidelity_before": selection_before["fidelity"],
             "ta_accuracy_before": selection_before.get("ta_accuracy"),
             "fidelity_best": result.best_metric,
-            "fidelity_baselines": {k: _ci(v) for k, v in heuristic_hits(selection["rps"], popularity).items()},
-            "ta_baselines": {k: _ci(v) for k, v in heuristic_hits(selection["ta"], popularity).items()},
+            "fidelity_baselines": {k: _ci(v) for k, v in heuristic_hits(selection["rps"], popularity, lengths).items()},
+            "ta_baselines": {k: _ci(v) for k, v in heuristic_hits(selection["ta"], popularity, lengths).items()},
         },
         "train_users": len(task.users),
         "heldout_users": len(report["rps"]),
@@ -672,7 +682,7 @@ def stage1_matched(config: RunConfig, paths: Any, data: ProcessedData, backbone:
     matched, widened = matched_rps_examples(data, examples["rps"])
     before, before_picks = task.heldout_picks(initial.embeddings.detach(), {"rps": matched}, tasks=("rps",))["rps"]
     after, after_picks = task.heldout_picks(trained, {"rps": matched}, tasks=("rps",))["rps"]
-    baselines = heuristic_hits(matched, item_popularity(data, split="train"))
+    baselines = heuristic_hits(matched, item_popularity(data, split="train"), title_lengths(data))
     metrics = {"prompt": name, "users": len(matched), "widened_users": widened, "bins": DEFAULT_BINS,
                "fidelity_before": _ci(before), "fidelity_after": _ci(after),
                "picks_listed_before": _ci(picks_listed(matched, before_picks)),
