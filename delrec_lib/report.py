@@ -1040,7 +1040,10 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
         best = max(m["fidelity_baselines"].items(), key=lambda kv: kv[1]["mean"])
         listed = (f"{_ci(m['picks_listed_before'], 3)} -> {_ci(m['picks_listed_after'], 3)}"
                   if "picks_listed_before" in m else "-")  # (runs before it was recorded)
-        rows.append({"run": name, "prompt": own or prompt, "trains": cfg.get("trainable", "prompt"),
+        rows.append({"run": name, "prompt": own or prompt,
+                     # the teacher export's identity: runs with the same id distilled the same rankings
+                     "teacher export": str(manifest["inputs"].get("teacher", "-"))[:8],
+                     "trains": cfg.get("trainable", "prompt"),
                      "head": llm.get("head", "title"),  # (runs before the field: title)
                      "prompt depth": cfg.get("prompt_depth", "input"),
                      "RPS candidates": f"{cfg['rps_top_k']} + {cfg['rps_random']}",
@@ -1050,6 +1053,7 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
                      "fidelity before": _ci(m["fidelity_before"], 3), "fidelity after": _ci(m["fidelity_after"], 3),
                      "best heuristic": f"{best[0]}: {_ci(best[1], 3)}", "chance": round(float(m["fidelity_chance"]), 3),
                      "picks a listed title, before -> after": listed,
+                     "TA accuracy, before -> after (best heuristic)": _ta_cell(m),
                      "prompt moved": round(float(m.get("soft_prompt_moved", float("nan"))), 3),
                      "seconds": round(float(m["seconds"])), "kit": describe_kit(manifest.get("kit"))})  # fmt: skip
         history = pd.read_csv(directory / "history.csv")
@@ -1060,13 +1064,22 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
     return pd.DataFrame(rows).set_index("run"), pd.DataFrame(curves)
 
 
+def _ta_cell(m: dict[str, Any]) -> str:
+    """A stage-1 prompt's Temporal Analysis accuracy before -> after, and its best heuristic's ("-": RPS only)."""
+    if not m.get("ta_accuracy_after"):
+        return "-"
+    name, best = max(m["ta_baselines"].items(), key=lambda kv: kv[1]["mean"])
+    return f"{_ci(m['ta_accuracy_before'], 3)} -> {_ci(m['ta_accuracy_after'], 3)} ({name}: {best['mean']:.3f})"
+
+
 def write_stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str, out: str | os.PathLike) -> Path:
     """``stage1_study`` as a Markdown page: each run's settings and numbers, and the selection curves."""
     table, curves = stage1_study(run_dirs, prompt)
     lines = [f"# Stage 1 on `{prompt}` under different settings", "",
              "Written by `python -m delrec_lib stage1-study` from the run folders "
              f"({', '.join(f'`{Path(str(r).partition(chr(58))[0]).name}`' for r in run_dirs)}); fidelity on the same fixed report users, "
-             "mean [95% interval]. The best heuristic is the better of the popularity rankings on the same examples.",
+             "mean [95% interval]. The best heuristic is the best of the rankings that need no model (popularity, "
+             "title length) on the same examples. Runs with the same teacher export distilled the same rankings.",
              "", markdown_table(table), "", "## Held-out (selection) fidelity by step", "",
              markdown_table(curves.round(3).astype(object).where(curves.notna(), "-"))]  # fmt: skip
     atomic_write_text(out, "\n".join(lines) + "\n")

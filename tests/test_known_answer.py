@@ -129,12 +129,14 @@ def test_a_stage1_study_sets_runs_side_by_side_on_the_same_report_users(world, t
     table, curves = stage1_study(runs[:2], RULE + "-rps")
     assert list(table.index) == [r.name for r in runs[:2]] and list(table["lr"]) == [0.01, 0.3]
     assert list(curves.columns) == list(table.index) and list(curves.index) == [0, 1, 2]  # every eval_every step
+    assert set(table["TA accuracy, before -> after (best heuristic)"]) == {"-"}  # RPS-only prompts have no TA
     for run in runs[:2]:
         m = json.loads((run / "distill" / (RULE + "-rps") / "metrics.json").read_text())
         assert table.loc[run.name, "fidelity after"].startswith(f"{m['fidelity_after']['mean']:.3f} [")
     page = write_stage1_study(runs[:2], RULE + "-rps", tmp_path / "study.md").read_text()
     rps = f"{config.distill.rps_top_k} + {config.distill.rps_random}"
-    assert f"| lr0.3-u8 | {RULE}-rps | prompt | title | input | {rps} | ce | 0.3 |" in page
+    teacher = json.loads((runs[1] / "distill" / (RULE + "-rps") / "manifest.json").read_text())["inputs"]["teacher"][:8]
+    assert f"| lr0.3-u8 | {RULE}-rps | {teacher} | prompt | title | input | {rps} | ce | 0.3 |" in page
     assert "## Held-out (selection) fidelity by step" in page
     m = json.loads((runs[1] / "distill" / (RULE + "-rps") / "metrics.json").read_text())
     assert table.loc["lr0.3-u8", "picks a listed title, before -> after"].startswith(f"{m['picks_listed_before']['mean']:.3f} [")
@@ -147,5 +149,18 @@ def test_a_stage1_study_sets_runs_side_by_side_on_the_same_report_users(world, t
     run_distillation(cfg, other, data, backbone, "rule-firstword-rps", progress=False)
     mixed, _ = stage1_study([runs[1], f"{other.root}:rule-firstword-rps"], RULE + "-rps")
     assert list(mixed["prompt"]) == [RULE + "-rps", "rule-firstword-rps"] and list(mixed.index) == ["lr0.3-u8", "firstword"]
+    assert mixed["teacher export"].nunique() == 2  # two teachers' rankings, told apart
     with pytest.raises(DataError, match="different report users"):
         stage1_study(runs, RULE + "-rps")
+
+
+def test_the_stage1_study_shows_temporal_analysis_beside_its_best_heuristic():
+    from delrec_lib.report import _ta_cell
+
+    def ci(mean):
+        return {"mean": mean, "ci_low": mean - 0.05, "ci_high": mean + 0.05}
+
+    m = {"ta_accuracy_before": ci(0.1), "ta_accuracy_after": ci(0.3),
+         "ta_baselines": {"most popular candidate": ci(0.42), "another": ci(0.2)}}  # fmt: skip
+    assert _ta_cell(m) == "0.100 [0.050, 0.150] -> 0.300 [0.250, 0.350] (most popular candidate: 0.420)"
+    assert _ta_cell({"ta_accuracy_before": None, "ta_accuracy_after": None}) == "-"  # an RPS-only prompt
