@@ -86,7 +86,7 @@ def test_stage1_table_shows_every_heuristic_beside_the_llm():
     assert table["TA accuracy, LLM trained"] == "-"
 
 
-def test_the_known_answer_may_have_its_own_head_depth_and_rate(world):
+def test_the_known_answer_may_have_its_own_head_depth_rate_and_candidates(world):
     import dataclasses
 
     from delrec_lib.delrec.distill import run_distillation
@@ -94,13 +94,18 @@ def test_the_known_answer_may_have_its_own_head_depth_and_rate(world):
 
     config, paths, data, backbone = world
     own = dataclasses.replace(config.distill, known_answer=RULE + "-rps", known_answer_steps=2, known_answer_users=8,
-                              known_answer_head="index", known_answer_depth="every_layer", known_answer_lr=0.2)  # fmt: skip
+                              known_answer_head="index", known_answer_depth="every_layer", known_answer_lr=0.2,
+                              known_answer_rps_top_k=2, known_answer_rps_random=4)  # fmt: skip
     config = dataclasses.replace(config, distill=own)
     known, real = distill_stage_config(config, RULE + "-rps"), distill_stage_config(config, "sasrec")
     assert (known["llm"].head, known["distill"].prompt_depth, known["distill"].lr) == ("index", "every_layer", 0.2)
     assert (real["llm"].head, real["distill"].prompt_depth, real["distill"].lr) == ("title", "input", own.lr)
+    assert (known["distill"].rps_top_k, known["distill"].rps_random) == (2, 4)
+    assert (real["distill"].rps_top_k, real["distill"].rps_random) == (own.rps_top_k, own.rps_random) == (3, 3)
     result = run_distillation(config, paths, data, backbone, RULE + "-rps", progress=False)
     assert result.soft_prompt.embeddings.dim() == 5  # a per-layer prompt
+    assert result.metrics["fidelity_chance"] == pytest.approx(1 / 6)  # its own 2 + 4 candidates
+    assert result.metrics["picks_listed_chance"] == pytest.approx(1 / 6)  # one listed rank (the teacher's 2nd)
     import json
 
     trained_on = json.loads((result.directory / "examples.json").read_text())["rps"]  # the prompt stage 1 trained on
@@ -129,14 +134,15 @@ def test_a_stage1_study_sets_runs_side_by_side_on_the_same_report_users(world, t
     table, curves = stage1_study(runs[:2], RULE + "-rps")
     assert list(table.index) == [r.name for r in runs[:2]] and list(table["lr"]) == [0.01, 0.3]
     assert list(curves.columns) == list(table.index) and list(curves.index) == [0, 1, 2]  # every eval_every step
-    assert set(table["TA accuracy, before -> after (best heuristic)"]) == {"-"}  # RPS-only prompts have no TA
     for run in runs[:2]:
         m = json.loads((run / "distill" / (RULE + "-rps") / "metrics.json").read_text())
         assert table.loc[run.name, "fidelity after"].startswith(f"{m['fidelity_after']['mean']:.3f} [")
+        ta = table.loc[run.name, "TA accuracy, before -> after (best heuristic)"]  # TA is measured on RPS-only prompts too
+        assert ta.startswith(f"{m['ta_accuracy_before']['mean']:.3f} [") and f"-> {m['ta_accuracy_after']['mean']:.3f} [" in ta
     page = write_stage1_study(runs[:2], RULE + "-rps", tmp_path / "study.md").read_text()
     rps = f"{config.distill.rps_top_k} + {config.distill.rps_random}"
-    teacher = json.loads((runs[1] / "distill" / (RULE + "-rps") / "manifest.json").read_text())["inputs"]["teacher"][:8]
-    assert f"| lr0.3-u8 | {RULE}-rps | {teacher} | prompt | title | input | {rps} | ce | 0.3 |" in page
+    teacher = json.loads((runs[1] / "teachers" / RULE / "manifest.json").read_text())["config_hash"][:8]
+    assert f"| lr0.3-u8 | {RULE}-rps | {teacher} | prompt | title | False | input | {rps} | ce | 0.3 |" in page
     assert "## Held-out (selection) fidelity by step" in page
     m = json.loads((runs[1] / "distill" / (RULE + "-rps") / "metrics.json").read_text())
     assert table.loc["lr0.3-u8", "picks a listed title, before -> after"].startswith(f"{m['picks_listed_before']['mean']:.3f} [")
@@ -149,7 +155,8 @@ def test_a_stage1_study_sets_runs_side_by_side_on_the_same_report_users(world, t
     run_distillation(cfg, other, data, backbone, "rule-firstword-rps", progress=False)
     mixed, _ = stage1_study([runs[1], f"{other.root}:rule-firstword-rps"], RULE + "-rps")
     assert list(mixed["prompt"]) == [RULE + "-rps", "rule-firstword-rps"] and list(mixed.index) == ["lr0.3-u8", "firstword"]
-    assert mixed["teacher export"].nunique() == 2  # two teachers' rankings, told apart
+    assert mixed["teacher config"].nunique() == 2  # two teachers, told apart
+    assert table["teacher config"].nunique() == 1  # one teacher, exported to two runs
     with pytest.raises(DataError, match="different report users"):
         stage1_study(runs, RULE + "-rps")
 
@@ -163,4 +170,4 @@ def test_the_stage1_study_shows_temporal_analysis_beside_its_best_heuristic():
     m = {"ta_accuracy_before": ci(0.1), "ta_accuracy_after": ci(0.3),
          "ta_baselines": {"most popular candidate": ci(0.42), "another": ci(0.2)}}  # fmt: skip
     assert _ta_cell(m) == "0.100 [0.050, 0.150] -> 0.300 [0.250, 0.350] (most popular candidate: 0.420)"
-    assert _ta_cell({"ta_accuracy_before": None, "ta_accuracy_after": None}) == "-"  # an RPS-only prompt
+    assert _ta_cell({"ta_accuracy_before": None, "ta_accuracy_after": None}) == "-"  # (no TA examples)

@@ -21,9 +21,10 @@ from .sections import (
 # Stage 1's known answer in notebook 03: the rule teacher's Pattern Simulating soft prompt.
 KNOWN_ANSWER_TEACHER = "rule-sharedword"
 KNOWN_ANSWER = KNOWN_ANSWER_TEACHER + "-rps"
-# The known answer trains a prompt at every layer: an input-layer prompt did not learn the rule on the 135M LLM
-# (either head); a per-layer one rose well above chance (docs/results/known-answer.md).
-KNOWN_ANSWER_SETTINGS = {"known_answer": KNOWN_ANSWER, "known_answer_depth": "every_layer", "known_answer_lr": 0.1}
+# The known answer trains a prompt at every layer (an input-layer prompt did not learn the rule on the 135M LLM,
+# either head) on 2 + 8 RPS candidates (one listed rank to copy instead of four): docs/choosing-settings.md.
+KNOWN_ANSWER_SETTINGS = {"known_answer": KNOWN_ANSWER, "known_answer_depth": "every_layer", "known_answer_lr": 0.1,
+                         "known_answer_rps_top_k": 2, "known_answer_rps_random": 8}
 
 
 def _smoke() -> RunConfig:

@@ -261,6 +261,9 @@ class DistillConfig(Checked):
     known_answer_head: Annotated[str | None, Maybe(OneOf(("title", "index")))] = None
     known_answer_depth: Annotated[str | None, Maybe(OneOf(("input", "every_layer")))] = None
     known_answer_lr: Annotated[float | None, Maybe(Num(0, open_lo=True))] = None
+    # Its RPS candidates (None: rps_top_k, rps_random): fewer listed ranks leave less for the frozen LLM to copy.
+    known_answer_rps_top_k: Annotated[int | None, Maybe(Int(2))] = added_setting(None)
+    known_answer_rps_random: Annotated[int | None, Maybe(Int(0))] = added_setting(None)
 
     def __post_init__(self) -> None:
         super().__post_init__()

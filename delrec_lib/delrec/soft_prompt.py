@@ -144,7 +144,10 @@ def distill_stage_config(config: RunConfig, name: str) -> dict[str, Any]:
         cfg = dataclasses.replace(cfg, max_steps=steps, eval_every=max(1, steps // 4), heldout_users=users,
                                   selection_users=max(1, users // 2), known_answer=name,
                                   prompt_depth=own.known_answer_depth or own.prompt_depth,
-                                  lr=own.known_answer_lr or own.lr)  # fmt: skip
+                                  lr=own.known_answer_lr or own.lr,
+                                  rps_top_k=own.known_answer_rps_top_k or own.rps_top_k,
+                                  rps_random=own.rps_random if own.known_answer_rps_random is None
+                                  else own.known_answer_rps_random)  # fmt: skip
         llm = dataclasses.replace(llm, head=own.known_answer_head or llm.head)
     stage = {"distill": cfg, "llm": llm, "max_users": config.max_users, "teacher": teacher, "tasks": tasks}
     return stage if seed is None else {**stage, "train_seed": seed}
