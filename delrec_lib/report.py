@@ -1027,6 +1027,8 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
     report-set fidelity before and after with intervals, the best heuristic on the same examples, chance, how often
     its first choice is a title the prompt lists, steps, seconds and how far the prompt moved), and the
     selection-set fidelity per step, one column per run. Refused unless every run scored the same report users."""
+    from .delrec.distill import LONGEST_UNLISTED
+
     rows, curves, report_sets = [], {}, {}
     for spec in run_dirs:
         run, _, own = str(spec).partition(":")  # "RUN:PROMPT": that run's own soft prompt (another rule teacher)
@@ -1038,13 +1040,17 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
         name = Path(run).name
         report_sets[name] = (m.get("report_users") or {}).get("hash")
         best = max(m["fidelity_baselines"].items(), key=lambda kv: kv[1]["mean"])
+        if LONGEST_UNLISTED not in m["fidelity_baselines"]:  # (runs before the title-length heuristic)
+            best = (best[0] + " (title length not measured)", best[1])
         listed = (f"{_ci(m['picks_listed_before'], 3)} -> {_ci(m['picks_listed_after'], 3)}"
                   if "picks_listed_before" in m else "-")  # (runs before it was recorded)
+        teacher = Path(run) / "teachers" / manifest["config"]["teacher"] / "manifest.json"
         rows.append({"run": name, "prompt": own or prompt,
-                     # the teacher export's identity: runs with the same id distilled the same rankings
-                     "teacher export": str(manifest["inputs"].get("teacher", "-"))[:8],
+                     # the teacher's settings (its manifest's config hash): the same for runs of the same teacher
+                     "teacher config": read_json(teacher)["config_hash"][:8] if teacher.is_file() else "-",
                      "trains": cfg.get("trainable", "prompt"),
                      "head": llm.get("head", "title"),  # (runs before the field: title)
+                     "candidates listed": bool(llm.get("list_candidates")) or llm.get("head") == "index",
                      "prompt depth": cfg.get("prompt_depth", "input"),
                      "RPS candidates": f"{cfg['rps_top_k']} + {cfg['rps_random']}",
                      "loss": cfg.get("loss", "ce"),  # (runs before the field: cross-entropy)
@@ -1065,7 +1071,7 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
 
 
 def _ta_cell(m: dict[str, Any]) -> str:
-    """A stage-1 prompt's Temporal Analysis accuracy before -> after, and its best heuristic's ("-": RPS only)."""
+    """A stage-1 prompt's Temporal Analysis accuracy before -> after, and its best heuristic's ("-": none measured)."""
     if not m.get("ta_accuracy_after"):
         return "-"
     name, best = max(m["ta_baselines"].items(), key=lambda kv: kv[1]["mean"])
@@ -1079,7 +1085,7 @@ def write_stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str, out: 
              "Written by `python -m delrec_lib stage1-study` from the run folders "
              f"({', '.join(f'`{Path(str(r).partition(chr(58))[0]).name}`' for r in run_dirs)}); fidelity on the same fixed report users, "
              "mean [95% interval]. The best heuristic is the best of the rankings that need no model (popularity, "
-             "title length) on the same examples. Runs with the same teacher export distilled the same rankings.",
+             "title length) on the same examples. Runs with the same teacher config distilled the same teacher.",
              "", markdown_table(table), "", "## Held-out (selection) fidelity by step", "",
              markdown_table(curves.round(3).astype(object).where(curves.notna(), "-"))]  # fmt: skip
     atomic_write_text(out, "\n".join(lines) + "\n")
