@@ -139,16 +139,18 @@ STOPWORDS = frozenset(
 )
 
 
+def _words_in_order(title: str) -> list[str]:
+    name = without_year(untagged(title))
+    return [w for w in re.findall(r"[a-z0-9']+", name.lower()) if len(w) >= 3 and w not in STOPWORDS]
+
+
 def title_words(title: str) -> frozenset[str]:
     """Lower-case words of at least three letters or digits that are not function words, read without the
     year and the item tag that tell same-named titles apart ("Cape Fear (1991) [item 7]" -> {"cape", "fear"})."""
-    name = without_year(untagged(title))
-    return frozenset(w for w in re.findall(r"[a-z0-9']+", name.lower()) if len(w) >= 3 and w not in STOPWORDS)
+    return frozenset(_words_in_order(title))
 
 
 def first_word(title: str) -> frozenset[str]:
     """The first of ``title_words`` in reading order, as a set of one (empty for a title with none):
     "Star Trek: Generations (1994)" -> {"star"}."""
-    name = without_year(untagged(title))
-    words = [w for w in re.findall(r"[a-z0-9']+", name.lower()) if len(w) >= 3 and w not in STOPWORDS]
-    return frozenset(words[:1])
+    return frozenset(_words_in_order(title)[:1])

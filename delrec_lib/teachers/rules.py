@@ -12,9 +12,9 @@ whichever ``llm.title_style`` the prompt uses, provided the prompt shows the ``w
 Why this rule: it needs the history *and* the candidate (no constant title or list position is its
 answer), popularity cannot find it (the namesake is drawn at random among the unwatched ones), and a
 language model reads word overlap directly. A title of many words shares one more often, so a namesake
-drawn uniformly is a long title (the unlisted candidate with the most title words found it for 0.38
-of the users against 0.17 for a random unlisted one); the draw is weighted so that the first choice's
-number of title words is distributed as over the catalogue, which a length heuristic cannot exploit.
+drawn uniformly would be a long title, which "the unlisted candidate with the most title words" finds
+(docs/teachers.md); the draw is weighted so that the first choice's number of title words is distributed
+as over the catalogue.
 
 ``firstword``: the same with a title's first word only ("Star Trek: Generations" -> "star"): the answer
 begins the way a recent movie begins, the copying a small language model does most readily (the first
@@ -36,6 +36,8 @@ from .evaluation import Scorer
 RULE_PREFIX = "rule-"
 # The latest movies a rule reads; stage 1 refuses a prompt that shows fewer (``llm.history_len``).
 RULE_WINDOW = 10
+
+
 def is_rule_teacher(name: str) -> bool:
     return name.startswith(RULE_PREFIX)
 
