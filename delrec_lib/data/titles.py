@@ -154,3 +154,8 @@ def first_word(title: str) -> frozenset[str]:
     """The first of ``title_words`` in reading order, as a set of one (empty for a title with none):
     "Star Trek: Generations (1994)" -> {"star"}."""
     return frozenset(_words_in_order(title)[:1])
+
+
+def title_word_counts(titles: Sequence[str]) -> list[int]:
+    """How many ``title_words`` each title has: what a title-length heuristic ranks by."""
+    return [len(title_words(t)) for t in titles]

@@ -70,7 +70,7 @@ from ..config import RunConfig, split_seed
 from ..data.explore import item_popularity
 from ..data.popularity_matched import DEFAULT_BINS, MATCHED_SEED, matched_range, popularity_bins, train_counts
 from ..data.processed import ProcessedData
-from ..data.titles import title_words
+from ..data.titles import title_word_counts
 from ..errors import ConfigError, DataError
 from ..llm.prompts import TEACHER_DISPLAY, EncodedPrompt, PromptBuilder, TemporalExample, prompt_format_id
 from ..llm.scoring import prefix_states, rank_candidates
@@ -228,7 +228,7 @@ HEURISTICS = {
 
 def title_lengths(data: ProcessedData) -> np.ndarray:
     """Words per item title (index i-1 for item i), counted as the rule teachers read them (``title_words``)."""
-    return np.array([len(title_words(t)) for t in data.display_titles("no_year")[1:]], dtype=np.float64)
+    return np.array(title_word_counts(data.display_titles("no_year")[1:]), dtype=np.float64)
 
 
 def heuristic_hits(examples: dict[int, DistillExample], popularity: np.ndarray,

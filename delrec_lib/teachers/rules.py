@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..data import ProcessedData
-from ..data.titles import first_word, title_words
+from ..data.titles import first_word, title_word_counts, title_words
 from ..errors import ConfigError
 from .evaluation import Scorer
 
@@ -58,7 +58,7 @@ def sharedword_scorer(data: ProcessedData, seed: int, window: int, words_of=titl
     titles = data.display_titles("no_year")
     words = [frozenset()] + [words_of(t) for t in titles[1:]]
     # Weight of a namesake with n title words: the catalogue's share of n-word titles over the namesakes' share.
-    lengths = np.array([0] + [len(title_words(t)) for t in titles[1:]])
+    lengths = np.array([0] + title_word_counts(titles[1:]))
     catalogue_share = np.bincount(lengths[1:], minlength=lengths.max() + 1) / data.num_items
     by_word: dict[str, set[int]] = {}
     for item, ws in enumerate(words):
