@@ -26,7 +26,7 @@ def world(tmp_path_factory):
     data = synthetic_data(root / "data")
     backbone = load_backbone(str(save_tiny_causal(root / "tiny")), dtype="float32")
     config = RunConfig(preset="smoke", llm=LLMConfig(history_len=4),
-                       teachers=TeachersConfig(rules=(RULE,)),
+                       teachers=TeachersConfig(rules=(RULE,), rule_window=4),
                        distill=DistillConfig(prompts=(RULE + "-rps", "sasrec"), heldout_users=8, selection_users=6,
                                              num_soft_tokens=4, rps_top_k=3, rps_random=3, ta_candidates=6))  # fmt: skip
     paths = RunPaths(root / "run")
@@ -95,12 +95,13 @@ def test_the_known_answer_may_have_its_own_head_depth_rate_and_candidates(world)
     config, paths, data, backbone = world
     own = dataclasses.replace(config.distill, known_answer=RULE + "-rps", known_answer_steps=2, known_answer_users=8,
                               known_answer_head="index", known_answer_depth="every_layer", known_answer_lr=0.2,
-                              known_answer_rps_top_k=2, known_answer_rps_random=4)  # fmt: skip
+                              known_answer_rps_top_k=2, known_answer_rps_random=4, known_answer_history_len=5)  # fmt: skip
     config = dataclasses.replace(config, distill=own)
     known, real = distill_stage_config(config, RULE + "-rps"), distill_stage_config(config, "sasrec")
     assert (known["llm"].head, known["distill"].prompt_depth, known["distill"].lr) == ("index", "every_layer", 0.2)
     assert (real["llm"].head, real["distill"].prompt_depth, real["distill"].lr) == ("title", "input", own.lr)
     assert (known["distill"].rps_top_k, known["distill"].rps_random) == (2, 4)
+    assert (known["llm"].history_len, real["llm"].history_len) == (5, 4)
     assert (real["distill"].rps_top_k, real["distill"].rps_random) == (own.rps_top_k, own.rps_random) == (3, 3)
     result = run_distillation(config, paths, data, backbone, RULE + "-rps", progress=False)
     assert result.soft_prompt.embeddings.dim() == 5  # a per-layer prompt

@@ -395,7 +395,7 @@ def staged_config(base: dict) -> RunConfig:
     return RunConfig(
         preset="smoke", data_dir=base["data_dir"], plugins=tuple(base["plugins"]),
         data=DataConfig(dataset="toy", num_negatives=5), eval=EvalConfig(bootstrap=100),
-        teachers=TeachersConfig(models=(), rules=(RULE,)), llm=LLMConfig(history_len=4, title_style="with_year"),
+        teachers=TeachersConfig(models=(), rules=(RULE,), rule_window=4), llm=LLMConfig(history_len=4, title_style="with_year"),
         distill=DistillConfig(prompts=PROMPTS, heldout_users=10, selection_users=6, max_steps=4, batch_size=4, grad_accum=1,
                               lr=0.1, eval_every=2, num_soft_tokens=4, warmup_steps=0, ta_candidates=6, rps_top_k=3, rps_random=3),
         finetune=FinetuneConfig(variants=VARIANTS, max_train_users=24, valid_users=8, max_steps=4, batch_size=4, grad_accum=1,

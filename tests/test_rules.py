@@ -8,11 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from delrec_lib.config import DistillConfig, RunConfig, TeachersConfig, parse_prompt_name
+from delrec_lib.config import DistillConfig, LLMConfig, RunConfig, TeachersConfig, parse_prompt_name
 from delrec_lib.data.titles import first_word, title_words
 from delrec_lib.delrec.distill import read_teacher_topk, teacher_predictions
 from delrec_lib.errors import ConfigError
-from delrec_lib.teachers.rules import RULE_WINDOW
 from delrec_lib.teachers.stage import export_popularity, export_rule
 
 from .stage_fixtures import synthetic_data
@@ -26,22 +25,28 @@ def words_of(data, words_fn=title_words):
     return [frozenset()] + [words_fn(t) for t in data.display_titles("no_year")[1:]]
 
 
-def check_sharedword_rule(data, predictions: dict[int, list[int]], k: int = 5, words_fn=title_words) -> None:
+def check_sharedword_rule(data, predictions: dict[int, list[int]], k: int = 5, words_fn=title_words,
+                          window: int = TeachersConfig().rule_window) -> int:  # fmt: skip
     """The rule as the notebook states it, checked on a teacher's predictions (train items dropped):
-    its top-1 shares a word with the most recent shown movie that has an unwatched namesake, and its
-    ranks 2..k share no word with any shown movie while unwatched movies that share none remain
-    (words: ``words_fn``, a title's words or its first)."""
+    its top-1 shares a word with the most recent of the ``window`` shown movies that has an unwatched namesake,
+    and its ranks 2..k share no word with any shown movie while unwatched movies that share none remain
+    (words: ``words_fn``, a title's words or its first). Returns how many users had such a movie."""
     words = words_of(data, words_fn)
+    anchored = 0
     for uid, preds in predictions.items():
         train = data.train_items(uid)
-        shown = train[-RULE_WINDOW:]
-        anchor = next(a for a in reversed(shown)
-                      if any(words[a] & words[i] for i in range(1, data.num_items + 1) if i not in set(train) and i != a))  # fmt: skip
-        assert words[preds[0]] & words[anchor], f"user {uid}: top-1 {preds[0]} shares no word with the anchor {anchor}"
+        shown = train[-window:]
+        anchor = next((a for a in reversed(shown)
+                       if any(words[a] & words[i] for i in range(1, data.num_items + 1) if i not in set(train) and i != a)),
+                      None)  # fmt: skip
+        if anchor is not None:
+            anchored += 1
+            assert words[preds[0]] & words[anchor], f"user {uid}: top-1 {preds[0]} shares no word with the anchor {anchor}"
         unrelated = [i for i in range(1, data.num_items + 1)
                      if i not in set(train) and not any(words[i] & words[s] for s in shown)]  # fmt: skip
         for item in preds[1 : min(k, 1 + len(unrelated))]:
             assert item in unrelated, f"user {uid}: rank 2..{k} item {item} shares a word with a shown movie"
+    return anchored
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -61,6 +66,31 @@ def test_a_rule_teacher_follows_its_rule_and_no_constant_answer_does(tmp_path, r
     assert {p.name for p in result.directory.iterdir()} == {p.name for p in popularity.directory.iterdir()} - {"popularity.parquet"}
     # Exported again unchanged: skipped.
     assert export_rule(rule, teachers, data, tmp_path / "teachers").skipped
+
+
+def test_a_shorter_rule_window_reads_only_the_latest_movies(tmp_path):
+    """teachers.rule_window = 2: the first choice is read from the two latest movies and the others share no word with
+    those two only (so with older ones, often); a new export, not the 10-movie one."""
+    data = synthetic_data(tmp_path / "data")
+    short, default = TeachersConfig(models=(), rules=(RULE,), rule_window=2), TeachersConfig(models=(), rules=(RULE,))
+    predictions = teacher_predictions(read_teacher_topk(export_rule(RULE, short, data, tmp_path / "t").directory, data, short), data)
+    anchored = check_sharedword_rule(data, predictions, window=2)
+    assert anchored == len(predictions)  # every toy title has namesakes
+    with pytest.raises(AssertionError, match="shares a word with a shown movie"):  # the 10-movie rule's ranks 2..k
+        check_sharedword_rule(data, predictions, window=10)
+    assert not export_rule(RULE, default, data, tmp_path / "t").skipped
+
+
+def test_a_prompt_that_shows_fewer_movies_than_the_rule_reads_is_refused():
+    teachers = TeachersConfig(rules=(RULE,), rule_window=3)
+    with pytest.raises(ConfigError, match=r"llm.history_len \(2\).*'rule-sharedword-rps'.*teachers.rule_window"):
+        RunConfig(teachers=teachers, llm=LLMConfig(history_len=2), distill=DistillConfig(prompts=(RULE + "-rps", "sasrec")))
+    known = DistillConfig(known_answer=RULE + "-rps", known_answer_history_len=2)
+    with pytest.raises(ConfigError, match=r"distill.known_answer_history_len \(2\)"):
+        RunConfig(teachers=teachers, distill=known)
+    # the known answer's own history suffices even where the run's is shorter; a trained teacher's prompt needs none
+    RunConfig(teachers=teachers, llm=LLMConfig(history_len=2),
+              distill=DistillConfig(known_answer=RULE + "-rps", known_answer_history_len=3, prompts=("sasrec",)))  # fmt: skip
 
 
 def test_first_word_reads_the_first_title_word_without_year_tag_or_function_words():

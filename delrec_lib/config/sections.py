@@ -137,6 +137,8 @@ class TeachersConfig(Checked):
     models: Annotated[tuple[str, ...], Items(OneOf(TEACHER_NAMES))] = TEACHER_NAMES  # none: popularity only
     # Rule teachers exported beside the trained ones, for stage 1 only (never evaluated as methods).
     rules: Annotated[tuple[str, ...], Items(OneOf(RULE_TEACHERS))] = ()
+    # The latest movies a rule teacher reads; a prompt distilling it must show as many (llm.history_len).
+    rule_window: Count = added_setting(10)
     max_len: Count = 50  # history items a teacher sees
     # Longer sequences are cut into windows tiling them from the end; below max_len, labels keep max_len - stride of context.
     stride: Count = 50
@@ -264,6 +266,8 @@ class DistillConfig(Checked):
     # Its RPS candidates (None: rps_top_k, rps_random): fewer listed ranks leave less for the frozen LLM to copy.
     known_answer_rps_top_k: Annotated[int | None, Maybe(Int(2))] = added_setting(None)
     known_answer_rps_random: Annotated[int | None, Maybe(Int(0))] = added_setting(None)
+    # Its prompt's history titles (None: llm.history_len): a shorter prompt trains more examples per second.
+    known_answer_history_len: Annotated[int | None, Maybe(Int(1))] = added_setting(None)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -468,6 +472,19 @@ class RunConfig(Checked):
                 raise ConfigError(
                     f"distill.prompts: '{name}' distils teacher '{teacher}', which teachers.models "
                     f"{list(self.teachers.models)} does not train"
+                )
+        # A rule teacher's answer must be readable from the prompt: it shows at least the movies the rule reads.
+        for name in (*known, *self.distill.prompts):
+            teacher, _ = parse_prompt_name(name)
+            shown = self.llm.history_len
+            if name == self.distill.known_answer and self.distill.known_answer_history_len is not None:
+                shown, field_name = self.distill.known_answer_history_len, "distill.known_answer_history_len"
+            else:
+                field_name = "llm.history_len"
+            if teacher in RULE_TEACHERS and shown < self.teachers.rule_window:
+                raise ConfigError(
+                    f"{field_name} ({shown}): soft prompt '{name}' distils rule teacher '{teacher}', which reads the "
+                    f"latest {self.teachers.rule_window} movies (teachers.rule_window); its prompt must show at least as many"
                 )
         # RPS candidates are the teacher's exported top-k: a larger k would leave no RPS example at all.
         if self.distill.rps_top_k > self.teachers.top_k:

@@ -148,7 +148,8 @@ def distill_stage_config(config: RunConfig, name: str) -> dict[str, Any]:
                                   rps_top_k=own.known_answer_rps_top_k or own.rps_top_k,
                                   rps_random=own.rps_random if own.known_answer_rps_random is None
                                   else own.known_answer_rps_random)  # fmt: skip
-        llm = dataclasses.replace(llm, head=own.known_answer_head or llm.head)
+        llm = dataclasses.replace(llm, head=own.known_answer_head or llm.head,
+                                  history_len=own.known_answer_history_len or llm.history_len)
     stage = {"distill": cfg, "llm": llm, "max_users": config.max_users, "teacher": teacher, "tasks": tasks}
     return stage if seed is None else {**stage, "train_seed": seed}
 

@@ -8,7 +8,8 @@ so stage 1 distils it unchanged (``distill.prompts = ["rule-sharedword", ...]``)
 ``sharedword``: the teacher's first choice is an unwatched movie whose title shares a word with the
 most recent of the user's last ``window`` movies that has such a namesake; its other choices share
 no word with any of those movies. The title words are read without the year, so the rule is visible
-whichever ``llm.title_style`` the prompt uses, provided the prompt shows the ``window`` latest movies.
+whichever ``llm.title_style`` the prompt uses, provided the prompt shows the ``window`` latest movies
+(``teachers.rule_window``; a run whose prompt shows fewer is refused).
 Why this rule: it needs the history *and* the candidate (no constant title or list position is its
 answer), popularity cannot find it (the namesake is drawn at random among the unwatched ones), and a
 language model reads word overlap directly. A title of many words shares one more often, so a namesake
@@ -34,8 +35,6 @@ from ..errors import ConfigError
 from .evaluation import Scorer
 
 RULE_PREFIX = "rule-"
-# The latest movies a rule reads; stage 1 refuses a prompt that shows fewer (``llm.history_len``).
-RULE_WINDOW = 10
 
 
 def is_rule_teacher(name: str) -> bool:

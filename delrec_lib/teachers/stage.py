@@ -66,7 +66,7 @@ from .caser import Caser
 from .evaluation import Scorer, evaluate_split, model_scorer, score_split, top_k
 from .gru4rec import GRU4Rec
 from .popularity import popularity_scorer, train_popularity
-from .rules import RULE_WINDOW, is_rule_teacher, rule_scorer, rule_spec
+from .rules import is_rule_teacher, rule_scorer, rule_spec
 from .sasrec import SASRec
 from .task import TeacherTask
 
@@ -115,7 +115,7 @@ def export_spec(name: str, config: TeachersConfig, data: ProcessedData) -> dict[
     if name == POPULARITY:
         return popularity_spec(config, data)
     if is_rule_teacher(name):
-        return rule_spec(name, config.seed, RULE_WINDOW, config.top_k, data)
+        return rule_spec(name, config.seed, config.rule_window, config.top_k, data)
     return teacher_spec(name, config, data)
 
 
