@@ -1054,7 +1054,8 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
                      "prompt depth": cfg.get("prompt_depth", "input"),
                      "RPS candidates": f"{cfg['rps_top_k']} + {cfg['rps_random']}",
                      "loss": cfg.get("loss", "ce"),  # (runs before the field: cross-entropy)
-                     "lr": cfg["lr"], "soft tokens": cfg["num_soft_tokens"], "init text": cfg["init_text"],
+                     "lr": cfg["lr"], "lr schedule": cfg.get("schedule", "constant"),  # (runs before the field: held)
+                     "soft tokens": cfg["num_soft_tokens"], "init text": cfg["init_text"],
                      "steps": int(m["steps"]), "report users": int(m["heldout_users"]),
                      "fidelity before": _ci(m["fidelity_before"], 3), "fidelity after": _ci(m["fidelity_after"], 3),
                      "best heuristic": f"{best[0]}: {_ci(best[1], 3)}", "chance": round(float(m["fidelity_chance"]), 3),

@@ -297,11 +297,13 @@ class Interrupt(Exception):
 
 def test_interrupted_stage1_resumes_to_the_same_result(world):
     root, data, backbone = world
-    cfg = config(max_steps=12, eval_every=4)
+    cfg = config(max_steps=12, eval_every=4, schedule="linear")  # the schedule's state resumes too
     full_paths, cut_paths = paths_for(root, "full"), paths_for(root, "cut")
     for p in (full_paths, cut_paths):
         write_teacher_exports(p.teachers / "sasrec", data)
     full = run_distillation(cfg, full_paths, data, backbone, "sasrec", progress=False)
+    lrs = full.train_log["lr"].tolist()
+    assert len(lrs) >= 2 and lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0] < cfg.distill.lr  # decays from lr to 0
 
     def stop(trainer, step):
         if step == 6:

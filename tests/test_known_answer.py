@@ -143,7 +143,7 @@ def test_a_stage1_study_sets_runs_side_by_side_on_the_same_report_users(world, t
     page = write_stage1_study(runs[:2], RULE + "-rps", tmp_path / "study.md").read_text()
     rps = f"{config.distill.rps_top_k} + {config.distill.rps_random}"
     teacher = json.loads((runs[1] / "teachers" / RULE / "manifest.json").read_text())["config_hash"][:8]
-    assert f"| lr0.3-u8 | {RULE}-rps | {teacher} | prompt | title | False | input | {rps} | ce | 0.3 |" in page
+    assert f"| lr0.3-u8 | {RULE}-rps | {teacher} | prompt | title | False | input | {rps} | ce | 0.3 | constant |" in page
     assert "## Held-out (selection) fidelity by step" in page
     m = json.loads((runs[1] / "distill" / (RULE + "-rps") / "metrics.json").read_text())
     assert table.loc["lr0.3-u8", "picks a listed title, before -> after"].startswith(f"{m['picks_listed_before']['mean']:.3f} [")

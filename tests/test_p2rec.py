@@ -297,8 +297,12 @@ def test_enhanced_teacher_starts_from_the_llm_table(world, monkeypatch):
 
 def test_item_states_alone_match_a_batch_and_the_shared_prefix_cache(world):
     _, data, backbone, _ = world
+    from delrec_lib.phases import phase_totals, reset_phases
+
     prompts = PreferencePrompts(backbone, LLMConfig(), data.titles, 5)
+    reset_phases()
     full = item_states(backbone, backbone.model, prompts, data.num_items, batch_size=1, prefix_cache=False)
+    assert phase_totals().get("item states (every item through the LLM)", 0) > 0  # notebook 06's timings name it
     batched = item_states(backbone, backbone.model, prompts, data.num_items, batch_size=7, prefix_cache=False)
     cached = item_states(backbone, backbone.model, prompts, data.num_items, batch_size=7)
     assert torch.all(full[0] == 0)

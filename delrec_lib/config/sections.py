@@ -241,6 +241,8 @@ class DistillConfig(Checked):
     lora_layers: Count = 4
     lora_r: Count = 8
     max_grad_norm: Annotated[float | None, Maybe(Num(0, open_lo=True))] = None  # clip the soft prompt's gradient to this norm; None: no clipping
+    # The learning rate after warmup: held ("constant", DELRec), or decayed to 0 at max_steps ("linear", "cosine").
+    schedule: Literal["constant", "linear", "cosine"] = added_setting("constant")
     # "dynamic" weighting gives each task's gradient the mean norm (weight mean/norm); this caps a weight, so a task
     # whose gradient nearly vanishes does not get its noise amplified without bound. None: no cap.
     max_task_weight: Annotated[float | None, Maybe(Num(1))] = None

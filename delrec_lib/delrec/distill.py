@@ -482,7 +482,7 @@ def train_config(cfg: Any, seed: int | None = None) -> TrainConfig:
     """The Trainer's settings; ``seed`` (a seed's copy, ``distill.seeds``) orders the training users, else ``cfg.seed``."""
     return TrainConfig(
         max_epochs=10_000, max_steps=cfg.max_steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-        lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="constant", max_grad_norm=cfg.max_grad_norm,
+        lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule, max_grad_norm=cfg.max_grad_norm,
         eval_every=cfg.eval_every, metric="fidelity", greater_is_better=True, bf16=False,
         seed=cfg.seed if seed is None else seed,
         log_every=max(1, min(5, cfg.max_steps)),

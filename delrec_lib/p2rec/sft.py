@@ -25,6 +25,7 @@ from ..artifacts import sha256_json
 from ..errors import ConfigError, DataError
 from ..llm import Backbone
 from ..llm.prompts import LIST_SEPARATOR, PromptBuilder
+from ..phases import phase
 from ..training import TrainingTask
 
 # The user-level task's text. The question names no category: the categories are latent, and the head,
@@ -213,6 +214,7 @@ def _cached_prefix_states(backbone: Backbone, model, prefix: list[int], rows: li
     return run
 
 
+@phase("item states (every item through the LLM)")
 @torch.no_grad()
 def item_states(backbone: Backbone, model, prompts: PreferencePrompts, num_items: int, *, batch_size: int = 32,
                 progress: bool = False, prefix_cache: bool = True) -> torch.Tensor:  # fmt: skip
