@@ -25,6 +25,7 @@ rendered to Markdown with their figures (``render_notebooks``), readable without
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -123,15 +124,36 @@ def run_kits(run_dir: Path) -> Counter:
 
 def notebook_times(run_dir: Path) -> list[dict[str, Any]]:
     """Per notebook, the execution that computed its results: the last one that wrote artifacts, else
-    (all of its executions found their work done) the last one."""
+    (all of its executions found their work done) the last one. ``earlier`` lists the earlier executions whose
+    artifacts no later one wrote again (a rerun that recomputed part of a notebook's work leaves the rest of its
+    results resting on them): their ``seconds`` and what of theirs the results still hold (``kept``)."""
     executions = [e for e in read_timings(Path(run_dir) / "timings.json") if e.get("outcome", "done") == "done"]
-    chosen: dict[str, dict] = {}
-    for e in executions:
+    chosen: dict[str, int] = {}
+    for i, e in enumerate(executions):
         if e["notebook"] not in chosen or e.get("skipped_finished_work") is not True:
-            chosen[e["notebook"]] = {**e, "executions": 0}
-    for e in executions:
-        chosen[e["notebook"]]["executions"] += 1
-    return [chosen[k] for k in sorted(chosen)]
+            chosen[e["notebook"]] = i
+    out = []
+    for name in sorted(chosen):
+        last = chosen[name]
+        written = set(executions[last].get("written") or [])
+        earlier = []
+        for e in reversed(executions[:last]):
+            if e["notebook"] != name:
+                continue
+            kept = sorted(set(e.get("written") or []) - written)
+            if kept:
+                earlier.append({"seconds": float(e["seconds"]), "started_at": e.get("started_at"), "kept": kept})
+            written |= set(e.get("written") or [])
+        count = sum(e["notebook"] == name for e in executions)
+        out.append({**executions[last], "executions": count, "earlier": earlier[::-1]})
+    return out
+
+
+def _time_note(t: dict[str, Any]) -> str:
+    if t.get("skipped_finished_work") is True:
+        return "its work was already done"
+    return "; ".join(f"also an earlier execution ({e['started_at'] or 'start not recorded'}, {_duration(e['seconds'])}) "
+                     f"whose {', '.join(e['kept'])} the results still hold" for e in t["earlier"])  # fmt: skip
 
 
 def where_time_went(execution: dict[str, Any], top: int = 4) -> str:
@@ -662,12 +684,13 @@ def _run_section(root: Path, summary: dict[str, Any]) -> list[str]:
         rows = pd.DataFrame([{"notebook": t["notebook"], "wall time": _duration(t["seconds"]),
                               "where it went": where_time_went(t),
                               "started": t.get("started_at") or "", "executions": t["executions"],
-                              "note": "its work was already done" if t.get("skipped_finished_work") is True else ""}
-                             for t in times]).set_index("notebook")  # fmt: skip
-        total = sum(float(t["seconds"]) for t in times)
+                              "note": _time_note(t)} for t in times]).set_index("notebook")  # fmt: skip
+        total = sum(float(t["seconds"]) + sum(e["seconds"] for e in t["earlier"]) for t in times)
         lines += ["### Time per notebook", "",
                   "The execution that computed each notebook's results (`timings.json`): the last that wrote "
-                  f"artifacts. In all {_duration(total)}.", "", markdown_table(rows)]  # fmt: skip
+                  "artifacts, with any earlier execution whose artifacts the results still hold (a later one "
+                  f"recomputed only part of the notebook's work). In all, those executions took {_duration(total)}.",
+                  "", markdown_table(rows)]  # fmt: skip
     else:
         lines += ["No notebook execution recorded (`timings.json`).", ""]
     return lines
@@ -1071,6 +1094,24 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
     return pd.DataFrame(rows).set_index("run"), pd.DataFrame(curves)
 
 
+def stage1_losses(run_dirs: Sequence[str | os.PathLike], prompt: str) -> pd.DataFrame:
+    """The RPS training loss each run logged (``train_log.csv``: "loss_rps", else "loss"), by step, one column per
+    run (named and given as ``stage1_study``'s), and a last row "uniform (ln C)": the cross-entropy of a ranking
+    uniform over each run's C RPS candidates, where a prompt that only stopped preferring some candidates sits."""
+    losses, uniform = {}, {}
+    for spec in run_dirs:
+        run, _, own = str(spec).partition(":")
+        directory = Path(run) / "distill" / (own or prompt)
+        log = pd.read_csv(_require(directory / "train_log.csv", "the stage-1 run logs its training loss there"))
+        losses[Path(run).name] = log.set_index("step")["loss_rps" if "loss_rps" in log else "loss"]
+        cfg = read_manifest(directory, "soft-prompt")["config"]["distill"]
+        uniform[Path(run).name] = math.log(cfg["rps_top_k"] + cfg["rps_random"])
+    frame = pd.DataFrame(losses)
+    frame.index = frame.index.astype(object)
+    frame.loc["uniform (ln C)"] = pd.Series(uniform)
+    return frame
+
+
 def _ta_cell(m: dict[str, Any]) -> str:
     """A stage-1 prompt's Temporal Analysis accuracy before -> after, and its best heuristic's ("-": none measured)."""
     if not m.get("ta_accuracy_after"):
@@ -1089,5 +1130,12 @@ def write_stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str, out: 
              "title length) on the same examples. Runs with the same teacher config distilled the same teacher.",
              "", markdown_table(table), "", "## Held-out (selection) fidelity by step", "",
              markdown_table(curves.round(3).astype(object).where(curves.notna(), "-"))]  # fmt: skip
+    losses = stage1_losses(run_dirs, prompt)
+    lines += ["", "## Training loss (RPS) by step", "",
+              "As each run logged it on its training batches (`train_log.csv`; cross-entropy on the teacher's top-1, "
+              "KL for `loss = kl`). Users are rarely seen twice within these budgets, so it is close to a held-out "
+              "loss. The last row is the cross-entropy of a ranking uniform over the run's candidates: a prompt that "
+              "has only stopped preferring the listed titles sits there, one that learned the rule below it.", "",
+              markdown_table(losses.round(3).astype(object).where(losses.notna(), "-"))]  # fmt: skip
     atomic_write_text(out, "\n".join(lines) + "\n")
     return Path(out)

@@ -4,7 +4,9 @@ teacher, one training step taken apart, and the reading of a soft prompt's fidel
 from __future__ import annotations
 
 import json
+import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -145,6 +147,14 @@ def test_a_stage1_study_sets_runs_side_by_side_on_the_same_report_users(world, t
     teacher = json.loads((runs[1] / "teachers" / RULE / "manifest.json").read_text())["config_hash"][:8]
     assert f"| lr0.3-u8 | {RULE}-rps | {teacher} | prompt | title | False | input | {rps} | ce | 0.3 | constant |" in page
     assert "## Held-out (selection) fidelity by step" in page
+    # the training loss each run logged, beside a uniform ranking's ln C
+    from delrec_lib.report import stage1_losses
+
+    losses = stage1_losses(runs[:2], RULE + "-rps")
+    log = pd.read_csv(runs[1] / "distill" / (RULE + "-rps") / "train_log.csv").set_index("step")["loss_rps"]
+    assert losses["lr0.3-u8"].drop("uniform (ln C)").dropna().tolist() == log.tolist()
+    assert losses.loc["uniform (ln C)", "lr0.3-u8"] == pytest.approx(math.log(config.distill.rps_top_k + config.distill.rps_random))
+    assert "## Training loss (RPS) by step" in page and f"| uniform (ln C) | {math.log(6):.3f} | {math.log(6):.3f} |" in page
     m = json.loads((runs[1] / "distill" / (RULE + "-rps") / "metrics.json").read_text())
     assert table.loc["lr0.3-u8", "picks a listed title, before -> after"].startswith(f"{m['picks_listed_before']['mean']:.3f} [")
     # a run of another rule teacher's prompt joins the table as "RUN:PROMPT" (the same fixed report users)

@@ -126,10 +126,13 @@ def run_folder(tmp_path_factory) -> Path:
     runner.record_metrics(paths, "08_analysis", {"order": order.to_dict(orient="records"), "agreement": [], "reading": text})
     paths.figure("08_metrics.png").write_bytes(PNG)
     executed_notebook(paths.notebooks / "07_evaluation.ipynb")
-    # 07 ran twice: the second found its work done; the page shows the first, which computed the results
+    # 07 ran twice: the second found its work done; the page shows the first, which computed the results.
+    # 03 ran twice, each writing artifacts: the second recomputed one of the first's two, whose other still counts.
+    first03 = execution("03_delrec_stage1_distillation", 1200.0, False) | {"written": ["distill/sasrec", "distill/rule"]}
+    second03 = execution("03_delrec_stage1_distillation", 300.0, False, "2026-01-06T10:00:00+00:00") | {"written": ["distill/rule"]}
     atomic_write_json(paths.root / "timings.json", {"executions": [
-        execution("01_data_prep", 6.2, False), execution("07_evaluation", 1555.0, False),
-        execution("07_evaluation", 3.0, True, "2026-01-06T10:00:00+00:00")]})  # fmt: skip
+        execution("01_data_prep", 6.2, False), first03, execution("07_evaluation", 1555.0, False),
+        execution("07_evaluation", 3.0, True, "2026-01-06T10:00:00+00:00"), second03]})  # fmt: skip
     return paths.root
 
 
@@ -148,6 +151,9 @@ def test_the_page_shows_every_method_with_intervals_times_machine_and_versions(r
     # times: the execution that computed 07's results, not the later one that found them done
     assert "| 07_evaluation | 25 min 55 s | - | 2026-01-05T10:00:00+00:00 | 2 |" in text
     assert "| 01_data_prep | 6 s |" in text
+    assert ("| 03_delrec_stage1_distillation | 5 min 00 s | - | 2026-01-06T10:00:00+00:00 | 2 | also an earlier execution "
+            "(2026-01-05T10:00:00+00:00, 20 min 00 s) whose distill/sasrec the results still hold |") in text
+    assert f"those executions took {report._duration(6.2 + 1200 + 300 + 1555)}." in text  # the 3-second one computed nothing
     assert "Test CPU 9000, 2 cores (2 usable), no GPU; the LLM computed in float32" in text
     assert re.search(r"Kit: version \S+ at commit [0-9a-f]{12}.* \(\d+ artifacts\)", text), "the kit's version and commit"
     assert "python 3.11.7, torch 2.0" in text

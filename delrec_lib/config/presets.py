@@ -29,22 +29,23 @@ KNOWN_ANSWER_SETTINGS = {"known_answer": KNOWN_ANSWER, "known_answer_depth": "ev
 
 def _smoke() -> RunConfig:
     # Teachers: every model for one epoch (seconds each); enough to exercise every export.
+    # LLM stages on 32 users: each held-out set fits beside 16 training users; the test-time scoring is most of the time.
     return RunConfig(
         preset="smoke",
-        max_users=48,
+        max_users=32,
         teachers=TeachersConfig(max_epochs=1, rules=(KNOWN_ANSWER_TEACHER,)),
         distill=DistillConfig(heldout_users=8, selection_users=4, max_train_users=16, max_steps=4, eval_every=2, warmup_steps=0,
                               **KNOWN_ANSWER_SETTINGS, known_answer_steps=2, known_answer_users=4),
         # One extra training seed: the seed study's code path (its copies, their tests and summary).
         finetune=FinetuneConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, warmup_steps=0, grad_accum=1,
                                 seeds=(1,)),
-        # P2Rec: a few SFT steps, every code path in seconds (extra seeds and the no-SFT twin: tests/test_p2rec.py).
+        # P2Rec: a few SFT steps on 5-title prompts, every code path in seconds (extra seeds and the no-SFT twin: tests/test_p2rec.py).
         p2rec=P2RecConfig(variants=("p2rec-sasrec",), heldout_users=8, max_train_users=16, max_steps=4, eval_every=2,
-                          warmup_steps=0, seeds=()),
+                          warmup_steps=0, seeds=(), history_len=5),
         # Item vectors in larger batches: scoring the whole catalogue is most of the series' LLM-SRec time.
         llmsrec=LLMSRecConfig(max_train_users=16, valid_users=8, max_steps=4, eval_every=2, batch_size=4, grad_accum=1,
                               eval_batch_size=64),
-        # The generation protocol, the order diagnostic and the popularity-matched table on 8 of the 48 users: the same code paths.
+        # The generation protocol, the order diagnostic and the popularity-matched table on 8 of the 32 users: the same code paths.
         eval=EvalConfig(generation_users=8, shuffle_users=8, matched_users=8),
     )
 
