@@ -215,6 +215,15 @@ def plot_prompt_moved(history, ax: plt.Axes | None = None, title: str = "") -> p
     return ax
 
 
+def mark_uniform_loss(ax: plt.Axes, chance: float) -> plt.Axes:
+    """A dotted line at ln C, the cross-entropy of a ranking uniform over the C = 1/``chance`` candidates: a training
+    loss above it prefers wrong candidates (the frozen LLM picking a title the prompt lists), at it prefers none,
+    below it has learned something of the teacher's choice."""
+    ax.axhline(float(np.log(1 / chance)), ls=":", color="grey", label=f"uniform over {round(1 / chance)} (ln C)")
+    ax.legend(fontsize=8)
+    return ax
+
+
 def plot_validation_curves(results: dict, metric: str, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
     """Stage 2: each variant's validation ``metric`` against training examples seen (``results``: name ->
     (history, metrics)), beside popularity, the teachers and chance on the same validation examples."""

@@ -78,6 +78,21 @@ def test_fidelity_reading_is_judged_by_the_interval():
     assert "a title the prompt lists" not in fidelity_reading(by_chance)
 
 
+def test_the_uniform_loss_line_sits_at_ln_c():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from delrec_lib.plots import mark_uniform_loss
+
+    fig, ax = plt.subplots()
+    mark_uniform_loss(ax, chance=0.1)
+    assert ax.lines[-1].get_ydata()[0] == pytest.approx(math.log(10))
+    assert ax.get_legend().get_texts()[-1].get_text() == "uniform over 10 (ln C)"
+    plt.close(fig)
+
+
 def test_stage1_table_shows_every_heuristic_beside_the_llm():
     m = metrics((0.5, 0.4, 0.6))
     m |= {"ta_accuracy_before": None, "ta_accuracy_after": None, "ta_baselines": {}, "ta_chance": 0.1,
