@@ -1054,8 +1054,7 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
 
     rows, curves, report_sets = [], {}, {}
     for spec in run_dirs:
-        run, _, own = str(spec).partition(":")  # "RUN:PROMPT": that run's own soft prompt (another rule teacher)
-        directory = Path(run) / "distill" / (own or prompt)
+        run, own, directory = _stage1_run(spec, prompt)
         manifest = read_manifest(directory, "soft-prompt")
         verify_outputs(directory, manifest)
         m = read_json(directory / "metrics.json")
@@ -1094,18 +1093,25 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
     return pd.DataFrame(rows).set_index("run"), pd.DataFrame(curves)
 
 
+def _stage1_run(spec: str | os.PathLike, prompt: str) -> tuple[str, str, Path]:
+    """(run folder, its own prompt or "", the soft prompt's folder) of a stage-1 study's "RUN" or "RUN:PROMPT"."""
+    run, _, own = str(spec).partition(":")  # "RUN:PROMPT": that run's own soft prompt (another rule teacher)
+    return run, own, Path(run) / "distill" / (own or prompt)
+
+
 def stage1_losses(run_dirs: Sequence[str | os.PathLike], prompt: str) -> pd.DataFrame:
     """The RPS training loss each run logged (``train_log.csv``: "loss_rps", else "loss"), by step, one column per
     run (named and given as ``stage1_study``'s), and a last row "uniform (ln C)": the cross-entropy of a ranking
-    uniform over each run's C RPS candidates, where a prompt that only stopped preferring some candidates sits."""
+    uniform over each run's C RPS candidates, where a prompt that only stopped preferring some candidates sits
+    (None for a KL run, whose loss is no cross-entropy)."""
     losses, uniform = {}, {}
     for spec in run_dirs:
-        run, _, own = str(spec).partition(":")
-        directory = Path(run) / "distill" / (own or prompt)
+        run, _, directory = _stage1_run(spec, prompt)
         log = pd.read_csv(_require(directory / "train_log.csv", "the stage-1 run logs its training loss there"))
         losses[Path(run).name] = log.set_index("step")["loss_rps" if "loss_rps" in log else "loss"]
         cfg = read_manifest(directory, "soft-prompt")["config"]["distill"]
-        uniform[Path(run).name] = math.log(cfg["rps_top_k"] + cfg["rps_random"])
+        ce = cfg.get("loss", "ce") == "ce"
+        uniform[Path(run).name] = math.log(cfg["rps_top_k"] + cfg["rps_random"]) if ce else None
     frame = pd.DataFrame(losses)
     frame.index = frame.index.astype(object)
     frame.loc["uniform (ln C)"] = pd.Series(uniform)
@@ -1134,8 +1140,9 @@ def write_stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str, out: 
     lines += ["", "## Training loss (RPS) by step", "",
               "As each run logged it on its training batches (`train_log.csv`; cross-entropy on the teacher's top-1, "
               "KL for `loss = kl`). Users are rarely seen twice within these budgets, so it is close to a held-out "
-              "loss. The last row is the cross-entropy of a ranking uniform over the run's candidates: a prompt that "
-              "has only stopped preferring the listed titles sits there, one that learned the rule below it.", "",
+              "loss. The last row is the cross-entropy of a ranking uniform over the run's candidates (none for a KL "
+              "run): a prompt that has only stopped preferring the listed titles sits there, one that learned the rule "
+              "below it.", "",
               markdown_table(losses.round(3).astype(object).where(losses.notna(), "-"))]  # fmt: skip
     atomic_write_text(out, "\n".join(lines) + "\n")
     return Path(out)

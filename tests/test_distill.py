@@ -461,6 +461,10 @@ def test_the_kl_loss_distils_the_teachers_softmax_over_each_examples_candidates(
 
     result = run_distillation(cfg, paths, data, backbone, "sasrec", progress=False)
     assert result.metrics["fidelity_after"]["mean"] >= 0.8 > result.metrics["fidelity_chance"] * 2
+    # a stage-1 study shows its KL loss with no uniform-ranking cross-entropy beside it (no like to compare)
+    from delrec_lib.report import stage1_losses
+
+    assert pd.isna(stage1_losses([paths.root], "sasrec").loc["uniform (ln C)", "kl"])
 
     old = paths_for(root, "kl-old-export")
     write_teacher_exports(old.teachers / "sasrec", data, with_scores=False)
