@@ -561,3 +561,24 @@ def test_picks_listed_counts_first_choices_among_the_titles_the_prompt_lists():
     # users in sorted order (3, then 7): 3 picked 20 (listed), 7 picked 13 (a random candidate)
     assert picks_listed(examples, np.array([20, 13])).tolist() == [1.0, 0.0]
     assert picks_listed(examples, np.array([22, 12])).tolist() == [0.0, 1.0]  # 22: the label, not listed
+
+
+def test_rps_with_the_top1_alone_lists_no_teacher_rank(world):
+    """rps_top_k = 1 (the known answer's setting): the candidates are the teacher's top-1 and random never-interacted
+    items, the prompt lists no teacher prediction, and no first choice can be a listed title."""
+    root, data, backbone = world
+    paths = paths_for(root, "top1")
+    write_teacher_exports(paths.teachers / "sasrec", data)
+    cfg = config(rps_top_k=1, rps_random=4, max_steps=2, eval_every=1)
+    preds = teacher_predictions(read_teacher_topk(paths.teachers / "sasrec", data), data)
+    rps = build_examples(data, preds, data.user_ids().tolist(), cfg.distill, donors=[])["rps"]
+    assert len(rps) == data.num_users
+    for uid, ex in rps.items():
+        assert ex.ranked == () and ex.candidates[ex.label] == FIXED_PREDICTION == preds[uid][0]
+        assert len(ex.candidates) == 5 and set(ex.candidates) - {FIXED_PREDICTION} <= never_interacted(data, uid)
+    result = run_distillation(cfg, paths, data, backbone, "sasrec-rps", progress=False)
+    m = result.metrics
+    assert m["fidelity_chance"] == pytest.approx(1 / 5) and m["picks_listed_chance"] == 0
+    assert m["picks_listed_before"]["mean"] == m["picks_listed_after"]["mean"] == 0
+    text = (result.directory / "examples.json").read_text()
+    assert "(none)" in text  # where the template lists the teacher's ranks 2..k

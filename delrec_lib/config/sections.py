@@ -215,7 +215,7 @@ class DistillConfig(Checked):
     # "dynamic": per step, weights that give each task's gradient the same norm; "fixed": task_weights.
     weighting: Literal["dynamic", "fixed"] = "dynamic"
     task_weights: Annotated[tuple[float, ...], Items(Num(0), length=len(DISTILL_TASKS), unique=False)] = (1.0, 1.0)  # TA, RPS
-    rps_top_k: Annotated[int, Int(2)] = 5  # the teacher's top-k in the RPS candidates; the template shows ranks 2..k
+    rps_top_k: Annotated[int, Int(1)] = 5  # the teacher's top-k in the RPS candidates; the template shows ranks 2..k (1: none)
     rps_random: Count0 = 5  # random never-interacted items added to the RPS candidates
     ta_candidates: Annotated[int, Int(2)] = 10  # the hidden item plus random never-interacted items
     # Held-out users: at most half the users in all (smaller data shrinks both sets, with a warning).
@@ -258,15 +258,15 @@ class DistillConfig(Checked):
     # Stage 1's known answer, trained first on its own small budget (notebook 03 opens with it): a soft prompt of a
     # rule teacher, whose top-1 the prompt shows, e.g. "rule-sharedword-rps"; None: none.
     known_answer: Annotated[str | None, Maybe(PROMPT_NAME)] = None
-    known_answer_steps: Count = 40  # evaluated on the selection set every quarter of them
+    known_answer_steps: Count = 80  # evaluated on the selection set every quarter of them
     known_answer_users: Count = 100  # report users (the data's fixed ones); the selection set has half as many
     # The known answer's own head, prompt depth and learning rate (None: the run's): a demo of the mechanism may use
     # the settings under which it learns, which need not be those of the real teachers.
     known_answer_head: Annotated[str | None, Maybe(OneOf(("title", "index")))] = None
     known_answer_depth: Annotated[str | None, Maybe(OneOf(("input", "every_layer")))] = None
     known_answer_lr: Annotated[float | None, Maybe(Num(0, open_lo=True))] = None
-    # Its RPS candidates (None: rps_top_k, rps_random): fewer listed ranks leave less for the frozen LLM to copy.
-    known_answer_rps_top_k: Annotated[int | None, Maybe(Int(2))] = added_setting(None)
+    # Its RPS candidates (None: rps_top_k, rps_random): fewer listed ranks leave less for the frozen LLM to copy (1: none).
+    known_answer_rps_top_k: Annotated[int | None, Maybe(Int(1))] = added_setting(None)
     known_answer_rps_random: Annotated[int | None, Maybe(Int(0))] = added_setting(None)
     # Its prompt's history titles (None: llm.history_len): a shorter prompt trains more examples per second.
     known_answer_history_len: Annotated[int | None, Maybe(Int(1))] = added_setting(None)
