@@ -258,7 +258,7 @@ class DistillConfig(Checked):
     # Stage 1's known answer, trained first on its own small budget (notebook 03 opens with it): a soft prompt of a
     # rule teacher, whose top-1 the prompt shows, e.g. "rule-sharedword-rps"; None: none.
     known_answer: Annotated[str | None, Maybe(PROMPT_NAME)] = None
-    known_answer_steps: Count = 80  # evaluated on the selection set every quarter of them
+    known_answer_steps: Count = 40  # evaluated on the selection set every quarter of them
     known_answer_users: Count = 100  # report users (the data's fixed ones); the selection set has half as many
     # The known answer's own head, prompt depth and learning rate (None: the run's): a demo of the mechanism may use
     # the settings under which it learns, which need not be those of the real teachers.
