@@ -222,6 +222,8 @@ def test_a_bad_value_is_refused_naming_the_field(path, rule):
         ('[teachers]\nmodels = ["gru4rec"]\n[distill]\nprompts = ["gru4rec", "caser-ta"]\n[finetune]\nvariants = ["lora"]\n'
          '[p2rec]\nvariants = ["p2rec-gru4rec"]\nsource_teacher = "gru4rec"', "distill.prompts", "'caser-ta'"),
         ("[distill]\nrps_top_k = 30", "distill.rps_top_k", "30"),
+        ("[distill]\nrps_top_k = 1\nrps_random = 0", "distill.rps_random", "0"),
+        ("[distill]\nknown_answer_rps_top_k = 1\nknown_answer_rps_random = 0", "distill.known_answer_rps_random", "0"),
         ("[teachers.sasrec]\nheads = 3", "teachers.sasrec.heads", "3"),
         ('[finetune]\nmethod = "adalora"\nmax_steps = 15', "finetune.max_steps", "15"),
     ],

@@ -278,6 +278,12 @@ class DistillConfig(Checked):
                               f"got {list(self.seeds)}")  # fmt: skip
         if self.weighting == "fixed" and not any(self.task_weights):
             raise ConfigError(f"distill.task_weights: with weighting 'fixed', at least one weight > 0; got {list(self.task_weights)}")
+        known_random = self.rps_random if self.known_answer_rps_random is None else self.known_answer_rps_random
+        for prefix, top_k, random in (("", self.rps_top_k, self.rps_random),
+                                      ("known_answer_", self.known_answer_rps_top_k or self.rps_top_k, known_random)):
+            if top_k + random < 2:  # a single candidate is always ranked first
+                raise ConfigError(f"distill.{prefix}rps_random: an RPS example ranks at least 2 candidates, the teacher's "
+                                  f"top {top_k} (distill.{prefix}rps_top_k) and the random ones; got {random}")  # fmt: skip
 
 
 @dataclass(frozen=True)
