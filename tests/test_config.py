@@ -353,23 +353,26 @@ def test_importing_the_config_loads_neither_pandas_nor_torch():
 
 
 def test_a_setting_added_later_leaves_artifact_identities_unchanged_at_its_default():
-    """distill.loss / kl_temperature / seeds / known_answer_rps_* / known_answer_history_len / schedule and teachers.rule_window
-    were added after finished runs existed: at their defaults an artifact's hash reads as before (those runs stay
-    valid), a run's config.json still shows them, and set otherwise they count."""
+    """distill.loss / kl_temperature / seeds / known_answer_rps_* / known_answer_history_len / schedule / heldout_tasks /
+    known_answer_heldout_tasks / known_answer_batch_size and teachers.rule_window were added after finished runs
+    existed: at their defaults an artifact's hash reads as before (those runs stay valid), a run's config.json still
+    shows them, and set otherwise they count."""
     from delrec_lib.artifacts import sha256_json, to_jsonable
 
     added = ("loss", "kl_temperature", "seeds", "known_answer_rps_top_k", "known_answer_rps_random", "known_answer_history_len",
-             "schedule")  # fmt: skip
+             "schedule", "heldout_tasks", "known_answer_heldout_tasks", "known_answer_batch_size")  # fmt: skip
     cfg = DistillConfig()
     shown = to_jsonable(cfg)
-    assert [shown[k] for k in added] == ["ce", 1.0, [], None, None, None, "constant"]
+    assert [shown[k] for k in added] == ["ce", 1.0, [], None, None, None, "constant", "all", None, None]
     assert not set(added) & set(to_jsonable(cfg, identity=True))
     assert sha256_json(cfg) == sha256_json({k: v for k, v in shown.items() if k not in added})
     assert sha256_json(RunConfig(distill=cfg)) == sha256_json({**to_jsonable(RunConfig()), "distill": to_jsonable(cfg, identity=True),
                                                                "teachers": to_jsonable(TeachersConfig(), identity=True)})  # fmt: skip
     changes = (dataclasses.replace(cfg, loss="kl"), dataclasses.replace(cfg, kl_temperature=0.5), dataclasses.replace(cfg, seeds=(1,)),
                dataclasses.replace(cfg, known_answer_rps_top_k=2), dataclasses.replace(cfg, known_answer_rps_random=8),
-               dataclasses.replace(cfg, known_answer_history_len=3), dataclasses.replace(cfg, schedule="linear"))
+               dataclasses.replace(cfg, known_answer_history_len=3), dataclasses.replace(cfg, schedule="linear"),
+               dataclasses.replace(cfg, heldout_tasks="trained"), dataclasses.replace(cfg, known_answer_heldout_tasks="trained"),
+               dataclasses.replace(cfg, known_answer_batch_size=4))
     for changed in changes:
         assert sha256_json(changed) != sha256_json(cfg)
     assert sha256_json(dataclasses.replace(cfg, lr=0.1)) != sha256_json(cfg)  # an ordinary setting counts as ever

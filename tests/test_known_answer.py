@@ -112,7 +112,8 @@ def test_the_known_answer_may_have_its_own_head_depth_rate_and_candidates(world)
     config, paths, data, backbone = world
     own = dataclasses.replace(config.distill, known_answer=RULE + "-rps", known_answer_steps=2, known_answer_users=8,
                               known_answer_head="index", known_answer_depth="every_layer", known_answer_lr=0.2,
-                              known_answer_rps_top_k=2, known_answer_rps_random=4, known_answer_history_len=5)  # fmt: skip
+                              known_answer_rps_top_k=2, known_answer_rps_random=4, known_answer_history_len=5,
+                              known_answer_heldout_tasks="trained", known_answer_batch_size=3)  # fmt: skip
     config = dataclasses.replace(config, distill=own)
     known, real = distill_stage_config(config, RULE + "-rps"), distill_stage_config(config, "sasrec")
     assert (known["llm"].head, known["distill"].prompt_depth, known["distill"].lr) == ("index", "every_layer", 0.2)
@@ -120,7 +121,16 @@ def test_the_known_answer_may_have_its_own_head_depth_rate_and_candidates(world)
     assert (known["distill"].rps_top_k, known["distill"].rps_random) == (2, 4)
     assert (known["llm"].history_len, real["llm"].history_len) == (5, 4)
     assert (real["distill"].rps_top_k, real["distill"].rps_random) == (own.rps_top_k, own.rps_random) == (3, 3)
+    assert (known["distill"].heldout_tasks, real["distill"].heldout_tasks) == ("trained", "all")
+    # its users per step in one micro-batch; the real teacher's steps keep the run's micro-batches
+    assert (known["distill"].batch_size, known["distill"].grad_accum) == (3, 1)
+    assert (real["distill"].batch_size, real["distill"].grad_accum) == (own.batch_size, own.grad_accum) != (3, 1)
     result = run_distillation(config, paths, data, backbone, RULE + "-rps", progress=False)
+    # Held-out users scored on RPS alone, the task it trains: no TA accuracy anywhere, before, after or on the curve.
+    assert result.metrics["ta_accuracy_before"] is None and result.metrics["ta_accuracy_after"] is None
+    assert result.metrics["selection"]["ta_accuracy_before"] is None and "ta_accuracy" not in result.history
+    assert result.metrics["fidelity_after"]["users"] == 8
+    assert result.history["users_seen"].iloc[-1] == 2 * 3  # 2 steps of 3 users
     assert result.soft_prompt.embeddings.dim() == 5  # a per-layer prompt
     assert result.metrics["fidelity_chance"] == pytest.approx(1 / 6)  # its own 2 + 4 candidates
     assert result.metrics["picks_listed_chance"] == pytest.approx(1 / 6)  # one listed rank (the teacher's 2nd)

@@ -145,6 +145,9 @@ def distill_stage_config(config: RunConfig, name: str) -> dict[str, Any]:
                                   selection_users=max(1, users // 2), known_answer=name,
                                   prompt_depth=own.known_answer_depth or own.prompt_depth,
                                   lr=own.known_answer_lr or own.lr,
+                                  heldout_tasks=own.known_answer_heldout_tasks or own.heldout_tasks,
+                                  batch_size=own.known_answer_batch_size or own.batch_size,
+                                  grad_accum=1 if own.known_answer_batch_size else own.grad_accum,
                                   rps_top_k=own.known_answer_rps_top_k or own.rps_top_k,
                                   rps_random=own.rps_random if own.known_answer_rps_random is None
                                   else own.known_answer_rps_random)  # fmt: skip

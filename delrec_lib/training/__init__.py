@@ -113,6 +113,12 @@ class TrainingTask:
         accelerator.backward(loss * scale)
         return None
 
+    def replay(self, indices: Sequence[int]) -> None:
+        """A resumed run first hands the task the indices of each micro-batch the interrupted run trained on, in that
+        order (``make_batch``'s): a task
+        whose caches depend on which examples shared a call (stage 1's batched frozen states) rebuilds them as they
+        were, so the resumed run computes what the uninterrupted one did, bit for bit. Default: nothing."""
+
     def on_optimizer_step(self, step: int) -> None:
         """Called after each optimizer update, before gradients are zeroed (AdaLoRA's rank allocation)."""
 
@@ -189,6 +195,13 @@ def autocast_context(enabled: bool, device: torch.device):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def epoch_batches(seed: int, epoch: int, n_examples: int, global_batch: int) -> list[np.ndarray]:
+    """An epoch's micro-batches of example indices: the same on every process and after a resume, a permutation
+    seeded by (seed, epoch)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n_examples)
+    return [order[i : i + global_batch] for i in range(0, n_examples, global_batch)]
 
 
 class Trainer:
@@ -364,6 +377,11 @@ class Trainer:
         if resumed:
             # (.get: checkpoints written before "stopped" was recorded)
             state.update({k: resumed.get(k, state[k]) for k in state})
+        if resumed and state["stopped"] == "finished" and state["step"] < total_steps:  # it trains on
+            for epoch in range(state["epoch"] + 1):
+                batches = epoch_batches(cfg.seed, epoch, n_examples, global_batch)
+                for micro in batches[: state["batch_in_epoch"] if epoch == state["epoch"] else len(batches)]:
+                    task.replay(share_of(micro, acc.process_index, acc.num_processes)[0].tolist())
         # Every process starts from the main process's weights (a resumed run: from the same file).
         distributed.broadcast_parameters(params)
         start_time = time.perf_counter() - state["seconds"]
@@ -401,9 +419,7 @@ class Trainer:
         module.train()
         running: dict[str, list[float]] = state["running"]  # losses since the last log row
         while state["epoch"] < cfg.max_epochs and state["step"] < total_steps and state["stopped"] == "finished":
-            # Same order on every process and after a resume: a permutation seeded by (seed, epoch).
-            order = np.random.default_rng([cfg.seed, state["epoch"]]).permutation(n_examples)
-            batches = [order[i : i + global_batch] for i in range(0, n_examples, global_batch)]
+            batches = epoch_batches(cfg.seed, state["epoch"], n_examples, global_batch)
             b = state["batch_in_epoch"]
             stop_now = False
             while b < len(batches) and state["step"] < total_steps:
