@@ -1046,10 +1046,11 @@ def readme_runs(readme: str | os.PathLike) -> list[str]:
 
 def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Soft prompt ``prompt`` as each run trained it (a run given as "RUN:PROMPT" its own prompt, e.g. another rule
-    teacher's): one row per run (its head, prompt depth, RPS candidates, rate, tokens and initialisation text,
-    report-set fidelity before and after with intervals, the best heuristic on the same examples, chance, how often
-    its first choice is a title the prompt lists, steps, seconds and how far the prompt moved), and the
-    selection-set fidelity per step, one column per run. Refused unless every run scored the same report users."""
+    teacher's): one row per run (its head, prompt depth, RPS candidates, rate, tokens and initialisation text, history
+    titles, users per step, held-out tasks, report-set fidelity before and after with intervals, the best heuristic
+    on the same examples, chance, how often its first choice is a title the prompt lists, steps, seconds and how far
+    the prompt moved), and the selection-set fidelity per step, one column per run. Refused unless every run scored
+    the same report users."""
     from .delrec.distill import LONGEST_UNLISTED
 
     rows, curves, report_sets = [], {}, {}
@@ -1078,6 +1079,9 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
                      "loss": cfg.get("loss", "ce"),  # (runs before the field: cross-entropy)
                      "lr": cfg["lr"], "lr schedule": cfg.get("schedule", "constant"),  # (runs before the field: held)
                      "soft tokens": cfg["num_soft_tokens"], "init text": cfg["init_text"],
+                     "history titles": llm["history_len"],
+                     "users per step": f"{cfg['batch_size']} x {cfg['grad_accum']}",  # micro-batch x accumulation
+                     "held-out tasks": cfg.get("heldout_tasks", "all"),  # (runs before the field: all)
                      "steps": int(m["steps"]), "report users": int(m["heldout_users"]),
                      "fidelity before": _ci(m["fidelity_before"], 3), "fidelity after": _ci(m["fidelity_after"], 3),
                      "best heuristic": f"{best[0]}: {_ci(best[1], 3)}", "chance": round(float(m["fidelity_chance"]), 3),

@@ -360,6 +360,9 @@ def test_training_benchmark_times_real_steps(world, tmp_path, stage):
     assert row["tokens_per_step"] > row["examples_per_step"] * 10 and row["pct_peak"] > 0
     minutes = row["minutes_per_prompt" if stage == "distill" else "minutes_per_variant"]
     assert minutes == pytest.approx(row["s_per_step"] * 4 / 60)  # the smoke preset's 4 steps, not the bench's
+    if stage == "distill":  # frozen-state caching one prompt at a time and in the run's batches
+        assert sorted(row["caching"]) == ["batch_1", "batch_8"]
+        assert all(r["ms_per_prompt"] > 0 and r["pct_peak"] > 0 for r in row["caching"].values())
 
 
 @pytest.mark.parametrize("ablation, trained", [("sasrec-ta", {"ta"}), ("sasrec-rps", {"rps"})])

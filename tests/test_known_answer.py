@@ -156,11 +156,15 @@ def test_a_stage1_study_sets_runs_side_by_side_on_the_same_report_users(world, t
         run = RunPaths(tmp_path / f"lr{lr}-u{users}")
         shutil.copytree(paths.teachers / RULE, run.teachers / RULE)
         cfg = dataclasses.replace(config, distill=dataclasses.replace(config.distill, known_answer=RULE + "-rps",
-                                  known_answer_steps=2, known_answer_users=users, known_answer_lr=lr))  # fmt: skip
+                                  known_answer_steps=2, known_answer_users=users, known_answer_lr=lr,
+                                  known_answer_batch_size=3 if lr == 0.3 else None))  # fmt: skip
         run_distillation(cfg, run, data, backbone, RULE + "-rps", progress=False)
         runs.append(run.root)
     table, curves = stage1_study(runs[:2], RULE + "-rps")
     assert list(table.index) == [r.name for r in runs[:2]] and list(table["lr"]) == [0.01, 0.3]
+    d = config.distill
+    assert list(table["users per step"]) == [f"{d.batch_size} x {d.grad_accum}", "3 x 1"]
+    assert list(table["history titles"]) == [config.llm.history_len] * 2 and list(table["held-out tasks"]) == ["all"] * 2
     assert list(curves.columns) == list(table.index) and list(curves.index) == [0, 1, 2]  # every eval_every step
     for run in runs[:2]:
         m = json.loads((run / "distill" / (RULE + "-rps") / "metrics.json").read_text())

@@ -54,7 +54,7 @@ def _smoke() -> RunConfig:
 
 
 def _cpu() -> RunConfig:
-    # P2Rec lives in cpu-ablations: the hour is DELRec's and LLM-SRec's (and the known answer's nine minutes).
+    # P2Rec lives in cpu-ablations: the hour is DELRec's and LLM-SRec's (and the known answer's five and a half minutes).
     return RunConfig(preset="cpu", teachers=TeachersConfig(rules=(KNOWN_ANSWER_TEACHER,)),
                      distill=DistillConfig(**KNOWN_ANSWER_SETTINGS, known_answer_steps=80), p2rec=P2RecConfig(variants=()))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from dataclasses import replace
 
 from ..bench.perf import (
@@ -61,6 +62,8 @@ def measure(config, paths, data, backbone, peak, planned, steps: int) -> dict:
     row = {**row_first, "users_per_step": users_per_step, "users_per_minute": 60 * users_per_step / row_first["s_per_step"],
            "revisit": row_later, "cache_prefix": cached, "prefix_tokens": prefix_tokens, "rest_tokens": rest_tokens}  # fmt: skip
     row["revisit"]["users_per_minute"] = 60 * users_per_step / row_later["s_per_step"]
+    if cached:
+        row["caching"] = caching_rows(backbone, prompts[:16], config.llm.score_batch_size, prefix_flops, peak)
     # The preset's run: its steps visit max_steps x users-per-step users, each training user once per epoch.
     train_users = len(task_users(config=planned["config"], data=data))
     visits = planned["distill"] * users_per_step
@@ -69,6 +72,23 @@ def measure(config, paths, data, backbone, peak, planned, steps: int) -> dict:
     print(f"  {planned['distill']} steps of the run ({train_users} training users, {visits} user visits): "
           f"{row['minutes_per_prompt']:.1f} min per soft prompt (evaluations excluded)")  # fmt: skip
     return row
+
+
+def caching_rows(backbone, prompts: list, batch_size: int, prefix_flops: float, peak: float) -> dict:
+    """The frozen states of ``prompts``' text before the slot, one prompt at a time and in batches of
+    ``batch_size`` (stage 1's way): ms per prompt and the share of the matmul peak (``prefix_flops``: mean forward
+    FLOPs of one prompt's prefix)."""
+    from ..llm.scoring import prefix_states
+
+    rows = {}
+    for size in dict.fromkeys((1, batch_size)):
+        start = time.perf_counter()
+        prefix_states(backbone, prompts, batch_size=size)
+        seconds = (time.perf_counter() - start) / len(prompts)
+        rows[f"batch_{size}"] = {"ms_per_prompt": 1000 * seconds, "pct_peak": 100 * prefix_flops / seconds / 1e9 / peak}
+        print(f"frozen-state caching in batches of {size}: {1000 * seconds:.0f} ms per prompt, "
+              f"{rows[f'batch_{size}']['pct_peak']:.0f}% of the matmul peak")  # fmt: skip
+    return rows
 
 
 def task_users(config, data) -> list[int]:
