@@ -42,6 +42,8 @@ from .artifacts import (
     DISTILL_MATCHED,
     MANIFEST_NAME,
     RunPaths,
+    StaleArtifactError,
+    artifact_id,
     atomic_dir,
     atomic_write_json,
     atomic_write_text,
@@ -1048,8 +1050,8 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
     """Soft prompt ``prompt`` as each run trained it (a run given as "RUN:PROMPT" its own prompt, e.g. another rule
     teacher's): one row per run (its head, prompt depth, RPS candidates, rate, tokens and initialisation text, history
     titles, users per step, held-out tasks, report-set fidelity before and after with intervals, the best heuristic
-    on the same examples, chance, how often its first choice is a title the prompt lists, steps, seconds and how far
-    the prompt moved), and the selection-set fidelity per step, one column per run. Refused unless every run scored
+    on the same examples, chance, how often its first choice is a title the prompt lists, the popularity-matched
+    fidelity where measured, steps, seconds and how far the prompt moved), and the selection-set fidelity per step, one column per run. Refused unless every run scored
     the same report users."""
     from .delrec.distill import LONGEST_UNLISTED
 
@@ -1087,6 +1089,8 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
                      "best heuristic": f"{best[0]}: {_ci(best[1], 3)}", "chance": round(float(m["fidelity_chance"]), 3),
                      "picks a listed title, before -> after": listed,
                      "TA accuracy, before -> after (best heuristic)": _ta_cell(m),
+                     "popularity-matched fidelity, before -> after (chance)": _matched_cell(
+                         Path(run) / "distill" / DISTILL_MATCHED / (own or prompt), manifest),
                      "prompt moved": round(float(m.get("soft_prompt_moved", float("nan"))), 3),
                      "seconds": round(float(m["seconds"])), "kit": describe_kit(manifest.get("kit"))})  # fmt: skip
         history = pd.read_csv(directory / "history.csv")
@@ -1120,6 +1124,22 @@ def stage1_losses(run_dirs: Sequence[str | os.PathLike], prompt: str) -> pd.Data
     frame.index = frame.index.astype(object)
     frame.loc["uniform (ln C)"] = pd.Series(uniform)
     return frame
+
+
+def _matched_cell(directory: Path, soft_prompt: dict[str, Any]) -> str:
+    """A stage-1 prompt's RPS fidelity on its report users' popularity-matched examples before -> after, and chance
+    ("-": not measured, as for the known answer); refused when made from another soft prompt than the row's."""
+    from .delrec.distill import STAGE1_MATCHED_KIND
+
+    if not (directory / MANIFEST_NAME).is_file():
+        return "-"
+    manifest = read_manifest(directory, STAGE1_MATCHED_KIND)
+    verify_outputs(directory, manifest)
+    if manifest.get("inputs", {}).get("soft_prompt") != artifact_id(soft_prompt):
+        raise StaleArtifactError(f"{directory}: made from another soft prompt than the run's; run the stage-1 "
+                                 "popularity-matched table again (notebook 03, or `distill`)")  # fmt: skip
+    m = read_json(directory / "metrics.json")
+    return f"{_ci(m['fidelity_before'], 3)} -> {_ci(m['fidelity_after'], 3)} ({m['fidelity_chance']:.3f})"
 
 
 def _ta_cell(m: dict[str, Any]) -> str:

@@ -555,6 +555,23 @@ def test_stage1_fidelity_on_popularity_matched_report_examples(world):
     assert set(m["fidelity_baselines"]) == set(HEURISTICS["rps"])
     assert stage1_matched(cfg, paths, data, backbone, "sasrec") == m  # read back, not recomputed
 
+    # the stage-1 study shows it beside the prompt's other numbers; one made from another soft prompt is refused
+    import shutil
+
+    from delrec_lib.errors import StaleArtifactError
+    from delrec_lib.report import stage1_study
+
+    cell = stage1_study([paths.root], "sasrec")[0].loc["matched", "popularity-matched fidelity, before -> after (chance)"]
+    assert cell == (f"{m['fidelity_before']['mean']:.3f} [{m['fidelity_before']['ci_low']:.3f}, "
+                    f"{m['fidelity_before']['ci_high']:.3f}] -> {m['fidelity_after']['mean']:.3f} "
+                    f"[{m['fidelity_after']['ci_low']:.3f}, {m['fidelity_after']['ci_high']:.3f}] (0.167)")  # fmt: skip
+    other = paths_for(root, "matched-other")
+    write_teacher_exports(other.teachers / "sasrec", data)
+    run_distillation(config(max_steps=3, eval_every=3), other, data, backbone, "sasrec", progress=False)
+    shutil.copytree(paths.distill / "matched", other.distill / "matched")
+    with pytest.raises(StaleArtifactError, match="another soft prompt"):
+        stage1_study([other.root], "sasrec")
+
 
 def test_picks_listed_counts_first_choices_among_the_titles_the_prompt_lists():
     from delrec_lib.delrec.distill import picks_listed
