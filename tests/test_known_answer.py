@@ -122,6 +122,9 @@ def test_the_known_answer_may_have_its_own_head_depth_rate_and_candidates(world)
     assert (known["llm"].history_len, real["llm"].history_len) == (5, 4)
     assert (real["distill"].rps_top_k, real["distill"].rps_random) == (own.rps_top_k, own.rps_random) == (3, 3)
     assert (known["distill"].heldout_tasks, real["distill"].heldout_tasks) == ("trained", "all")
+    # a training seed's copy of the known answer keeps its settings and budget; only the seed differs
+    seeded = distill_stage_config(config, RULE + "-rps-seed1")
+    assert seeded == {**known, "train_seed": 1}
     # its users per step in one micro-batch; the real teacher's steps keep the run's micro-batches
     assert (known["distill"].batch_size, known["distill"].grad_accum) == (3, 1)
     assert (real["distill"].batch_size, real["distill"].grad_accum) == (own.batch_size, own.grad_accum) != (3, 1)

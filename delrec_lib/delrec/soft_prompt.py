@@ -139,10 +139,10 @@ def distill_stage_config(config: RunConfig, name: str) -> dict[str, Any]:
     defaults = {f.name: f.default for f in dataclasses.fields(own) if f.name.startswith("known_answer")}
     cfg = dataclasses.replace(own, prompts=(base,), seeds=(), **defaults)  # the known answer's budget is not the others'
     llm = config.llm
-    if name == own.known_answer:  # its own budget and settings
+    if base == own.known_answer:  # its own budget and settings (a seed's copy too: only its training seed differs)
         steps, users = own.known_answer_steps, own.known_answer_users
         cfg = dataclasses.replace(cfg, max_steps=steps, eval_every=max(1, steps // 4), heldout_users=users,
-                                  selection_users=max(1, users // 2), known_answer=name,
+                                  selection_users=max(1, users // 2), known_answer=base,
                                   prompt_depth=own.known_answer_depth or own.prompt_depth,
                                   lr=own.known_answer_lr or own.lr,
                                   heldout_tasks=own.known_answer_heldout_tasks or own.heldout_tasks,
