@@ -124,6 +124,7 @@ def _llm_stage(args: argparse.Namespace):
 
 @command("distill", "stage 1: distil each teacher's pattern into a soft prompt (LLM frozen)")(_stage_args)
 def _distill(args: argparse.Namespace) -> None:
+    from .config import split_seed
     from .delrec.distill import run_distillation, stage1_matched
     from .delrec.soft_prompt import stage1_names
 
@@ -135,7 +136,7 @@ def _distill(args: argparse.Namespace) -> None:
             print(f"{name}: fidelity {m['fidelity_before']['mean']:.3f} -> {m['fidelity_after']['mean']:.3f} "
                   f"(chance {m['fidelity_chance']:.3f}) in {m['seconds']:.0f} s: {r.directory}")  # fmt: skip
         # as notebook 03: the real teachers' prompts again on popularity-matched report examples
-        if config.eval.matched_users and name != config.distill.known_answer and is_main_process():
+        if config.eval.matched_users and split_seed(name)[0] != config.distill.known_answer and is_main_process():
             mm = stage1_matched(config, paths, data, backbone, name)
             if mm is not None:
                 print(f"{name}, popularity-matched report examples: fidelity {mm['fidelity_before']['mean']:.3f} -> "

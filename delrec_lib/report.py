@@ -1062,7 +1062,10 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
         verify_outputs(directory, manifest)
         m = read_json(directory / "metrics.json")
         cfg, llm = manifest["config"]["distill"], manifest["config"]["llm"]
-        name = Path(run).name
+        # a copy of the prompt in the same run ("RUN:<prompt>-seed1") is named by its suffix: "RUN-seed1"
+        name = Path(run).name + (own.removeprefix(prompt) if own.startswith(prompt) else "")
+        if name in report_sets:
+            raise DataError(f"stage1_study: two runs named {name!r} ({spec}); give each run once")
         report_sets[name] = (m.get("report_users") or {}).get("hash")
         best = max(m["fidelity_baselines"].items(), key=lambda kv: kv[1]["mean"])
         if LONGEST_UNLISTED not in m["fidelity_baselines"]:  # (runs before the title-length heuristic)

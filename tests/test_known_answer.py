@@ -202,6 +202,14 @@ def test_a_stage1_study_sets_runs_side_by_side_on_the_same_report_users(world, t
     assert table["teacher config"].nunique() == 1  # one teacher, exported to two runs
     with pytest.raises(DataError, match="different report users"):
         stage1_study(runs, RULE + "-rps")
+    # a training seed's copy in the same run joins as "RUN:PROMPT-seed<N>", named by its suffix; a run given twice is refused
+    seeded = dataclasses.replace(config, distill=dataclasses.replace(config.distill, known_answer=RULE + "-rps",
+                                 known_answer_steps=2, known_answer_users=8, known_answer_lr=0.3, known_answer_batch_size=3))  # fmt: skip
+    run_distillation(seeded, RunPaths(runs[1]), data, backbone, RULE + "-rps-seed1", progress=False)
+    seeds, _ = stage1_study([runs[1], f"{runs[1]}:{RULE}-rps-seed1"], RULE + "-rps")
+    assert list(seeds.index) == ["lr0.3-u8", "lr0.3-u8-seed1"] and seeds["fidelity after"].notna().all()
+    with pytest.raises(DataError, match="two runs named 'lr0.3-u8'"):
+        stage1_study([runs[1], runs[1]], RULE + "-rps")
 
 
 def test_the_stage1_study_shows_temporal_analysis_beside_its_best_heuristic():
