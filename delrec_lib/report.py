@@ -1051,8 +1051,8 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
     teacher's): one row per run (its head, prompt depth, RPS candidates, rate, tokens and initialisation text, history
     titles, users per step, held-out tasks, report-set fidelity before and after with intervals, the best heuristic
     on the same examples, chance, how often its first choice is a title the prompt lists, the popularity-matched
-    fidelity where measured, steps, seconds and how far the prompt moved), and the selection-set fidelity per step, one column per run. Refused unless every run scored
-    the same report users."""
+    fidelity where measured, steps, seconds and how far the prompt moved), and the selection-set fidelity per step,
+    one column per run. Refused unless every run scored the same report users."""
     from .delrec.distill import LONGEST_UNLISTED
 
     rows, curves, report_sets = [], {}, {}

@@ -115,9 +115,9 @@ class TrainingTask:
 
     def replay(self, indices: Sequence[int]) -> None:
         """A resumed run first hands the task the indices of each micro-batch the interrupted run trained on, in that
-        order (``make_batch``'s): a task
-        whose caches depend on which examples shared a call (stage 1's batched frozen states) rebuilds them as they
-        were, so the resumed run computes what the uninterrupted one did, bit for bit. Default: nothing."""
+        order (``make_batch``'s): a task whose caches depend on which examples shared a call (stage 1's batched
+        frozen states) rebuilds them as they were, so the resumed run computes what the uninterrupted one did, bit
+        for bit. Default: nothing."""
 
     def on_optimizer_step(self, step: int) -> None:
         """Called after each optimizer update, before gradients are zeroed (AdaLoRA's rank allocation)."""
