@@ -63,7 +63,9 @@ def measure(config, paths, data, backbone, peak, planned, steps: int) -> dict:
            "revisit": row_later, "cache_prefix": cached, "prefix_tokens": prefix_tokens, "rest_tokens": rest_tokens}  # fmt: skip
     row["revisit"]["users_per_minute"] = 60 * users_per_step / row_later["s_per_step"]
     if cached:
-        row["caching"] = caching_rows(backbone, prompts[:16], config.llm.score_batch_size, prefix_flops, peak)
+        sample = prompts[:16]  # timed twice; its own mean prefix FLOPs, not the whole set's
+        sample_flops = prompt_cost(fm, backbone, sample, split_at_slot=True)[1]
+        row["caching"] = caching_rows(backbone, sample, config.llm.score_batch_size, sample_flops, peak)
     # The preset's run: its steps visit max_steps x users-per-step users, each training user once per epoch.
     train_users = len(task_users(config=planned["config"], data=data))
     visits = planned["distill"] * users_per_step
