@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 RUN    ?= cpu
 PRESET ?= cpu
 
-.PHONY: reproduce test smoke lint bench env clean-outputs
+.PHONY: reproduce test test-learning smoke lint bench env clean-outputs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# Stage 1 learns: the cpu preset's known answer trained, then again with its gradient off (about ten minutes).
+test-learning: $(STAMP)
+	$(PY) -m pytest -m learning
 
 bench: $(STAMP)
 	$(PY) -m delrec_lib.bench all
