@@ -126,10 +126,10 @@ def _llm_stage(args: argparse.Namespace):
 def _distill(args: argparse.Namespace) -> None:
     from .config import split_seed
     from .delrec.distill import run_distillation, stage1_matched
-    from .delrec.soft_prompt import stage1_names
+    from .delrec.soft_prompt import known_answer_names, stage1_names
 
     config, paths, data, backbone = _llm_stage(args)
-    for name in args.only or [*filter(None, [config.distill.known_answer]), *stage1_names(config)]:
+    for name in args.only or [*known_answer_names(config), *stage1_names(config)]:
         r = run_distillation(config, paths, data, backbone, name, progress=not args.no_progress)
         m = r.metrics
         if is_main_process():

@@ -107,7 +107,7 @@ def test_the_known_answer_may_have_its_own_head_depth_rate_and_candidates(world)
     import dataclasses
 
     from delrec_lib.delrec.distill import run_distillation
-    from delrec_lib.delrec.soft_prompt import distill_stage_config
+    from delrec_lib.delrec.soft_prompt import distill_stage_config, known_answer_names
 
     config, paths, data, backbone = world
     own = dataclasses.replace(config.distill, known_answer=RULE + "-rps", known_answer_steps=2, known_answer_users=8,
@@ -125,6 +125,11 @@ def test_the_known_answer_may_have_its_own_head_depth_rate_and_candidates(world)
     # a training seed's copy of the known answer keeps its settings and budget; only the seed differs
     seeded = distill_stage_config(config, RULE + "-rps-seed1")
     assert seeded == {**known, "train_seed": 1}
+    # and the seed study trains the known answer's copies, beside the real teachers' (a run without one: none)
+    with_seeds = dataclasses.replace(config, distill=dataclasses.replace(own, seeds=(1, 7)))
+    assert known_answer_names(with_seeds) == [RULE + "-rps", RULE + "-rps-seed1", RULE + "-rps-seed7"]
+    assert known_answer_names(config) == [RULE + "-rps"]
+    assert known_answer_names(dataclasses.replace(config, distill=dataclasses.replace(own, known_answer=None, seeds=(1,)))) == []
     # its users per step in one micro-batch; the real teacher's steps keep the run's micro-batches
     assert (known["distill"].batch_size, known["distill"].grad_accum) == (3, 1)
     assert (real["distill"].batch_size, real["distill"].grad_accum) == (own.batch_size, own.grad_accum) != (3, 1)

@@ -164,6 +164,13 @@ def stage1_names(config: RunConfig) -> list[str]:
     return [*config.distill.prompts, *seeds]
 
 
+def known_answer_names(config: RunConfig) -> list[str]:
+    """Stage 1's known answer (``distill.known_answer``), then its seed copies (``distill.seeds``): the seed study
+    reads the known answer's own variance beside the real teachers'. Empty when the run has no known answer."""
+    known = config.distill.known_answer
+    return [known, *(f"{known}{SEED_SUFFIX}{s}" for s in config.distill.seeds)] if known else []
+
+
 def initial_soft_prompt(backbone: Any, cfg: Any, teacher: str) -> SoftPrompt:
     """The soft prompt before training: the embeddings of ``init_text`` (or seeded vocabulary rows)."""
     every_layer = cfg.prompt_depth == "every_layer"
