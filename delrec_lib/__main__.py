@@ -221,6 +221,9 @@ def _stage1_study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", nargs="+", required=True, metavar="RUN[:PROMPT]",
                    help="run folders that trained it (RUN:PROMPT: that run's own soft prompt, e.g. another rule teacher's)")
     p.add_argument("--out", required=True, help="where the page goes, e.g. docs/results/known-answer.md")
+    p.add_argument("--pairs", nargs="*", default=(), metavar="A/B",
+                   help="runs compared user by user on the report set (row names, e.g. sasrec-k1-kl-seed1/sasrec-k1-seed1), "
+                        "one Holm family")  # fmt: skip
 
 
 @command("stage1-study", "one soft prompt as several runs trained it, side by side (settings, fidelity, curves)",
@@ -228,7 +231,7 @@ def _stage1_study_args(p: argparse.ArgumentParser) -> None:
 def _stage1_study(args: argparse.Namespace) -> None:
     from .report import write_stage1_study
 
-    print(f"stage-1 study: {write_stage1_study(args.runs, args.prompt, args.out)}")
+    print(f"stage-1 study: {write_stage1_study(args.runs, args.prompt, args.out, pairs=args.pairs)}")
 
 
 def run_folder(args: argparse.Namespace) -> Path:

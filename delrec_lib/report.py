@@ -53,7 +53,7 @@ from .artifacts import (
     sha256_json,
     verify_outputs,
 )
-from .config import project_root
+from .config import project_root, split_seed
 from .errors import DataError
 from .evaluation import EVAL_KIND, chance_table, format_table, markdown_table
 from .metrics import METRICS, holm_adjust, paired_test
@@ -1056,16 +1056,11 @@ def stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str) -> tuple[pd
     from .delrec.distill import LONGEST_UNLISTED
 
     rows, curves, report_sets = [], {}, {}
-    for spec in run_dirs:
-        run, own, directory = _stage1_run(spec, prompt)
+    for name, (run, own, directory) in _stage1_named_runs(run_dirs, prompt).items():
         manifest = read_manifest(directory, "soft-prompt")
         verify_outputs(directory, manifest)
         m = read_json(directory / "metrics.json")
         cfg, llm = manifest["config"]["distill"], manifest["config"]["llm"]
-        # a copy of the prompt in the same run ("RUN:<prompt>-seed1") is named by its suffix: "RUN-seed1"
-        name = Path(run).name + (own.removeprefix(prompt) if own.startswith(prompt) else "")
-        if name in report_sets:
-            raise DataError(f"stage1_study: two runs named {name!r} ({spec}); give each run once")
         report_sets[name] = (m.get("report_users") or {}).get("hash")
         best = max(m["fidelity_baselines"].items(), key=lambda kv: kv[1]["mean"])
         if LONGEST_UNLISTED not in m["fidelity_baselines"]:  # (runs before the title-length heuristic)
@@ -1108,6 +1103,77 @@ def _stage1_run(spec: str | os.PathLike, prompt: str) -> tuple[str, str, Path]:
     """(run folder, its own prompt or "", the soft prompt's folder) of a stage-1 study's "RUN" or "RUN:PROMPT"."""
     run, _, own = str(spec).partition(":")  # "RUN:PROMPT": that run's own soft prompt (another rule teacher)
     return run, own, Path(run) / "distill" / (own or prompt)
+
+
+def _stage1_named_runs(run_dirs: Sequence[str | os.PathLike], prompt: str) -> dict[str, tuple[str, str, Path]]:
+    """A stage-1 study's runs by their row names: the run folder's name, and a copy of the prompt in the same run
+    ("RUN:<prompt>-seed1") by its suffix ("RUN-seed1"). Refused when two runs get one name."""
+    named = {}
+    for spec in run_dirs:
+        run, own, directory = _stage1_run(spec, prompt)
+        name = Path(run).name + (own.removeprefix(prompt) if own.startswith(prompt) else "")
+        if name in named:
+            raise DataError(f"stage1_study: two runs named {name!r} ({spec}); give each run once")
+        named[name] = (run, own, directory)
+    return named
+
+
+def _stage1_per_user(name: str, directory: Path) -> pd.Series:
+    """A stage-1 run's report-set RPS hits after training (1: its first choice is the teacher's), by user."""
+    frame = pd.read_parquet(_require(directory / "per_user.parquet", "stage 1 writes each report user's hit there"))
+    return frame.set_index("user_id")["fidelity_after"].astype(float).rename(name)
+
+
+def stage1_over_seeds(run_dirs: Sequence[str | os.PathLike], prompt: str) -> pd.DataFrame:
+    """Report fidelity per setting over its training seeds: rows named "R" and "R-seed<N>" (``stage1_study``'s names)
+    are one setting "R" trained with several seeds. One row per setting: its seeds, fidelity per seed, their mean,
+    standard deviation and range, and the selection set's best fidelity per seed."""
+    rows: dict[str, dict[str, list]] = {}
+    for name, (_, _, directory) in _stage1_named_runs(run_dirs, prompt).items():
+        m = read_json(_require(directory / "metrics.json", "stage 1 writes its metrics there"))
+        setting = rows.setdefault(split_seed(name)[0], {"seeds": [], "fidelity": [], "selection": []})
+        setting["seeds"].append(str(m.get("train_seed", "-")))
+        setting["fidelity"].append(float(m["fidelity_after"]["mean"]))
+        setting["selection"].append(float(m["selection"]["fidelity_best"]))
+    out = []
+    for setting, v in rows.items():
+        f = np.array(v["fidelity"])
+        out.append({"setting": setting, "train seeds": ", ".join(v["seeds"]), "runs": len(f),
+                    "fidelity per seed": ", ".join(f"{x:.3f}" for x in f), "mean": round(float(f.mean()), 3),
+                    "sd": round(float(f.std(ddof=1)), 3) if len(f) > 1 else None,
+                    "range": f"{f.min():.3f}-{f.max():.3f}",
+                    "selection best per seed": ", ".join(f"{x:.3f}" for x in v["selection"])})  # fmt: skip
+    return pd.DataFrame(out).set_index("setting")
+
+
+def stage1_paired(run_dirs: Sequence[str | os.PathLike], prompt: str, pairs: Sequence[str]) -> pd.DataFrame:
+    """Paired comparisons of stage-1 runs on their report users: for each pair "A/B" of ``stage1_study``'s row names,
+    the per-user fidelity difference A - B (hits, the same users) with its bootstrap interval and the sign-flip
+    permutation test's p-value (``metrics.paired_test``), Holm-adjusted over the pairs given (one family)."""
+    runs = _stage1_named_runs(run_dirs, prompt)
+    rows, diffs = [], []
+    for pair in pairs:
+        a, sep, b = pair.partition("/")
+        missing = [x for x in (a, b) if x not in runs]
+        if not sep or missing:
+            raise DataError(f"stage1_paired: pair {pair!r}: expected 'A/B' with A and B among the runs' names "
+                            f"({', '.join(runs)})" + (f"; not found: {', '.join(missing)}" if sep else ""))  # fmt: skip
+        hits = pd.concat([_stage1_per_user(x, runs[x][2]) for x in (a, b)], axis=1)
+        if hits.isna().any().any():
+            raise DataError(f"stage1_paired: {a} and {b} scored different report users; only the same users are paired")
+        test = paired_test(hits[a].to_numpy(), hits[b].to_numpy())
+        diffs.append(test["mean_diff"])
+        rows.append({"A": a, "B": b, "users": test["users"], "fidelity A": round(float(hits[a].mean()), 3),
+                     "fidelity B": round(float(hits[b].mean()), 3),
+                     "A - B [95% interval]": f"{test['mean_diff']:+.3f} [{test['ci_low']:+.3f}, {test['ci_high']:+.3f}]",
+                     "p": test["p_value"]})  # fmt: skip
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["p (Holm)"] = holm_adjust(table["p"].to_numpy())
+    table["reading at 0.05 (Holm)"] = [("A higher" if d > 0 else "B higher") if p < 0.05 else "no difference shown"
+                                       for d, p in zip(diffs, table["p (Holm)"], strict=True)]  # fmt: skip
+    return table.round({"p": 4, "p (Holm)": 4})
 
 
 def stage1_losses(run_dirs: Sequence[str | os.PathLike], prompt: str) -> pd.DataFrame:
@@ -1153,8 +1219,10 @@ def _ta_cell(m: dict[str, Any]) -> str:
     return f"{_ci(m['ta_accuracy_before'], 3)} -> {_ci(m['ta_accuracy_after'], 3)} ({name}: {best['mean']:.3f})"
 
 
-def write_stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str, out: str | os.PathLike) -> Path:
-    """``stage1_study`` as a Markdown page: each run's settings and numbers, and the selection curves."""
+def write_stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str, out: str | os.PathLike,
+                       pairs: Sequence[str] = ()) -> Path:  # fmt: skip
+    """``stage1_study`` as a Markdown page: each run's settings and numbers, and the selection curves; settings
+    trained with several seeds (``stage1_over_seeds``) and the paired comparisons asked for (``stage1_paired``)."""
     table, curves = stage1_study(run_dirs, prompt)
     lines = [f"# Stage 1 on `{prompt}` under different settings", "",
              "Written by `python -m delrec_lib stage1-study` from the run folders "
@@ -1171,5 +1239,17 @@ def write_stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str, out: 
               "run): a prompt that has only stopped preferring the listed titles sits there, one that learned the rule "
               "below it.", "",
               markdown_table(losses.round(3).astype(object).where(losses.notna(), "-"))]  # fmt: skip
+    seeds = stage1_over_seeds(run_dirs, prompt)
+    if (seeds["runs"] > 1).any():
+        lines += ["", "## Over training seeds", "",
+                  "Rows named `R` and `R-seed<N>` are one setting trained with several training seeds (the same users "
+                  "and examples, another order): report fidelity per seed, its mean, standard deviation (ddof 1) and "
+                  "range; the spread is stage 1's own variance, against which a difference between settings is read.",
+                  "", markdown_table(seeds.astype(object).where(seeds.notna(), "-"))]  # fmt: skip
+    if pairs:
+        lines += ["", "## Paired comparisons", "",
+                  "Each pair on the same report users: the per-user difference in fidelity A - B (hit or miss) with its "
+                  "95% bootstrap interval, the two-sided sign-flip permutation test's p-value, and Holm's adjustment "
+                  "over the pairs on this page (one family).", "", markdown_table(stage1_paired(run_dirs, prompt, pairs))]  # fmt: skip
     atomic_write_text(out, "\n".join(lines) + "\n")
     return Path(out)

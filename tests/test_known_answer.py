@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -179,7 +180,9 @@ def test_a_stage1_study_sets_runs_side_by_side_on_the_same_report_users(world, t
         assert table.loc[run.name, "fidelity after"].startswith(f"{m['fidelity_after']['mean']:.3f} [")
         ta = table.loc[run.name, "TA accuracy, before -> after (best heuristic)"]  # TA is measured on RPS-only prompts too
         assert ta.startswith(f"{m['ta_accuracy_before']['mean']:.3f} [") and f"-> {m['ta_accuracy_after']['mean']:.3f} [" in ta
-    page = write_stage1_study(runs[:2], RULE + "-rps", tmp_path / "study.md").read_text()
+    page = write_stage1_study(runs[:2], RULE + "-rps", tmp_path / "study.md", pairs=["lr0.3-u8/lr0.01-u8"]).read_text()
+    assert "## Paired comparisons" in page and "| lr0.3-u8 | lr0.01-u8 | 8 |" in page
+    assert "## Over training seeds" not in page  # one seed per setting
     rps = f"{config.distill.rps_top_k} + {config.distill.rps_random}"
     teacher = json.loads((runs[1] / "teachers" / RULE / "manifest.json").read_text())["config_hash"][:8]
     assert f"| lr0.3-u8 | {RULE}-rps | {teacher} | prompt | title | False | input | {rps} | ce | 0.3 | constant |" in page
@@ -213,6 +216,9 @@ def test_a_stage1_study_sets_runs_side_by_side_on_the_same_report_users(world, t
     run_distillation(seeded, RunPaths(runs[1]), data, backbone, RULE + "-rps-seed1", progress=False)
     seeds, _ = stage1_study([runs[1], f"{runs[1]}:{RULE}-rps-seed1"], RULE + "-rps")
     assert list(seeds.index) == ["lr0.3-u8", "lr0.3-u8-seed1"] and seeds["fidelity after"].notna().all()
+    page = write_stage1_study([runs[1], f"{runs[1]}:{RULE}-rps-seed1"], RULE + "-rps", tmp_path / "seeds.md").read_text()
+    assert "## Over training seeds" in page and "## Paired comparisons" not in page
+    assert f"| lr0.3-u8 | {config.distill.seed}, 1 | 2 |" in page
     with pytest.raises(DataError, match="two runs named 'lr0.3-u8'"):
         stage1_study([runs[1], runs[1]], RULE + "-rps")
 
@@ -227,3 +233,45 @@ def test_the_stage1_study_shows_temporal_analysis_beside_its_best_heuristic():
          "ta_baselines": {"most popular candidate": ci(0.42), "another": ci(0.2)}}  # fmt: skip
     assert _ta_cell(m) == "0.100 [0.050, 0.150] -> 0.300 [0.250, 0.350] (most popular candidate: 0.420)"
     assert _ta_cell({"ta_accuracy_before": None, "ta_accuracy_after": None}) == "-"  # (no TA examples)
+
+
+def test_stage1_runs_compared_user_by_user_and_over_seeds(tmp_path):
+    """``stage1_paired`` pairs report users by id (not by row order), tests each pair and Holm-adjusts the family;
+    ``stage1_over_seeds`` groups "R" with its copies "R-seed<N>"."""
+    from delrec_lib.errors import DataError
+    from delrec_lib.metrics import holm_adjust, paired_test
+    from delrec_lib.report import stage1_over_seeds, stage1_paired
+
+    users = list(range(100, 140))
+
+    def fake(run: str, prompt: str, hits: list[int], seed: int, selection: float, order=None, ids=users) -> str:
+        d = tmp_path / run / "distill" / prompt
+        d.mkdir(parents=True)
+        frame = pd.DataFrame({"user_id": ids, "fidelity_after": hits})
+        frame.iloc[order if order is not None else slice(None)].to_parquet(d / "per_user.parquet", index=False)
+        (d / "metrics.json").write_text(json.dumps({"train_seed": seed, "fidelity_after": {"mean": sum(hits) / len(hits)},
+                                                    "selection": {"fidelity_best": selection}}))  # fmt: skip
+        return str(tmp_path / run) + ("" if prompt == "p" else f":{prompt}")
+
+    a = [1] * 30 + [0] * 10
+    b = [1] * 10 + [0] * 30
+    c = a[:30] + [1] + a[31:]  # one user more than A
+    runs = [fake("ce", "p", a, 2024, 0.5), fake("kl", "p", b, 2024, 0.4, order=list(reversed(range(40)))),
+            fake("kl", "p-seed1", c, 1, 0.3), fake("other", "p", a, 2024, 0.5, ids=[u + 1 for u in users])]  # fmt: skip
+    table = stage1_paired(runs[:3], "p", ["ce/kl", "kl-seed1/ce"])
+    ab, ca = paired_test(np.array(a, float), np.array(b, float)), paired_test(np.array(c, float), np.array(a, float))
+    assert list(table["A"]) == ["ce", "kl-seed1"] and list(table["users"]) == [40, 40]
+    assert table.loc[0, "A - B [95% interval]"].startswith("+0.500 [") and table.loc[1, "A - B [95% interval]"].startswith("+0.025 [")
+    assert table["p"].tolist() == pytest.approx([round(ab["p_value"], 4), round(ca["p_value"], 4)])
+    assert table["p (Holm)"].tolist() == pytest.approx(holm_adjust([ab["p_value"], ca["p_value"]]).round(4).tolist())
+    assert table["p (Holm)"][0] > table["p"][0]  # adjusted over the family of two
+    assert list(table["reading at 0.05 (Holm)"]) == ["A higher", "no difference shown"]
+    with pytest.raises(DataError, match="not found: nope.*|runs' names"):
+        stage1_paired(runs[:3], "p", ["ce/nope"])
+    with pytest.raises(DataError, match="different report users"):
+        stage1_paired([runs[0], runs[3]], "p", ["ce/other"])
+    seeds = stage1_over_seeds(runs[:3], "p")
+    assert list(seeds.index) == ["ce", "kl"] and list(seeds["runs"]) == [1, 2]
+    assert seeds.loc["kl", "train seeds"] == "2024, 1" and seeds.loc["kl", "fidelity per seed"] == "0.250, 0.775"
+    assert seeds.loc["kl", "mean"] == pytest.approx(0.512, abs=1e-3) and seeds.loc["kl", "sd"] == pytest.approx(0.371, abs=1e-3)
+    assert seeds.loc["ce", "sd"] is None or np.isnan(seeds.loc["ce", "sd"])
