@@ -1139,8 +1139,8 @@ def stage1_over_seeds(run_dirs: Sequence[str | os.PathLike], prompt: str) -> pd.
     for setting, v in rows.items():
         f = np.array(v["fidelity"])
         out.append({"setting": setting, "train seeds": ", ".join(v["seeds"]), "runs": len(f),
-                    "fidelity per seed": ", ".join(f"{x:.3f}" for x in f), "mean": round(float(f.mean()), 3),
-                    "sd": round(float(f.std(ddof=1)), 3) if len(f) > 1 else None,
+                    "fidelity per seed": ", ".join(f"{x:.3f}" for x in f), "mean": f"{f.mean():.3f}",
+                    "sd": f"{f.std(ddof=1):.3f}" if len(f) > 1 else "-",
                     "range": f"{f.min():.3f}-{f.max():.3f}",
                     "selection best per seed": ", ".join(f"{x:.3f}" for x in v["selection"])})  # fmt: skip
     return pd.DataFrame(out).set_index("setting")
@@ -1163,8 +1163,8 @@ def stage1_paired(run_dirs: Sequence[str | os.PathLike], prompt: str, pairs: Seq
             raise DataError(f"stage1_paired: {a} and {b} scored different report users; only the same users are paired")
         test = paired_test(hits[a].to_numpy(), hits[b].to_numpy())
         diffs.append(test["mean_diff"])
-        rows.append({"A": a, "B": b, "users": test["users"], "fidelity A": round(float(hits[a].mean()), 3),
-                     "fidelity B": round(float(hits[b].mean()), 3),
+        rows.append({"A": a, "B": b, "users": test["users"], "fidelity A": f"{hits[a].mean():.3f}",
+                     "fidelity B": f"{hits[b].mean():.3f}",
                      "A - B [95% interval]": f"{test['mean_diff']:+.3f} [{test['ci_low']:+.3f}, {test['ci_high']:+.3f}]",
                      "p": test["p_value"]})  # fmt: skip
     table = pd.DataFrame(rows)
@@ -1245,11 +1245,12 @@ def write_stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str, out: 
                   "Rows named `R` and `R-seed<N>` are one setting trained with several training seeds (the same users "
                   "and examples, another order): report fidelity per seed, its mean, standard deviation (ddof 1) and "
                   "range; the spread is stage 1's own variance, against which a difference between settings is read.",
-                  "", markdown_table(seeds.astype(object).where(seeds.notna(), "-"))]  # fmt: skip
+                  "", markdown_table(seeds)]  # fmt: skip
     if pairs:
         lines += ["", "## Paired comparisons", "",
                   "Each pair on the same report users: the per-user difference in fidelity A - B (hit or miss) with its "
                   "95% bootstrap interval, the two-sided sign-flip permutation test's p-value, and Holm's adjustment "
-                  "over the pairs on this page (one family).", "", markdown_table(stage1_paired(run_dirs, prompt, pairs))]  # fmt: skip
+                  "over the pairs on this page (one family).", "",
+                  markdown_table(stage1_paired(run_dirs, prompt, pairs).set_index("A"))]  # fmt: skip
     atomic_write_text(out, "\n".join(lines) + "\n")
     return Path(out)
