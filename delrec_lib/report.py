@@ -1146,10 +1146,19 @@ def stage1_over_seeds(run_dirs: Sequence[str | os.PathLike], prompt: str) -> pd.
     return pd.DataFrame(out).set_index("setting")
 
 
+def _stage1_matched_per_user(name: str, run: str, own: str, prompt: str, directory: Path) -> pd.Series | None:
+    """A stage-1 run's hits on its report users' popularity-matched examples (None: not measured)."""
+    matched = Path(run) / "distill" / DISTILL_MATCHED / (own or prompt)
+    if not (matched / MANIFEST_NAME).is_file():
+        return None
+    return _stage1_per_user(name, _matched_dir(matched, read_manifest(directory, "soft-prompt")))
+
+
 def stage1_paired(run_dirs: Sequence[str | os.PathLike], prompt: str, pairs: Sequence[str]) -> pd.DataFrame:
     """Paired comparisons of stage-1 runs on their report users: for each pair "A/B" of ``stage1_study``'s row names,
     the per-user fidelity difference A - B (hits, the same users) with its bootstrap interval and the sign-flip
-    permutation test's p-value (``metrics.paired_test``), Holm-adjusted over the pairs given (one family)."""
+    permutation test's p-value (``metrics.paired_test``); again on the report users' popularity-matched examples
+    where both runs measured them. Holm-adjusted over every row (one family)."""
     runs = _stage1_named_runs(run_dirs, prompt)
     rows, diffs = [], []
     for pair in pairs:
@@ -1158,15 +1167,14 @@ def stage1_paired(run_dirs: Sequence[str | os.PathLike], prompt: str, pairs: Seq
         if not sep or missing:
             raise DataError(f"stage1_paired: pair {pair!r}: expected 'A/B' with A and B among the runs' names "
                             f"({', '.join(runs)})" + (f"; not found: {', '.join(missing)}" if sep else ""))  # fmt: skip
-        hits = pd.concat([_stage1_per_user(x, runs[x][2]) for x in (a, b)], axis=1)
-        if hits.isna().any().any():
-            raise DataError(f"stage1_paired: {a} and {b} scored different report users; only the same users are paired")
-        test = paired_test(hits[a].to_numpy(), hits[b].to_numpy())
-        diffs.append(test["mean_diff"])
-        rows.append({"A": a, "B": b, "users": test["users"], "fidelity A": f"{hits[a].mean():.3f}",
-                     "fidelity B": f"{hits[b].mean():.3f}",
-                     "A - B [95% interval]": f"{test['mean_diff']:+.3f} [{test['ci_low']:+.3f}, {test['ci_high']:+.3f}]",
-                     "p": test["p_value"]})  # fmt: skip
+        sets = {"report": [_stage1_per_user(x, runs[x][2]) for x in (a, b)],
+                "popularity-matched": [_stage1_matched_per_user(x, *runs[x][:2], prompt, runs[x][2]) for x in (a, b)]}  # fmt: skip
+        for examples, per_user in sets.items():
+            if any(h is None for h in per_user):
+                continue
+            row, diff = _paired_row(a, b, examples, pd.concat(per_user, axis=1))
+            rows.append(row)
+            diffs.append(diff)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -1174,6 +1182,18 @@ def stage1_paired(run_dirs: Sequence[str | os.PathLike], prompt: str, pairs: Seq
     table["reading at 0.05 (Holm)"] = [("A higher" if d > 0 else "B higher") if p < 0.05 else "no difference shown"
                                        for d, p in zip(diffs, table["p (Holm)"], strict=True)]  # fmt: skip
     return table.round({"p": 4, "p (Holm)": 4})
+
+
+def _paired_row(a: str, b: str, examples: str, hits: pd.DataFrame) -> tuple[dict[str, Any], float]:
+    """One row of ``stage1_paired`` (and A - B's mean) from the two runs' hits by user."""
+    if hits.isna().any().any():
+        raise DataError(f"stage1_paired: {a} and {b} scored different report users ({examples} examples); only the "
+                        "same users are paired")  # fmt: skip
+    test = paired_test(hits[a].to_numpy(), hits[b].to_numpy())
+    return {"A": a, "B": b, "examples": examples, "users": test["users"], "fidelity A": f"{hits[a].mean():.3f}",
+            "fidelity B": f"{hits[b].mean():.3f}",
+            "A - B [95% interval]": f"{test['mean_diff']:+.3f} [{test['ci_low']:+.3f}, {test['ci_high']:+.3f}]",
+            "p": test["p_value"]}, test["mean_diff"]  # fmt: skip
 
 
 def stage1_losses(run_dirs: Sequence[str | os.PathLike], prompt: str) -> pd.DataFrame:
@@ -1195,18 +1215,26 @@ def stage1_losses(run_dirs: Sequence[str | os.PathLike], prompt: str) -> pd.Data
     return frame
 
 
-def _matched_cell(directory: Path, soft_prompt: dict[str, Any]) -> str:
-    """A stage-1 prompt's RPS fidelity on its report users' popularity-matched examples before -> after, and chance
-    ("-": not measured, as for the known answer); refused when made from another soft prompt than the row's."""
+def _matched_dir(directory: Path, soft_prompt: dict[str, Any]) -> Path | None:
+    """A stage-1 prompt's popularity-matched table (None: not measured, as for the known answer); refused when made
+    from another soft prompt than ``soft_prompt`` (its manifest)."""
     from .delrec.distill import STAGE1_MATCHED_KIND
 
     if not (directory / MANIFEST_NAME).is_file():
-        return "-"
+        return None
     manifest = read_manifest(directory, STAGE1_MATCHED_KIND)
     verify_outputs(directory, manifest)
     if manifest.get("inputs", {}).get("soft_prompt") != artifact_id(soft_prompt):
         raise StaleArtifactError(f"{directory}: made from another soft prompt than the run's; run the stage-1 "
                                  "popularity-matched table again (notebook 03, or `distill`)")  # fmt: skip
+    return directory
+
+
+def _matched_cell(directory: Path, soft_prompt: dict[str, Any]) -> str:
+    """A stage-1 prompt's RPS fidelity on its report users' popularity-matched examples before -> after, and chance
+    ("-": not measured, as for the known answer); refused when made from another soft prompt than the row's."""
+    if _matched_dir(directory, soft_prompt) is None:
+        return "-"
     m = read_json(directory / "metrics.json")
     return f"{_ci(m['fidelity_before'], 3)} -> {_ci(m['fidelity_after'], 3)} ({m['fidelity_chance']:.3f})"
 
@@ -1250,7 +1278,8 @@ def write_stage1_study(run_dirs: Sequence[str | os.PathLike], prompt: str, out: 
         lines += ["", "## Paired comparisons", "",
                   "Each pair on the same report users: the per-user difference in fidelity A - B (hit or miss) with its "
                   "95% bootstrap interval, the two-sided sign-flip permutation test's p-value, and Holm's adjustment "
-                  "over the pairs on this page (one family).", "",
+                  "over every row of this table (one family); a pair is compared again on the report users' popularity-matched "
+                  "examples where both runs measured them.", "",
                   markdown_table(stage1_paired(run_dirs, prompt, pairs).set_index("A"))]  # fmt: skip
     atomic_write_text(out, "\n".join(lines) + "\n")
     return Path(out)

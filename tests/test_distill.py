@@ -565,12 +565,21 @@ def test_stage1_fidelity_on_popularity_matched_report_examples(world):
     assert cell == (f"{m['fidelity_before']['mean']:.3f} [{m['fidelity_before']['ci_low']:.3f}, "
                     f"{m['fidelity_before']['ci_high']:.3f}] -> {m['fidelity_after']['mean']:.3f} "
                     f"[{m['fidelity_after']['ci_low']:.3f}, {m['fidelity_after']['ci_high']:.3f}] (0.167)")  # fmt: skip
+    # paired with another run user by user on both sets (here a copy of the run: no difference, the same hits)
+    from delrec_lib.report import stage1_paired
+
+    shutil.copytree(paths.root, root / "matched-copy")
+    paired = stage1_paired([paths.root, root / "matched-copy"], "sasrec", ["matched/matched-copy"])
+    assert list(paired["examples"]) == ["report", "popularity-matched"] and list(paired["users"]) == [10, m["users"]]
+    assert paired["fidelity A"].iloc[1] == f"{m['fidelity_after']['mean']:.3f}" and paired["p"].tolist() == [1.0, 1.0]
     other = paths_for(root, "matched-other")
     write_teacher_exports(other.teachers / "sasrec", data)
     run_distillation(config(max_steps=3, eval_every=3), other, data, backbone, "sasrec", progress=False)
     shutil.copytree(paths.distill / "matched", other.distill / "matched")
     with pytest.raises(StaleArtifactError, match="another soft prompt"):
         stage1_study([other.root], "sasrec")
+    with pytest.raises(StaleArtifactError, match="another soft prompt"):
+        stage1_paired([paths.root, other.root], "sasrec", ["matched/matched-other"])
 
 
 def test_picks_listed_counts_first_choices_among_the_titles_the_prompt_lists():

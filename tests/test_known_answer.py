@@ -181,7 +181,7 @@ def test_a_stage1_study_sets_runs_side_by_side_on_the_same_report_users(world, t
         ta = table.loc[run.name, "TA accuracy, before -> after (best heuristic)"]  # TA is measured on RPS-only prompts too
         assert ta.startswith(f"{m['ta_accuracy_before']['mean']:.3f} [") and f"-> {m['ta_accuracy_after']['mean']:.3f} [" in ta
     page = write_stage1_study(runs[:2], RULE + "-rps", tmp_path / "study.md", pairs=["lr0.3-u8/lr0.01-u8"]).read_text()
-    assert "## Paired comparisons" in page and "\n| lr0.3-u8 | lr0.01-u8 | 8 |" in page
+    assert "## Paired comparisons" in page and "\n| lr0.3-u8 | lr0.01-u8 | report | 8 |" in page
     assert "## Over training seeds" not in page  # one seed per setting
     rps = f"{config.distill.rps_top_k} + {config.distill.rps_random}"
     teacher = json.loads((runs[1] / "teachers" / RULE / "manifest.json").read_text())["config_hash"][:8]
